@@ -1,0 +1,7 @@
+"""ernie_cluster: domain-adaptive ERNIE 1.0 pretraining on Slurm from one YAML spec.
+
+Layout follows the pipeline: spec -> render -> submit -> launch -> train -> convert.
+The submit side (spec, render, submit, runs, cli) never imports paddle.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,164 @@
+"""`python -m ernie_cluster {validate,render,submit,status,logs,cancel}`.
+
+Exit status: 0 success, 1 runtime failure, 2 bad input (spec, overrides, refused submission).
+This module and everything it imports at the top stays light: no paddle on the login node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .spec import JobSpec, SpecError, load_spec
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="job spec YAML, e.g. jobs/ernie_dapt.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides parsed as YAML scalars, e.g. train.max_steps=1000 resources.nodes=2")
+    p.add_argument("--skip-path-checks", action="store_true",
+                   help="do not require data/model paths to exist here (rendering for another machine)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ernie_cluster", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a spec; print every problem with its YAML line")
+    _add_spec_args(p)
+
+    p = sub.add_parser("render", help="print exactly what would be submitted; submits nothing")
+    _add_spec_args(p)
+    p.add_argument("--sbatch", action="store_true", help="print only the plain sbatch scripts from templates/")
+    p.add_argument("--out", help="also write the sbatch scripts into this directory")
+
+    p = sub.add_parser("submit", help="create the run directory and submit training + conversion")
+    _add_spec_args(p)
+    p.add_argument("--dry-run", action="store_true", help="same as render: print, submit nothing")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="reuse an existing run directory and continue from its checkpoints")
+    mode.add_argument("--force", action="store_true", help="start over in an existing run directory (the old run is moved aside)")
+    p.add_argument("--preempt-after", type=float, metavar="SECONDS",
+                   help="local backend only: send the preemption warning to training after SECONDS, once")
+
+    for name, text in (("status", "show the jobs, attempts, checkpoint and converted model of a run"),
+                       ("logs", "print the run's Slurm and trainer logs"),
+                       ("cancel", "cancel the run's jobs")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("run_dir", help="the run directory (the spec's output_dir)")
+        if name == "status":
+            p.add_argument("--json", action="store_true")
+        if name == "logs":
+            p.add_argument("--follow", "-f", action="store_true")
+            p.add_argument("--lines", "-n", type=int, default=40)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> JobSpec:
+    return load_spec(args.spec, args.overrides, check_paths=not args.skip_path_checks)
+
+
+def _check_partition(spec: JobSpec) -> Optional[str]:
+    """When Slurm answers, the partitions must exist there."""
+    import shutil
+    import subprocess
+
+    wanted = {p for p in (spec.cluster.partition, spec.cluster.convert_partition) if p}
+    if spec.cluster.backend != "slurm" or not wanted or not shutil.which("sinfo"):
+        return None
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    known = {line.strip().rstrip("*") for line in out.stdout.splitlines() if line.strip()}
+    unknown = sorted(wanted - known)
+    if unknown:
+        return f"cluster.partition: {', '.join(unknown)} not in this cluster's partitions: {', '.join(sorted(known))}"
+    return None
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("validate", "render", "submit"):
+            spec = _load(args)
+            problem = _check_partition(spec)
+            if problem:
+                print(f"invalid job spec {args.spec}:\n  {args.spec}: {problem}", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            return _run_spec_command(args, spec)
+        return _run_dir_command(args)
+    except SpecError as exc:
+        print(exc.report(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run_spec_command(args: argparse.Namespace, spec: JobSpec) -> int:
+    from .render import render
+
+    if args.command == "validate":
+        print(f"{args.spec}: valid. {spec.resources.nodes} node(s) x {spec.resources.trainers_per_node} trainer(s), "
+              f"engine {spec.train.resolved_engine}, dp {spec.dp_degree}, global batch {spec.global_batch_size} "
+              f"(accumulate {spec.accumulate_steps}), run directory {spec.run_dir()}")
+        return 0
+    if args.command == "render" or args.dry_run:
+        rendered = render(spec)
+        print(rendered.describe(sbatch_only=getattr(args, "sbatch", False)))
+        if getattr(args, "out", None):
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "train.sbatch").write_text(rendered.train_sbatch)
+            if rendered.convert_sbatch:
+                (out / "convert.sbatch").write_text(rendered.convert_sbatch)
+        return 0
+    from .submit import SubmitError, submit_local, submit_slurm
+
+    try:
+        if spec.cluster.backend == "local":
+            sub = submit_local(spec, resume=args.resume, force=args.force, preempt_after_s=args.preempt_after)
+        else:
+            if args.preempt_after is not None:
+                print("--preempt-after is for the local backend; on Slurm, preemption comes from Slurm", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            sub = submit_slurm(spec, resume=args.resume, force=args.force)
+    except SubmitError as exc:
+        print(f"submit refused: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if sub.backend == "slurm":
+        print(f"run directory: {sub.run_dir}")
+        print(f"training job: {sub.train_job_id}")
+        if sub.convert_job_id:
+            print(f"conversion job: {sub.convert_job_id} (afterok:{sub.train_job_id})")
+        print(f"follow it with: python -m ernie_cluster status {sub.run_dir}")
+        return 0
+    from .runs import RunDir, collect_status
+
+    status = collect_status(RunDir(sub.run_dir))
+    return 0 if status.jobs and status.jobs[0]["state"] == "COMPLETED" else 1
+
+
+def _run_dir_command(args: argparse.Namespace) -> int:
+    from .runs import RunNotFound, cancel_run, collect_status, open_run, print_status, show_logs
+
+    try:
+        run = open_run(args.run_dir)
+    except RunNotFound as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.command == "status":
+        print_status(collect_status(run), as_json=args.json)
+    elif args.command == "logs":
+        show_logs(run, follow=args.follow, lines=args.lines)
+    elif args.command == "cancel":
+        cancelled = cancel_run(run)
+        print("cancelled: " + (", ".join(cancelled) if cancelled else "nothing was running"))
+    return 0

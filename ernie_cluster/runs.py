@@ -1,0 +1,213 @@
+"""Look at a run from the login node: status, logs, cancel. Reads the run directory and asks Slurm; no paddle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .rundir import RunDir
+from .submit import slurm_job_states
+
+
+class RunNotFound(Exception):
+    pass
+
+
+def open_run(path: str) -> RunDir:
+    run = RunDir(Path(path).expanduser().resolve())
+    if not run.state.exists():
+        raise RunNotFound(f"{run.root} is not a run directory (no state.json); pass the directory `submit` printed")
+    return run
+
+
+def slurm_attempts(job_id: str) -> List[Dict[str, str]]:
+    """Every attempt of a job as sacct records it (--duplicates lists requeued attempts too)."""
+    try:
+        out = subprocess.run(
+            ["sacct", "-n", "-P", "-X", "--duplicates", "-j", job_id, "-o", "JobID,State,ExitCode,Start,End,NodeList"],
+            capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    rows = []
+    for line in out.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) == 6 and parts[0] == job_id:
+            rows.append(dict(zip(("job_id", "state", "exit_code", "start", "end", "nodes"), parts)))
+    return rows
+
+
+def restart_count(job_id: str) -> Optional[int]:
+    try:
+        out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for token in out.stdout.split():
+        if token.startswith("Restarts="):
+            return int(token.split("=", 1)[1])
+    return None
+
+
+def last_checkpoint(run: RunDir) -> Optional[Dict[str, Any]]:
+    """Newest checkpoint whose manifest was written (the manifest comes last, so it marks completeness)."""
+    if not run.checkpoints.is_dir():
+        return None
+    for path in sorted(run.checkpoints.glob("step_*"), reverse=True):
+        if (path / "MANIFEST.json").exists():
+            try:
+                state = json.loads((path / "trainer_state.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            return {"path": str(path), "step": state.get("step"), "consumed_samples": state.get("consumed_samples")}
+    return None
+
+
+@dataclass
+class RunStatus:
+    run_dir: Path
+    name: str
+    backend: str
+    jobs: List[Dict[str, Any]] = field(default_factory=list)
+    attempts: List[Dict[str, Any]] = field(default_factory=list)
+    checkpoint: Optional[Dict[str, Any]] = None
+    conversion: Dict[str, Any] = field(default_factory=dict)
+    max_steps: Optional[int] = None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "name": self.name, "backend": self.backend, "jobs": self.jobs,
+                "attempts": self.attempts, "checkpoint": self.checkpoint, "conversion": self.conversion,
+                "max_steps": self.max_steps}
+
+
+def collect_status(run: RunDir) -> RunStatus:
+    state = run.read_state()
+    status = RunStatus(run.root, state.get("name", "?"), state.get("backend", "?"))
+    try:
+        from .spec import load_frozen
+        status.max_steps = load_frozen(run.spec).train.max_steps
+    except Exception:  # a status must still show with a damaged spec copy
+        pass
+    if status.backend == "slurm":
+        ids = {"train": state.get("train_job_id"), "convert": state.get("convert_job_id")}
+        states = slurm_job_states([i for i in ids.values() if i])
+        for kind, jid in ids.items():
+            if not jid:
+                continue
+            row: Dict[str, Any] = {"kind": kind, "job_id": jid, "state": states.get(jid, "UNKNOWN")}
+            history = slurm_attempts(jid)
+            row["slurm_attempts"] = history
+            restarts = restart_count(jid)
+            row["restarts"] = restarts if restarts is not None else max(0, len(history) - 1)
+            if kind == "train":
+                row["logs"] = str(run.slurm / jid)
+            status.jobs.append(row)
+    else:
+        pid = state.get("supervisor_pid")
+        status.jobs.append({"kind": "local", "job_id": str(pid), "state": state.get("local_state", "UNKNOWN"),
+                            "restarts": state.get("restarts", 0), "logs": str(run.logs)})
+    status.attempts = run.read_attempts()
+    status.checkpoint = last_checkpoint(run)
+    report = run.converted / "convert_report.json"
+    if report.exists():
+        try:
+            status.conversion = json.loads(report.read_text())
+        except json.JSONDecodeError:
+            status.conversion = {"error": "unreadable convert_report.json"}
+        status.conversion["model_dir"] = str(run.converted)
+    return status
+
+
+def print_status(status: RunStatus, *, as_json: bool = False) -> None:
+    if as_json:
+        print(json.dumps(status.as_dict(), indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{status.name}[/bold]  {status.run_dir}  (backend {status.backend})")
+    jobs = Table(title="jobs")
+    for col in ("job", "id", "state", "restarts", "logs"):
+        jobs.add_column(col)
+    for j in status.jobs:
+        jobs.add_row(j["kind"], str(j["job_id"]), j["state"], str(j.get("restarts", "")), j.get("logs", ""))
+    console.print(jobs)
+    if status.attempts:
+        attempts = Table(title="training attempts")
+        for col in ("#", "job", "restart", "started", "ended", "reason", "step", "requeue"):
+            attempts.add_column(col)
+        for i, a in enumerate(status.attempts):
+            attempts.add_row(str(i), str(a.get("job_id", "")), str(a.get("restart", "")), _fmt_time(a.get("started")),
+                             _fmt_time(a.get("ended")), str(a.get("reason", "")), str(a.get("step", "")),
+                             str(a.get("requeue", "")))
+        console.print(attempts)
+    ckpt = status.checkpoint
+    steps = f"/{status.max_steps}" if status.max_steps else ""
+    console.print(f"last checkpoint: step {ckpt['step']}{steps} ({ckpt['path']})" if ckpt else "last checkpoint: none yet")
+    conv = status.conversion
+    if conv:
+        verdict = "passed" if conv.get("passed") else "FAILED"
+        console.print(f"converted model: {conv.get('model_dir')} (verification {verdict}, max diff {conv.get('max_abs_diff')})")
+    else:
+        console.print("converted model: not yet")
+
+
+def _fmt_time(value: Any) -> str:
+    if isinstance(value, (int, float)):
+        return time.strftime("%H:%M:%S", time.localtime(value))
+    return str(value or "")
+
+
+def log_files(run: RunDir) -> List[Path]:
+    """Slurm outputs of every job, then each node's trainer logs of every attempt, oldest first."""
+    files = sorted(p for p in run.slurm.rglob("*") if p.is_file() and p.suffix in (".out", ".err"))
+    files += sorted(p for p in run.logs.rglob("workerlog.*") if p.is_file())
+    files += sorted(p for p in run.logs.rglob("*.log") if p.is_file())
+    return files
+
+
+def show_logs(run: RunDir, *, follow: bool = False, lines: int = 40, out=sys.stdout) -> None:
+    positions: Dict[Path, int] = {}
+    for path in log_files(run):
+        text = path.read_text(errors="replace")
+        tail = text.splitlines()[-lines:]
+        out.write(f"==> {path.relative_to(run.root)} <==\n" + "\n".join(tail) + "\n")
+        positions[path] = len(text.encode())
+    out.flush()
+    while follow:
+        time.sleep(1.0)
+        for path in log_files(run):
+            size = path.stat().st_size
+            start = positions.get(path, 0)
+            if size > start:
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    chunk = f.read().decode(errors="replace")
+                out.write(f"==> {path.relative_to(run.root)} <==\n{chunk}")
+                out.flush()
+                positions[path] = size
+
+
+def cancel_run(run: RunDir) -> List[str]:
+    state = run.read_state()
+    done = []
+    if state.get("backend") == "local":
+        pid = state.get("supervisor_pid")
+        if pid:
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+                done.append(f"local supervisor {pid}")
+            except ProcessLookupError:
+                pass
+        return done
+    ids = [state.get(k) for k in ("convert_job_id", "train_job_id") if state.get(k)]
+    if ids:
+        subprocess.run(["scancel", *ids], check=False)
+        done += ids
+    return done

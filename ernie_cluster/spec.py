@@ -1,0 +1,665 @@
+"""The job spec: one YAML file describes a whole run.
+
+Loading reads YAML with `yaml.safe_load` semantics while remembering the line of
+every key, applies `a.b.c=value` overrides, then validates with pydantic. All
+problems are collected and reported together as `SpecError`, each naming the
+field, its YAML line when known, and how to fix it.
+
+This module is on the submit side: it must never import paddle.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# ---------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------
+
+_SLURM_TIME = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+)(?::(\d+))?$")
+_MEM = re.compile(r"^\d+[KMGT]?$")
+_SIGNALS = ("USR1", "USR2", "TERM", "INT")
+
+
+def slurm_time_to_seconds(value: str) -> int:
+    """Parse Slurm's time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string such as '24:00:00' or '2-00:00:00'")
+    text = value.strip()
+    if "-" in text:
+        days_text, rest = text.split("-", 1)
+        if not days_text.isdigit():
+            raise ValueError(f"{value!r} is not a Slurm time")
+        days = int(days_text)
+        parts = rest.split(":")
+        if not all(p.isdigit() for p in parts) or len(parts) > 3:
+            raise ValueError(f"{value!r} is not a Slurm time")
+        h, m, s = (list(map(int, parts)) + [0, 0])[:3]
+        return ((days * 24 + h) * 60 + m) * 60 + s
+    parts = text.split(":")
+    if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
+        raise ValueError(f"{value!r} is not a Slurm time; use minutes, 'MM:SS', 'HH:MM:SS' or 'D-HH:MM:SS'")
+    nums = list(map(int, parts))
+    if len(nums) == 1:
+        return nums[0] * 60
+    if len(nums) == 2:
+        return nums[0] * 60 + nums[1]
+    return (nums[0] * 60 + nums[1]) * 60 + nums[2]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class RequeuePolicy(_Section):
+    """What happens when Slurm warns that the job will end (preemption or time limit)."""
+
+    enabled: bool = True
+    max_requeues: int = Field(20, ge=0, le=1000, description="cap on automatic requeues (preemptions and timeouts)")
+    max_timeout_requeues: Optional[int] = Field(
+        None, ge=0, description="separate cap for time-limit requeues; default: max_requeues"
+    )
+    signal: Literal["USR1", "USR2", "TERM", "INT"] = "USR2"
+    signal_lead_s: int = Field(120, ge=10, le=3600, description="seconds before the end Slurm sends the signal")
+
+
+class ClusterSection(_Section):
+    backend: Literal["slurm", "local"] = "slurm"
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time: str = "24:00:00"
+    constraint: Optional[str] = None
+    exclusive: bool = False
+    extra_sbatch: Dict[str, str] = Field(default_factory=dict, description="more sbatch options: {option: value}")
+    requeue: RequeuePolicy = Field(default_factory=RequeuePolicy)
+    convert_partition: Optional[str] = None
+    convert_time: str = "01:00:00"
+    master_port: int = Field(0, ge=0, le=65535, description="0: derive a port from the job id")
+
+    @field_validator("time", "convert_time")
+    @classmethod
+    def _check_time(cls, v: str) -> str:
+        seconds = slurm_time_to_seconds(v)
+        if seconds <= 0:
+            raise ValueError("must be longer than zero")
+        return v
+
+    @field_validator("partition", "account", "qos", "constraint", "convert_partition")
+    @classmethod
+    def _check_token(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9._,&|:\[\]*!-]+", v):
+            raise ValueError(f"{v!r} contains characters Slurm does not accept here")
+        return v
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _check_extra(cls, v: Dict[str, str]) -> Dict[str, str]:
+        for key in v:
+            if not re.fullmatch(r"[a-z][a-z0-9-]*", key):
+                raise ValueError(f"option name {key!r} must look like 'mail-type' (no leading dashes)")
+            if key in _MANAGED_SBATCH:
+                raise ValueError(f"--{key} is set by ernie_cluster; use {_MANAGED_SBATCH[key]} instead")
+        return {k: str(val) for k, val in v.items()}
+
+
+_MANAGED_SBATCH = {
+    "nodes": "resources.nodes",
+    "ntasks-per-node": "resources (one launcher per node)",
+    "gpus-per-node": "resources.gpus_per_node",
+    "gres": "resources.gpus_per_node",
+    "cpus-per-task": "resources.cpus_per_task",
+    "mem": "resources.mem",
+    "time": "cluster.time",
+    "partition": "cluster.partition",
+    "job-name": "name",
+    "output": "output_dir",
+    "error": "output_dir",
+    "signal": "cluster.requeue.signal",
+    "requeue": "cluster.requeue.enabled",
+    "dependency": "the convert job's automatic afterok",
+}
+
+
+class ResourcesSection(_Section):
+    nodes: int = Field(1, ge=1, le=4096)
+    gpus_per_node: int = Field(0, ge=0, le=16)
+    procs_per_node: Optional[int] = Field(
+        None, ge=1, le=128, description="trainer processes per node; default: gpus_per_node, or 1 on CPU"
+    )
+    cpus_per_task: int = Field(1, ge=1, le=512)
+    mem: Optional[str] = None
+
+    @field_validator("mem")
+    @classmethod
+    def _check_mem(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not _MEM.fullmatch(str(v)):
+            raise ValueError(f"{v!r} is not a Slurm memory size; use e.g. '64G', '4000M' or '0' (all)")
+        return None if v is None else str(v)
+
+    @property
+    def trainers_per_node(self) -> int:
+        if self.procs_per_node is not None:
+            return self.procs_per_node
+        return self.gpus_per_node if self.gpus_per_node > 0 else 1
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.trainers_per_node
+
+
+class EnvironmentSection(_Section):
+    setup: List[str] = Field(default_factory=list, description="shell lines run before training, e.g. 'module load cuda'")
+    env: Dict[str, str] = Field(default_factory=dict)
+    python: str = Field("python3", description="interpreter on the compute nodes; default: the one submitting")
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, v: Dict[str, Any]) -> Dict[str, str]:
+        for key in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+        return {k: str(val) for k, val in v.items()}
+
+
+class MaskingSection(_Section):
+    strategy: Literal["whole_word", "token"] = "whole_word"
+    span: Literal["ngram", "geometric"] = "ngram"
+    masked_lm_prob: float = Field(0.15, gt=0, lt=1)
+    max_ngrams: int = Field(3, ge=1, le=10)
+    favor_longer_ngram: bool = False
+    max_predictions_per_seq: int = Field(20, ge=1)
+    short_seq_prob: float = Field(0.1, ge=0, le=1)
+    binary_head: bool = Field(True, description="sentence-order prediction head")
+    to_chinese_char: bool = True
+
+
+class DataSection(_Section):
+    input_prefix: str = Field(..., description="<prefix>_ids.npy and <prefix>_idx.npz, or where to write them")
+    raw_corpus: Optional[str] = Field(None, description="text/jsonl corpus; tokenized first when the prefix files are missing")
+    vocab_file: Optional[str] = None
+    split: str = "949,50,1"
+    chinese: bool = True
+    whole_word_segment: bool = True
+    masking: MaskingSection = Field(default_factory=MaskingSection)
+
+    @field_validator("split")
+    @classmethod
+    def _check_split(cls, v: str) -> str:
+        parts = [p.strip() for p in str(v).split(",")]
+        try:
+            weights = [float(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"{v!r} must be comma-separated numbers such as '949,50,1'") from None
+        if len(weights) != 3 or any(w < 0 for w in weights) or weights[0] <= 0:
+            raise ValueError(f"{v!r} must be three non-negative weights train,valid,test with train > 0")
+        return ",".join(parts)
+
+
+class ModelSection(_Section):
+    model_name_or_path: str = "ernie-1.0-base-zh"
+    vocab_size: Optional[int] = Field(None, ge=8)
+    hidden_size: Optional[int] = Field(None, ge=8)
+    num_hidden_layers: Optional[int] = Field(None, ge=1)
+    num_attention_heads: Optional[int] = Field(None, ge=1)
+    intermediate_size: Optional[int] = Field(None, ge=8)
+    max_position_embeddings: Optional[int] = Field(None, ge=8)
+    type_vocab_size: Optional[int] = Field(None, ge=1)
+    hidden_dropout_prob: float = Field(0.1, ge=0, lt=1)
+    attention_probs_dropout_prob: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "ModelSection":
+        if self.hidden_size and self.num_attention_heads and self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by num_attention_heads {self.num_attention_heads}"
+            )
+        return self
+
+
+class TrainSection(_Section):
+    engine: Literal["auto", "static", "dynamic"] = "auto"
+    device: Literal["gpu", "cpu"] = "gpu"
+    max_seq_len: int = Field(512, ge=8, le=8192)
+    micro_batch_size: int = Field(8, ge=1)
+    global_batch_size: Optional[int] = Field(None, ge=1, description="default: micro_batch_size * dp * sharding")
+    dp_degree: Optional[int] = Field(None, ge=1, description="default: world size / (mp*pp*sharding)")
+    mp_degree: int = Field(1, ge=1)
+    pp_degree: int = Field(1, ge=1)
+    sharding_degree: int = Field(1, ge=1)
+    use_amp: bool = False
+    amp_init_loss_scaling: float = Field(32768.0, gt=0)
+    use_recompute: bool = False
+    enable_addto: bool = True
+    lr_decay_style: Literal["linear", "cosine", "none"] = "linear"
+    max_lr: float = Field(1e-4, gt=0)
+    min_lr: float = Field(1e-5, ge=0)
+    warmup_rate: float = Field(0.01, ge=0, le=1)
+    decay_steps: Optional[int] = Field(None, ge=1, description="step where the LR reaches min_lr; default: max_steps")
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="global-norm clip; 0 disables")
+    adam_beta1: float = Field(0.9, gt=0, lt=1)
+    adam_beta2: float = Field(0.999, gt=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    max_steps: int = Field(..., ge=1)
+    save_steps: int = Field(10000, ge=1)
+    checkpoint_steps: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=2, le=100, description="complete checkpoints kept; the newest two at least")
+    logging_freq: int = Field(20, ge=1)
+    eval_freq: int = Field(1000, ge=1)
+    eval_iters: int = Field(10, ge=0)
+    seed: int = Field(1234, ge=0, le=2**31 - 1)
+    num_workers: int = Field(2, ge=0, le=64)
+
+    @property
+    def resolved_engine(self) -> str:
+        """Static Fleet on GPUs; dynamic data-parallel on the CPU, where static collectives do not exist."""
+        if self.engine != "auto":
+            return self.engine
+        return "static" if self.device == "gpu" else "dynamic"
+
+
+class ConvertSection(_Section):
+    enabled: bool = True
+    output_dir: Optional[str] = Field(None, description="default: <output_dir>/converted")
+    verify: bool = Field(True, description="run one batch through static and converted models and compare")
+    tolerance: float = Field(1e-4, gt=0)
+
+
+class JobSpec(_Section):
+    name: str
+    output_dir: str = Field(..., description="the run directory: checkpoints, logs, converted model")
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
+    resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    environment: EnvironmentSection = Field(default_factory=EnvironmentSection)
+    data: DataSection
+    model: ModelSection = Field(default_factory=ModelSection)
+    train: TrainSection
+    convert: ConvertSection = Field(default_factory=ConvertSection)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not v or len(v) > 64:
+            raise ValueError("must be 1-64 characters")
+        if any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError("must not contain control characters or newlines")
+        return v  # any printable text: every shell use quotes it
+
+    # Cross-field checks. Each returns (field path, message) so all are reported together.
+    def cross_field_errors(self) -> List[Tuple[str, str]]:
+        errors: List[Tuple[str, str]] = []
+        t, r = self.train, self.resources
+        world = r.world_size
+        if t.device == "gpu" and r.gpus_per_node == 0 and self.cluster.backend == "slurm":
+            errors.append(("resources.gpus_per_node", "train.device is 'gpu' but no GPUs are requested; set gpus_per_node >= 1 or train.device: cpu"))
+        if t.device == "gpu" and r.procs_per_node is not None and r.gpus_per_node and r.procs_per_node != r.gpus_per_node:
+            errors.append(("resources.procs_per_node", f"with GPUs there is one trainer per GPU; remove procs_per_node or set it to {r.gpus_per_node}"))
+        model_parallel = t.mp_degree * t.pp_degree * t.sharding_degree
+        dp = t.dp_degree if t.dp_degree is not None else max(1, world // model_parallel)
+        if dp * model_parallel != world:
+            errors.append((
+                "train.dp_degree",
+                f"dp*mp*pp*sharding = {dp}*{t.mp_degree}*{t.pp_degree}*{t.sharding_degree} = {dp * model_parallel} "
+                f"but nodes*trainers_per_node = {r.nodes}*{r.trainers_per_node} = {world}; make them equal",
+            ))
+        per_step = t.micro_batch_size * dp * t.sharding_degree
+        if t.global_batch_size is not None and t.global_batch_size % per_step:
+            errors.append((
+                "train.global_batch_size",
+                f"{t.global_batch_size} is not a multiple of micro_batch_size*dp*sharding = {per_step}; "
+                f"use {max(per_step, t.global_batch_size // per_step * per_step)} or {(t.global_batch_size // per_step + 1) * per_step}",
+            ))
+        if t.min_lr > t.max_lr:
+            errors.append(("train.min_lr", f"min_lr {t.min_lr} is above max_lr {t.max_lr}; the reference's inverted default, swap them"))
+        if t.resolved_engine == "static" and t.device == "cpu" and world > 1:
+            errors.append(("train.engine", "the static engine has no CPU communicator for several processes; use engine: dynamic (or auto) on the CPU"))
+        if t.resolved_engine == "dynamic" and (t.mp_degree > 1 or t.pp_degree > 1 or t.sharding_degree > 1):
+            errors.append(("train.engine", "the dynamic engine does data parallel only; set mp/pp/sharding degrees to 1 or use engine: static"))
+        if t.mp_degree > 1 or t.pp_degree > 1:
+            errors.append(("train.mp_degree" if t.mp_degree > 1 else "train.pp_degree",
+                           "tensor/pipeline parallel are not supported for ERNIE 1.0 base (it fits one V100); use dp and sharding"))
+        if t.use_amp and t.device == "cpu":
+            errors.append(("train.use_amp", "AMP (fp16) needs a GPU; set use_amp: false for device: cpu"))
+        if t.decay_steps is not None and t.decay_steps < t.warmup_rate * t.max_steps:
+            errors.append(("train.decay_steps", f"decay_steps {t.decay_steps} ends before warmup ({t.warmup_rate}*{t.max_steps} steps)"))
+        if self.model.max_position_embeddings is not None and t.max_seq_len > self.model.max_position_embeddings:
+            errors.append(("train.max_seq_len", f"{t.max_seq_len} exceeds model.max_position_embeddings {self.model.max_position_embeddings}"))
+        masking = self.data.masking
+        if masking.max_predictions_per_seq > t.max_seq_len:
+            errors.append(("data.masking.max_predictions_per_seq", f"must not exceed train.max_seq_len {t.max_seq_len}"))
+        if self.cluster.backend == "local" and t.device == "gpu" and r.nodes > 1:
+            errors.append(("resources.nodes", "the local backend runs on this machine only; use nodes: 1"))
+        lead = self.cluster.requeue.signal_lead_s
+        if lead >= slurm_time_to_seconds(self.cluster.time):
+            errors.append(("cluster.requeue.signal_lead_s", f"{lead}s is not shorter than cluster.time {self.cluster.time}"))
+        if self.data.raw_corpus is None and self.data.vocab_file is None and not _looks_builtin(self.model.model_name_or_path):
+            pass  # tokenizer then comes from the model directory
+        if self.data.raw_corpus is not None and self.data.vocab_file is None:
+            errors.append(("data.vocab_file", "tokenizing data.raw_corpus needs a local vocab file (nothing is downloaded)"))
+        return errors
+
+    # Derived values used by render, train and checkpoints.
+    @property
+    def dp_degree(self) -> int:
+        t = self.train
+        if t.dp_degree is not None:
+            return t.dp_degree
+        return max(1, self.resources.world_size // (t.mp_degree * t.pp_degree * t.sharding_degree))
+
+    @property
+    def global_batch_size(self) -> int:
+        t = self.train
+        return t.global_batch_size or t.micro_batch_size * self.dp_degree * t.sharding_degree
+
+    @property
+    def accumulate_steps(self) -> int:
+        t = self.train
+        return self.global_batch_size // (t.micro_batch_size * self.dp_degree * t.sharding_degree)
+
+    @property
+    def decay_steps(self) -> int:
+        return self.train.decay_steps or self.train.max_steps
+
+    def run_dir(self, base: Optional[Path] = None) -> Path:
+        path = Path(self.output_dir).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        return path.resolve()
+
+    def convert_dir(self) -> Path:
+        return Path(self.convert.output_dir).resolve() if self.convert.output_dir else self.run_dir() / "converted"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+    def compat_key(self) -> Dict[str, Any]:
+        """What a checkpoint must share with the spec resuming from it."""
+        m = self.model
+        return {
+            "global_batch_size": self.global_batch_size,
+            "max_seq_len": self.train.max_seq_len,
+            "model": {k: getattr(m, k) for k in (
+                "model_name_or_path", "vocab_size", "hidden_size", "num_hidden_layers",
+                "num_attention_heads", "intermediate_size", "max_position_embeddings", "type_vocab_size")},
+            "data": {"input_prefix": self.data.input_prefix, "split": self.data.split},
+            "seed": self.train.seed,
+        }
+
+
+BUILTIN_MODELS = ("ernie-1.0-base-zh", "ernie-1.0", "ernie-1.0-large-zh-cw")
+
+
+def _looks_builtin(name: str) -> bool:
+    return name in BUILTIN_MODELS
+
+
+# ---------------------------------------------------------------------------
+# Loading with line numbers, overrides and readable errors
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class SpecProblem:
+    path: str
+    message: str
+    line: Optional[int] = None
+
+    def render(self, source: str) -> str:
+        where = f"{source}:{self.line}" if self.line else source
+        return f"{where}: {self.path or '<top>'}: {self.message}"
+
+
+class SpecError(Exception):
+    """Raised with every problem found in a spec; the CLI prints them and exits 2."""
+
+    def __init__(self, source: str, problems: List[SpecProblem]):
+        self.source = source
+        self.problems = problems
+        super().__init__(self.report())
+
+    def report(self) -> str:
+        lines = [f"invalid job spec {self.source} ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):"]
+        lines += ["  " + p.render(self.source) for p in self.problems]
+        return "\n".join(lines)
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that records the line of each mapping key as a dotted path."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+    mapping: Dict[Any, Any] = {}
+    seen = set()
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        loader.key_lines[id(mapping), key] = key_node.start_mark.line + 1
+    loader.mappings.append(mapping)
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.1 reads `1e-4` as a string; learning rates are written that way, so read them as floats.
+_LineLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+
+
+def _load_scalar(text: str) -> Any:
+    loader = _LineLoader(text)
+    loader.key_lines, loader.mappings = {}, []
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _parse_yaml(text: str, source: str) -> Tuple[Any, Dict[str, int]]:
+    loader = _LineLoader(text)
+    loader.key_lines = {}
+    loader.mappings = []
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise SpecError(source, [SpecProblem("", f"not valid YAML: {getattr(exc, 'problem', None) or exc}", line)]) from None
+    finally:
+        loader.dispose()
+    lines: Dict[str, int] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                path = f"{prefix}.{k}" if prefix else str(k)
+                line = loader.key_lines.get((id(obj), k))
+                if line:
+                    lines[path] = line
+                walk(v, path)
+
+    walk(data, "")
+    return data, lines
+
+
+def parse_override(text: str) -> Tuple[List[str], Any]:
+    """`train.max_steps=1000` -> (['train', 'max_steps'], 1000); the value is a YAML scalar."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
+        raise ValueError(f"override key {key!r} must be dotted names such as train.max_steps")
+    try:
+        value = _load_scalar(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: Dict[str, Any], overrides: List[str]) -> List[SpecProblem]:
+    problems: List[SpecProblem] = []
+    for text in overrides:
+        try:
+            parts, value = parse_override(text)
+        except ValueError as exc:
+            problems.append(SpecProblem("", str(exc)))
+            continue
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                problems.append(SpecProblem(".".join(parts[: i + 1]), f"override {text!r} goes inside a value that is not a section"))
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    return problems
+
+
+def _model_for(path: Tuple[Any, ...]) -> Optional[type]:
+    model: Any = JobSpec
+    for part in path:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def _problem_from_pydantic(err: Dict[str, Any], lines: Dict[str, int]) -> SpecProblem:
+    loc = tuple(err.get("loc", ()))
+    path = ".".join(str(p) for p in loc)
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        parent = _model_for(loc[:-1])
+        choices = sorted(parent.model_fields) if parent is not None else []
+        guess = difflib.get_close_matches(str(loc[-1]), choices, n=1, cutoff=0.6)
+        hint = f"did you mean '{guess[0]}'? " if guess else ""
+        msg = f"unknown key; {hint}valid keys here: {', '.join(choices)}"
+    elif kind == "missing":
+        msg = "required; add it"
+    elif kind == "literal_error":
+        msg = f"{err.get('input')!r} is not allowed; choose one of: {err['ctx']['expected']}"
+    else:
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        if "input" in err and kind not in ("model_type", "dict_type") and not isinstance(err["input"], dict):
+            msg += f" (got {err['input']!r})"
+    line = None
+    for n in range(len(loc), 0, -1):
+        line = lines.get(".".join(str(p) for p in loc[:n]))
+        if line:
+            break
+    return SpecProblem(path, msg, line)
+
+
+def load_spec(path: str | Path, overrides: Optional[List[str]] = None, *, check_paths: bool = True) -> JobSpec:
+    """Read, override and validate a spec; raise SpecError listing every problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(source, [SpecProblem("", "file not found; pass the path of a job spec such as jobs/ernie_tiny_local.yaml")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(source, [SpecProblem("", f"cannot read: {exc}")]) from None
+    return validate_text(text, source, overrides or [], base_dir=Path(path).resolve().parent, check_paths=check_paths)
+
+
+def validate_text(text: str, source: str, overrides: List[str], *, base_dir: Optional[Path] = None, check_paths: bool = True) -> JobSpec:
+    data, lines = _parse_yaml(text, source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(source, [SpecProblem("", "the top level must be a mapping of sections (name, cluster, resources, data, model, train, convert)", 1)])
+    problems = apply_overrides(data, overrides)
+    spec: Optional[JobSpec] = None
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        problems += [_problem_from_pydantic(e, lines) for e in exc.errors()]
+    if spec is not None:
+        problems += [SpecProblem(p, m, _line_for(p, lines)) for p, m in spec.cross_field_errors()]
+        if check_paths:
+            problems += _path_problems(spec, lines, base_dir)
+    if problems:
+        raise SpecError(source, problems)
+    assert spec is not None
+    return _resolve_paths(spec, base_dir)
+
+
+def _line_for(path: str, lines: Dict[str, int]) -> Optional[int]:
+    parts = path.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in lines:
+            return lines[".".join(parts[:n])]
+    return None
+
+
+def _abs(value: str, base_dir: Optional[Path]) -> Path:
+    p = Path(value).expanduser()
+    if not p.is_absolute():
+        p = Path.cwd() / p
+    return p
+
+
+def _path_problems(spec: JobSpec, lines: Dict[str, int], base_dir: Optional[Path]) -> List[SpecProblem]:
+    problems = []
+    d = spec.data
+    prefix = _abs(d.input_prefix, base_dir)
+    has_ids = Path(f"{prefix}_ids.npy").exists() and Path(f"{prefix}_idx.npz").exists()
+    if d.raw_corpus is not None:
+        if not _abs(d.raw_corpus, base_dir).exists():
+            problems.append(SpecProblem("data.raw_corpus", f"{d.raw_corpus} does not exist; fix the path (relative paths are from the current directory)", _line_for("data.raw_corpus", lines)))
+    elif not has_ids:
+        problems.append(SpecProblem("data.input_prefix", f"{prefix}_ids.npy / _idx.npz not found; run data_tools.create_pretraining_data or set data.raw_corpus", _line_for("data.input_prefix", lines)))
+    if d.vocab_file is not None and not _abs(d.vocab_file, base_dir).is_file():
+        problems.append(SpecProblem("data.vocab_file", f"{d.vocab_file} is not a file", _line_for("data.vocab_file", lines)))
+    name = spec.model.model_name_or_path
+    if not _looks_builtin(name):
+        if not _abs(name, base_dir).is_dir():
+            problems.append(SpecProblem("model.model_name_or_path", f"{name!r} is neither a built-in config ({', '.join(BUILTIN_MODELS)}) nor a local directory", _line_for("model.model_name_or_path", lines)))
+    elif d.vocab_file is None:
+        problems.append(SpecProblem("data.vocab_file", f"built-in model {name!r} needs a local vocab file (nothing is downloaded)", _line_for("data", lines)))
+    return problems
+
+
+def _resolve_paths(spec: JobSpec, base_dir: Optional[Path]) -> JobSpec:
+    """Freeze relative paths against the submitting directory, so compute nodes see the same files."""
+    updates: Dict[str, Any] = {"output_dir": str(_abs(spec.output_dir, base_dir))}
+    data_updates = {"input_prefix": str(_abs(spec.data.input_prefix, base_dir))}
+    for key in ("raw_corpus", "vocab_file"):
+        value = getattr(spec.data, key)
+        if value is not None:
+            data_updates[key] = str(_abs(value, base_dir))
+    updates["data"] = spec.data.model_copy(update=data_updates)
+    if not _looks_builtin(spec.model.model_name_or_path):
+        updates["model"] = spec.model.model_copy(update={"model_name_or_path": str(_abs(spec.model.model_name_or_path, base_dir))})
+    if spec.convert.output_dir:
+        updates["convert"] = spec.convert.model_copy(update={"output_dir": str(_abs(spec.convert.output_dir, base_dir))})
+    return spec.model_copy(update=updates)
+
+
+def load_frozen(path: str | Path) -> JobSpec:
+    """Load a spec frozen into a run directory (already validated and resolved)."""
+    return JobSpec.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")))

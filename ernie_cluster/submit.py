@@ -1,0 +1,173 @@
+"""Submit a rendered run: create the run directory, then hand the jobs to Slurm (through submitit) or run them locally.
+
+The run directory is owned by one live run at a time. A second submit into it is refused while the
+first is alive; once it is not, `--resume` continues from its checkpoints and `--force` starts over
+after moving the old run aside (nothing is deleted).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+from .render import RenderedRun, convert_executor_params, render, submitit_folder
+from .rundir import RunDir, write_atomic
+from .spec import JobSpec
+
+ALIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
+                "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "PREEMPTED"}
+
+
+class SubmitError(Exception):
+    """A refusal with a message for the user; nothing was submitted."""
+
+
+@dataclass
+class Submission:
+    run_dir: Path
+    backend: str
+    train_job_id: Optional[str]
+    convert_job_id: Optional[str]
+
+
+def slurm_job_states(job_ids: List[str]) -> Dict[str, str]:
+    """State of each job: squeue for live jobs, sacct for finished ones."""
+    ids = [j for j in job_ids if j]
+    if not ids:
+        return {}
+    states: Dict[str, str] = {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T"], capture_output=True, text=True, timeout=30)
+        for line in out.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                states[parts[0]] = parts[1]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    missing = [j for j in ids if j not in states]
+    if missing:
+        try:
+            out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(missing), "-o", "JobID,State"],
+                                 capture_output=True, text=True, timeout=30)
+            for line in out.stdout.splitlines():
+                parts = line.split("|")
+                if len(parts) == 2 and parts[0] in missing:
+                    states[parts[0]] = parts[1].split()[0]
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return states
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return "ernie_cluster" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def live_jobs(run: RunDir) -> List[str]:
+    """Describe the jobs of the run in `run` that are still alive (empty: the directory is free)."""
+    state = run.read_state()
+    if not state:
+        return []
+    if state.get("backend") == "local":
+        pid = state.get("supervisor_pid")
+        return [f"local supervisor pid {pid}"] if pid and _pid_alive(int(pid)) else []
+    jobs = {k: state.get(k) for k in ("train_job_id", "convert_job_id") if state.get(k)}
+    states = slurm_job_states(list(jobs.values()))
+    return [f"{kind.split('_')[0]} job {jid} ({states[jid]})" for kind, jid in jobs.items() if states.get(jid) in ALIVE_STATES]
+
+
+@contextmanager
+def _submit_lock(run: RunDir) -> Iterator[None]:
+    run.root.mkdir(parents=True, exist_ok=True)
+    with open(run.root / ".submit.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SubmitError(f"another submit into {run.root} is in progress; wait for it") from None
+        yield
+
+
+def prepare_run_dir(spec: JobSpec, rendered: RenderedRun, *, resume: bool, force: bool) -> RunDir:
+    run = RunDir(rendered.run_dir)
+    alive = live_jobs(run)
+    if alive:
+        raise SubmitError(
+            f"{run.root} belongs to a live run: {', '.join(alive)}. Two runs must not share an output directory: "
+            f"wait for it, `python -m ernie_cluster cancel {run.root}`, or choose another output_dir.")
+    previous = run.read_state()
+    has_checkpoints = run.checkpoints.exists() and any(run.checkpoints.iterdir())
+    if (previous or has_checkpoints) and not (resume or force):
+        raise SubmitError(
+            f"{run.root} already holds a run ({'checkpoints' if has_checkpoints else 'state.json'} present). "
+            f"Pass --resume to continue from its checkpoints, --force to start over (the old run is moved aside), "
+            f"or choose another output_dir.")
+    if force and (previous or has_checkpoints):
+        archive = run.root / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+        archive.mkdir()
+        for name in ("state.json", "attempts.jsonl", "checkpoints", "snapshots", "converted", "visualdl", "logs", "slurm", "submit", "spec.yaml"):
+            if (run.root / name).exists():
+                shutil.move(str(run.root / name), str(archive / name))
+    for sub in (run.submit, run.slurm, run.logs):
+        sub.mkdir(parents=True, exist_ok=True)
+    write_atomic(run.spec, spec.to_yaml())
+    write_atomic(run.submit / "train.sbatch", rendered.train_sbatch)
+    if rendered.convert_sbatch:
+        write_atomic(run.submit / "convert.sbatch", rendered.convert_sbatch)
+    return run
+
+
+def submit_slurm(spec: JobSpec, *, resume: bool = False, force: bool = False) -> Submission:
+    import submitit
+
+    from .launch.node import NodeLauncher
+    from .jobs import ConvertJob
+
+    rendered = render(spec)
+    run = RunDir(rendered.run_dir)
+    with _submit_lock(run):
+        prepare_run_dir(spec, rendered, resume=resume, force=force)
+        folder = submitit_folder(run.root)
+        train_exec = submitit.SlurmExecutor(folder=folder, python=rendered.python, max_num_timeout=0)
+        train_exec.update_parameters(**rendered.train.executor_params)
+        train_job = train_exec.submit(NodeLauncher(str(run.root)))
+        convert_id = None
+        state = {"backend": "slurm", "name": spec.name, "train_job_id": train_job.job_id, "convert_job_id": None,
+                 "submitted_at": time.time(), "spec_sha256": spec.sha256(), "resume": resume}
+        run.write_state(state)  # the training job exists now: record it before anything else can fail
+        if spec.convert.enabled:
+            convert_exec = submitit.SlurmExecutor(folder=folder, python=rendered.python, max_num_timeout=0)
+            convert_exec.update_parameters(**convert_executor_params(spec, train_job.job_id))
+            convert_id = convert_exec.submit(ConvertJob(str(run.root))).job_id
+            state["convert_job_id"] = convert_id
+            run.write_state(state)
+    return Submission(run.root, "slurm", train_job.job_id, convert_id)
+
+
+def submit_local(spec: JobSpec, *, resume: bool = False, force: bool = False, preempt_after_s: Optional[float] = None) -> Submission:
+    """Run the whole chain on this machine, in the foreground: data, train (with requeues), convert."""
+    from .local import LocalSupervisor
+
+    rendered = render(spec)
+    run = RunDir(rendered.run_dir)
+    with _submit_lock(run):
+        prepare_run_dir(spec, rendered, resume=resume, force=force)
+        run.write_state({"backend": "local", "name": spec.name, "supervisor_pid": os.getpid(),
+                         "submitted_at": time.time(), "spec_sha256": spec.sha256(), "resume": resume})
+    supervisor = LocalSupervisor(spec, run, python=rendered.python, preempt_after_s=preempt_after_s)
+    supervisor.run()
+    return Submission(run.root, "local", None, None)

@@ -1,0 +1,121 @@
+"""Rendering: golden sbatch text for the seed's configuration, and hostile values staying values."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ernie_cluster.cli import main
+from ernie_cluster.render import render
+from ernie_cluster.spec import load_spec, validate_text
+
+from helpers_spec import base_spec, write_spec
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def _dapt():
+    return render(load_spec(REPO / "jobs" / "ernie_dapt.yaml", check_paths=False))
+
+
+@pytest.mark.parametrize("name,attr", [
+    ("ernie_dapt.train.sbatch", "train_sbatch"),
+    ("ernie_dapt.convert.sbatch", "convert_sbatch"),
+    ("ernie_dapt.submitit.train.sbatch", "submitit_train"),
+    ("ernie_dapt.submitit.convert.sbatch", "submitit_convert"),
+])
+def test_golden_render_of_the_seed_configuration(name, attr):
+    rendered = _dapt()
+    text = {
+        "train_sbatch": rendered.train_sbatch,
+        "convert_sbatch": rendered.convert_sbatch,
+        "submitit_train": rendered.train.sbatch_text,
+        "submitit_convert": rendered.convert.sbatch_text,
+    }[attr]
+    golden = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text(), f"rendered text differs from {golden}; rerun with UPDATE_GOLDEN=1 if intended"
+
+
+def test_seed_render_has_the_essentials():
+    r = _dapt()
+    assert "#SBATCH --nodes=4" in r.train_sbatch and "#SBATCH --gpus-per-node=8" in r.train_sbatch
+    assert "#SBATCH --signal=B:USR2@180" in r.train_sbatch and "#SBATCH --requeue" in r.train_sbatch
+    assert "#SBATCH --open-mode=append" in r.train_sbatch
+    assert r.convert.executor_params["additional_parameters"] == {"dependency": "afterok:<train job id>", "kill-on-invalid-dep": "yes"}
+    # submitit's warning goes to every srun task (each node's launcher), not only the batch shell
+    assert "#SBATCH --signal=USR2@180" in r.train.sbatch_text
+
+
+def test_render_cli_submits_and_writes_nothing(tmp_path, capsys):
+    spec = base_spec(tmp_path)
+    path = write_spec(tmp_path / "s.yaml", spec)
+    assert main(["render", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "submitit: training job" in out and "-m ernie_cluster.launch" not in out  # submitit form by default
+    assert main(["submit", "--dry-run", str(path)]) == 0
+    assert capsys.readouterr().out == out
+    assert main(["render", "--sbatch", str(path)]) == 0
+    assert "-m ernie_cluster.launch --run-dir" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
+
+
+def test_render_does_not_import_paddle_and_is_fast(tmp_path):
+    path = write_spec(tmp_path / "s.yaml", base_spec(tmp_path))
+    code = ("import sys, time; t=time.perf_counter(); from ernie_cluster.cli import main; rc=main(['render', %r]); "
+            "assert 'paddle' not in sys.modules, 'render imported paddle'; "
+            "print('elapsed', time.perf_counter()-t, file=sys.stderr); sys.exit(rc)" % str(path))
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr
+    # The brief's budget is 0.5 s for render; whole-process wall time includes the interpreter start.
+    assert wall < 2.0, f"render took {wall:.2f}s"
+
+
+HOSTILE = "x; rm -rf ~ $(touch pwned) `touch pwned2` 'q\" \\"
+
+
+def test_hostile_values_stay_values_in_the_sbatch_script(tmp_path):
+    """Run the rendered script with bash, srun replaced by a recorder: names and values arrive verbatim."""
+    spec = base_spec(tmp_path, name=HOSTILE, output_dir=str(tmp_path / "run dir; touch pwned3"),
+                     environment={"env": {"DOMAIN_TAG": HOSTILE}})
+    s = validate_text(yaml.safe_dump(spec), "hostile.yaml", [])
+    rendered = render(s)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "srun.args"
+    fake_srun = bin_dir / "srun"
+    fake_srun.write_text(f"#!/bin/bash\nprintf '%s\\n' \"$@\" > {record}\nprintf '%s' \"$DOMAIN_TAG\" > {record}.env\n")
+    fake_srun.chmod(fake_srun.stat().st_mode | stat.S_IEXEC)
+    script = tmp_path / "train.sbatch"
+    script.write_text(rendered.train_sbatch)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "n1"}
+    proc = subprocess.run(["bash", str(script)], cwd=workdir, env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    args = record.read_text().splitlines()
+    assert args[args.index("--run-dir") + 1] == str(tmp_path / "run dir; touch pwned3")
+    assert (tmp_path / "srun.args.env").read_text() == HOSTILE
+    for leftover in ("pwned", "pwned2", "pwned3"):
+        assert not (workdir / leftover).exists() and not (tmp_path / leftover).exists()
+    # the job name is one quoted sbatch value
+    assert f"#SBATCH --job-name={__import__('shlex').quote(HOSTILE)}" in rendered.train_sbatch
+
+
+def test_sbatch_scripts_are_valid_bash(tmp_path):
+    r = _dapt()
+    for text in (r.train_sbatch, r.convert_sbatch):
+        script = tmp_path / "s.sh"
+        script.write_text(text)
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0

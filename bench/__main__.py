@@ -1,0 +1,196 @@
+"""`python -m bench [--quick] [--only NAME,...] [--json OUT]`: run every benchmark module, one subprocess each.
+
+A module that crashes, hangs past its time limit or writes no result becomes a failed row; the others still run.
+A module that is not written yet, or needs what this machine lacks (bench_preempt: a Slurm controller), is
+skipped with a note. One table is printed; all rows + machine + timestamp + git commit go to the JSON
+(default bench/results/latest.json), which `python -m bench.report` turns into the README table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from .common import (BENCH_DIR, REPO, RESULTS_DIR, git_commit, load_avg, machine_info, machine_summary, normalize_row,
+                     print_table, slurm_available, slurm_env, status_row, write_json)
+
+# Run in this order; any other bench_*.py found in the modules directory runs after these.
+KNOWN_MODULES = ("bench_data", "bench_train", "bench_submit", "bench_preempt")
+# What a module needs beyond Python; checked here so that a missing piece is a clear skip, not a failure.
+NEEDS = {"bench_preempt": ("slurm",)}
+QUICK_BUDGET_S = 290.0        # --quick: all modules together stay under 5 minutes
+QUICK_MODULE_TIMEOUT_S = 150.0
+FULL_MODULE_TIMEOUT_S = 3600.0
+
+
+def discover(modules_dir: Path) -> List[str]:
+    found = sorted(p.stem for p in modules_dir.glob("bench_*.py"))
+    return [m for m in KNOWN_MODULES] + [m for m in found if m not in KNOWN_MODULES]
+
+
+def _tail(text: str, lines: int = 12) -> str:
+    return "\n".join((text or "").strip().splitlines()[-lines:])
+
+
+def run_module(name: str, *, modules_dir: Path, quick: bool, timeout: float, env: Dict[str, str],
+               verbose: bool = False) -> Tuple[str, List[Dict[str, Any]], Dict[str, Any]]:
+    """Run one module in its own process. Returns (status, rows, info); never raises for the module's faults."""
+    default_dir = modules_dir.resolve() == BENCH_DIR.resolve()
+    target = f"bench.{name}" if default_dir else name
+    child_env = dict(env)
+    paths = [str(REPO)] if default_dir else [str(modules_dir.resolve()), str(REPO)]
+    if child_env.get("PYTHONPATH"):
+        paths.append(child_env["PYTHONPATH"])
+    child_env["PYTHONPATH"] = os.pathsep.join(paths)
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
+        out_json = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", target, "--json", str(out_json)] + (["--quick"] if quick else [])
+        load_before = load_avg()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=str(REPO), env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        timed_out = False
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            # the child leads its own session: stop it and whatever it started, by that group id
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                stdout, stderr = proc.communicate(timeout=15)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                stdout, stderr = proc.communicate()
+        seconds = time.perf_counter() - t0
+        info: Dict[str, Any] = {"seconds": round(seconds, 2), "returncode": proc.returncode, "command": " ".join(cmd),
+                                "load_avg_before": load_before, "load_avg_after": load_avg()}
+        if verbose:
+            sys.stdout.write(stdout)
+            sys.stderr.write(stderr)
+        if timed_out:
+            msg = f"timed out after {timeout:.0f} s and was stopped; last output: {_tail(stderr or stdout, 6)}"
+            return "failed", [status_row(name, "failed", msg)], {**info, "error": msg}
+        if proc.returncode != 0:
+            msg = f"exited {proc.returncode}: {_tail(stderr or stdout)}"
+            return "failed", [status_row(name, "failed", msg)], {**info, "error": msg}
+        try:
+            payload = json.loads(out_json.read_text())
+        except (OSError, ValueError) as exc:
+            msg = f"exited 0 but wrote no readable result JSON ({type(exc).__name__}); was it written with bench.common.module_main?"
+            return "failed", [status_row(name, "failed", msg)], {**info, "error": msg}
+    if isinstance(payload, list):
+        payload = {"rows": payload}
+    if payload.get("skipped"):
+        return "skipped", [status_row(name, "skipped", f"skipped: {payload['skipped']}")], {**info, "note": payload["skipped"]}
+    rows = []
+    for row in payload.get("rows") or []:
+        if not isinstance(row, dict) or "name" not in row:
+            msg = f"returned a row that is not a dict with a name: {row!r:.200}"
+            return "failed", [status_row(name, "failed", msg)], {**info, "error": msg}
+        rows.append(normalize_row(row))
+    if not rows:
+        msg = "returned no rows"
+        return "failed", [status_row(name, "failed", msg)], {**info, "error": msg}
+    return "ok", rows, info
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"each module's quick mode; whole run kept under {QUICK_BUDGET_S:.0f} s")
+    parser.add_argument("--only", metavar="NAME,...", help="run just these modules (bench_ prefix optional)")
+    parser.add_argument("--json", metavar="OUT", default=str(RESULTS_DIR / "latest.json"),
+                        help="where to write all rows (default %(default)s); '' to write nothing")
+    parser.add_argument("--modules-dir", metavar="DIR", default=str(BENCH_DIR),
+                        help="where the bench_*.py modules live (default: bench/)")
+    parser.add_argument("--timeout", type=float, metavar="S",
+                        help=f"per-module limit (default {QUICK_MODULE_TIMEOUT_S:.0f} s with --quick, {FULL_MODULE_TIMEOUT_S:.0f} s without)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="show each module's own output")
+    args = parser.parse_args(argv)
+
+    modules_dir = Path(args.modules_dir)
+    names = discover(modules_dir)
+    if args.only:
+        wanted = [n.strip() if n.strip().startswith("bench_") else f"bench_{n.strip()}" for n in args.only.split(",") if n.strip()]
+        names = wanted
+    timeout = args.timeout or (QUICK_MODULE_TIMEOUT_S if args.quick else FULL_MODULE_TIMEOUT_S)
+    deadline = time.monotonic() + QUICK_BUDGET_S if args.quick else None
+
+    env = slurm_env()  # SLURM_CONF of the local cluster when the caller did not set one
+    slurm_problem: Dict[str, Optional[str]] = {}
+
+    def missing_need(name: str) -> Optional[str]:
+        for need in NEEDS.get(name, ()):
+            if need == "slurm":
+                if "slurm" not in slurm_problem:
+                    slurm_problem["slurm"] = slurm_available(env)
+                if slurm_problem["slurm"]:
+                    return f"needs Slurm: {slurm_problem['slurm']}"
+        return None
+
+    started = _dt.datetime.now(_dt.timezone.utc)
+    rows: List[Dict[str, Any]] = []
+    modules: Dict[str, Dict[str, Any]] = {}
+    for name in names:
+        info: Dict[str, Any]
+        note = None
+        if not (modules_dir / f"{name}.py").is_file():
+            note = "not written yet" if name in KNOWN_MODULES else f"no {name}.py in {modules_dir}"
+        else:
+            note = missing_need(name)
+        limit = timeout
+        if deadline is not None and deadline - time.monotonic() < timeout:
+            limit = deadline - time.monotonic()
+            if note is None and limit < 10:
+                note = f"--quick time budget ({QUICK_BUDGET_S:.0f} s) spent by the modules before it"
+        if note is not None:
+            print(f"skipping {name}: {note}", flush=True)
+            status, mod_rows, info = "skipped", [status_row(name, "skipped", f"skipped: {note}")], {"note": note}
+        else:
+            print(f"running {name}{' --quick' if args.quick else ''} (limit {limit:.0f} s) ...", flush=True)
+            status, mod_rows, info = run_module(name, modules_dir=modules_dir, quick=args.quick, timeout=limit,
+                                                env=env, verbose=args.verbose)
+            print(f"  {name}: {status}, {len(mod_rows)} row(s), {info.get('seconds', 0):.1f} s", flush=True)
+        for row in mod_rows:
+            row["module"] = name
+        modules[name] = {"status": status, **info}
+        rows.extend(mod_rows)
+
+    total_s = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds()
+    print()
+    print_table(rows, title=f"ernie_cluster benchmarks{' (quick)' if args.quick else ''} — {machine_summary()}")
+    print(f"total {total_s:.1f} s")
+    result = {
+        "timestamp": started.isoformat(timespec="seconds"),
+        "seconds": round(total_s, 2),
+        "quick": args.quick,
+        "git": git_commit(),
+        "machine": machine_info(),
+        "machine_summary": machine_summary(),
+        "modules": modules,
+        "rows": rows,
+    }
+    if args.json:
+        write_json(Path(args.json), result)
+        print(f"wrote {args.json}")
+    failed = [n for n, m in modules.items() if m["status"] == "failed"]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

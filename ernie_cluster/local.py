@@ -1,0 +1,109 @@
+"""The local backend: the same chain as on Slurm, run on this machine by a small supervisor.
+
+It plays Slurm's part: starts the node launcher (attempt 0), optionally sends the preemption warning
+once (`--preempt-after`), requeues a stopped attempt like `scontrol requeue` would (same policy caps),
+then runs the conversion only if training completed (afterok).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .rundir import RunDir
+from .spec import JobSpec
+
+
+class LocalSupervisor:
+    def __init__(self, spec: JobSpec, run: RunDir, *, python: str, preempt_after_s: Optional[float] = None):
+        self.spec = spec
+        self.run = run
+        self.python = python
+        self.preempt_after_s = preempt_after_s
+        self.job_id = f"local{os.getpid()}"
+        self._child: Optional[subprocess.Popen] = None
+        self._cancelled = False
+
+    def _log(self, message: str) -> None:
+        print(f"[ernie_cluster local] {message}", flush=True)
+
+    def _update_state(self, **values) -> None:
+        state = self.run.read_state()
+        state.update(values)
+        self.run.write_state(state)
+
+    def _on_cancel(self, signum, frame) -> None:
+        # `cancel` sends TERM: pass it on as a stop so the trainers checkpoint, and do not requeue.
+        self._cancelled = True
+        if self._child is not None and self._child.poll() is None:
+            self._child.send_signal(signal.SIGTERM)
+
+    def _attempt(self, restart: int) -> Dict:
+        env = dict(os.environ)
+        env.update({"ERNIE_CLUSTER_LOCAL_JOB_ID": self.job_id, "ERNIE_CLUSTER_LOCAL_RESTART": str(restart)})
+        cmd = [self.python, "-m", "ernie_cluster.launch", "--run-dir", str(self.run.root), "--local"]
+        before = len(self.run.read_attempts())
+        self._log(f"attempt {restart}: {' '.join(cmd)}")
+        self._child = subprocess.Popen(cmd, env=env)
+        timer = None
+        if self.preempt_after_s is not None and restart == 0:
+            def warn() -> None:
+                if self._child is not None and self._child.poll() is None:
+                    self._log(f"simulated preemption: sending {self.spec.cluster.requeue.signal} to the job")
+                    self._child.send_signal(getattr(signal, f"SIG{self.spec.cluster.requeue.signal}"))
+            timer = threading.Timer(self.preempt_after_s, warn)
+            timer.daemon = True
+            timer.start()
+        code = self._child.wait()
+        if timer is not None:
+            timer.cancel()
+        attempts = self.run.read_attempts()[before:]
+        record = attempts[-1] if attempts else {"reason": "failed", "error": "the launcher recorded no attempt"}
+        record["exit_code"] = code
+        return record
+
+    def run_training(self) -> bool:
+        policy = self.spec.cluster.requeue
+        restart = 0
+        while True:
+            self._update_state(local_state="RUNNING", restarts=restart)
+            record = self._attempt(restart)
+            reason = record.get("reason")
+            self._log(f"attempt {restart} ended: {reason} at step {record.get('step')} (exit {record['exit_code']})")
+            if reason == "completed" and record["exit_code"] == 0:
+                return True
+            if reason == "stopped" and not self._cancelled and policy.enabled and restart < policy.max_requeues:
+                restart += 1
+                self._log(f"requeued (restart {restart}/{policy.max_requeues})")
+                continue
+            if self._cancelled:
+                self._update_state(local_state="CANCELLED")
+            return False
+
+    def run(self) -> bool:
+        previous = signal.signal(signal.SIGTERM, self._on_cancel)
+        try:
+            trained = self.run_training()
+            if not trained:
+                if self.run.read_state().get("local_state") != "CANCELLED":
+                    self._update_state(local_state="FAILED")
+                self._log("training did not complete: the conversion does not run (afterok)")
+                return False
+            if not self.spec.convert.enabled:
+                self._update_state(local_state="COMPLETED")
+                return True
+            self._update_state(local_state="CONVERTING")
+            cmd = [self.python, "-m", "ernie_cluster.convert", "--run-dir", str(self.run.root)]
+            self._log(f"conversion: {' '.join(cmd)}")
+            code = subprocess.call(cmd)
+            self._update_state(local_state="COMPLETED" if code == 0 else "FAILED", convert_exit_code=code)
+            if code == 0:
+                self._log(f"converted model: {self.spec.convert_dir()}")
+            return code == 0
+        finally:
+            signal.signal(signal.SIGTERM, previous)

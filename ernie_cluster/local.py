@@ -77,7 +77,8 @@ class LocalSupervisor:
             self._log(f"attempt {restart} ended: {reason} at step {record.get('step')} (exit {record['exit_code']})")
             if reason == "completed" and record["exit_code"] == 0:
                 return True
-            if reason == "stopped" and not self._cancelled and policy.enabled and restart < policy.max_requeues:
+            allowed = record.get("action") != "requeue-denied" and policy.enabled and restart < policy.max_requeues
+            if reason == "stopped" and not self._cancelled and allowed:
                 restart += 1
                 self._log(f"requeued (restart {restart}/{policy.max_requeues})")
                 continue

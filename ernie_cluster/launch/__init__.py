@@ -1,0 +1,17 @@
+"""The launch layer: runs once per node inside a Slurm allocation (or locally).
+
+- `cluster_env`: who this node is (job id, restart count, node rank, nodes, main address and port)
+- `command`: the exact `paddle.distributed.launch` command line for a node
+- `prepare`: data preparation on node 0, waiting for it on the others
+- `attempt`: how an attempt ended, and whether it may be requeued
+- `node`: `NodeLauncher` and `python -m ernie_cluster.launch`
+
+Nothing here imports paddle: this runs on the node before any trainer.
+"""
+
+from .cluster_env import ClusterEnvError, LocalEnvironment, SlurmEnvironment, expand_hostlist
+from .command import build_launch_command
+from .node import LaunchResult, NodeLauncher
+
+__all__ = ["ClusterEnvError", "LocalEnvironment", "SlurmEnvironment", "expand_hostlist",
+           "build_launch_command", "LaunchResult", "NodeLauncher"]

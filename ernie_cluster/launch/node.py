@@ -1,0 +1,707 @@
+"""The per-node launcher: runs once per node (srun --ntasks-per-node=1, or submitit), or locally.
+
+    python -m ernie_cluster.launch --run-dir RUN [--local]
+    NodeLauncher(run_dir)()            # picklable; what submitit runs on every node
+
+One attempt on one node:
+ 1. install signal handlers (USR1, USR2, TERM, INT: they only record the signal);
+ 2. work out who this node is (`cluster_env`), print the wiring summary;
+ 3. node 0: take the run's lock (`RUN/train.lock`, flock, non-blocking) and prepare the data
+    (`prepare.run_preparation`); other nodes wait for node 0's READY marker;
+ 4. start `python -m paddle.distributed.launch ...` (`command.build_launch_command`) in its own
+    session with USR1/USR2 ignored (paddle's launcher has no handler for them and would die), with
+    `ERNIE_CLUSTER_CONTROL_DIR` = RUN/logs/attempt-<job>-<restart>/node<k>/control;
+ 5. on a stop signal, send SIGUSR2 ("save at the next step boundary and stop") to every live
+    trainer pid in the control directory (trainers are in their own sessions: signals to the paddle
+    launcher never reach them); if they are not done after a grace period, SIGTERM the launcher,
+    then SIGKILL what is left;
+ 6. classify the attempt from the trainers' exit records, write node_result.json; node 0 also
+    combines all nodes, decides timeout vs preemption from the time left when the signal came,
+    applies the requeue policy, runs `scontrol requeue` when allowed, and appends the attempt to
+    RUN/attempts.jsonl.
+
+Exit codes (also `LaunchResult.exit_code`): 0 completed, 1 failed, 2 bad environment or spec,
+3 run directory locked by another live run, 4 data preparation failed, 5 stopped but the requeue
+policy denied a requeue, 75 stopped cleanly (requeue requested on Slurm; restartable locally).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from ..rundir import RunDir, write_atomic
+from ..spec import JobSpec, load_frozen
+from . import attempt as att
+from .cluster_env import ClusterEnvError, ClusterEnvironment, default_resolver, detect_environment
+from .command import TRAIN_MODULE, CommandError, build_launch_command
+from .prepare import DataPrepError, marker, prepare_data, run_preparation, wait_for_data
+
+CONTROL_DIR_ENV = "ERNIE_CLUSTER_CONTROL_DIR"
+TRAIN_MODULE_ENV = "ERNIE_CLUSTER_TRAIN_MODULE"  # test hook: run another module in place of ernie_cluster.train
+STOP_SIGNAL = signal.SIGUSR2  # what trainers receive for every stop request
+HANDLED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+NODE_RESULT = "node_result.json"
+ATTEMPT_DECISION = "attempt.json"  # node 0's verdict for the attempt, next to the node<k> directories
+
+
+class AttemptFailed(RuntimeError):
+    """Raised by `NodeLauncher.__call__` on Slurm when the attempt did not complete and is not requeued."""
+
+    def __init__(self, result: "LaunchResult"):
+        self.result = result
+        super().__init__(f"training attempt {result.reason}"
+                         f"{' (' + result.action + ')' if result.action not in ('none', '') else ''}: "
+                         f"{result.message} [exit code {result.exit_code}]")
+
+
+@dataclass
+class LaunchResult:
+    reason: str  # completed | stopped | failed
+    exit_code: int
+    job_id: Optional[str] = None
+    restart: Optional[int] = None
+    node_rank: Optional[int] = None
+    step: Optional[int] = None
+    cause: Optional[str] = None  # timeout | preempted | signal (stopped only)
+    action: str = "none"  # none | requeue | requeue-denied | requeue-failed
+    message: str = ""
+    signal: Optional[str] = None
+    log_dir: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _ignore_stop_signals() -> None:  # runs in the child between fork and exec
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _ignore_all_stop_signals() -> None:
+    for sig in HANDLED_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _start_ticks(pid: int) -> Optional[int]:
+    """Start time of a process in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return int(text.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _project_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def _env_float(env: Dict[str, str], name: str, default: Optional[float]) -> Optional[float]:
+    value = env.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        return default
+
+
+class NodeLauncher:
+    """One attempt on one node. Picklable (plain attributes only): submitit calls it once per node."""
+
+    def __init__(
+        self,
+        run_dir: str,
+        *,
+        local: Optional[bool] = None,
+        python: Optional[str] = None,
+        launcher_argv: Optional[Sequence[str]] = None,
+        train_module: Optional[str] = None,
+        prepare: Optional[Callable[..., Any]] = None,
+        env: Optional[Dict[str, str]] = None,
+        stop_grace_s: Optional[float] = None,
+        start_timeout_s: Optional[float] = None,
+        data_timeout_s: Optional[float] = None,
+        peer_wait_s: float = 60.0,
+        kill_after_s: float = 45.0,
+        poll_s: float = 0.2,
+        timeout_margin_s: float = att.TIMEOUT_MARGIN_S,
+    ):
+        self.run_dir = str(run_dir)
+        self.local = local
+        self.python = python
+        self.launcher_argv = list(launcher_argv) if launcher_argv is not None else None  # tests: a stand-in
+        self.train_module = train_module  # None: $ERNIE_CLUSTER_TRAIN_MODULE (test hook) or ernie_cluster.train
+        self.prepare = prepare
+        self.env = dict(env) if env is not None else None
+        self.stop_grace_s = stop_grace_s
+        self.start_timeout_s = start_timeout_s
+        self.data_timeout_s = data_timeout_s
+        self.peer_wait_s = peer_wait_s
+        self.kill_after_s = kill_after_s
+        self.poll_s = poll_s
+        self.timeout_margin_s = timeout_margin_s
+        self._reset()
+
+    def _reset(self) -> None:
+        self._signals: List[tuple] = []
+        self._lock_handle = None
+        self._logfile: Optional[Path] = None
+        self._prefix = "[ernie_cluster.launch]"
+        self._remaining_at_signal: Optional[float] = None
+        self._on_slurm = False
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    # ------------------------------------------------------------------ entry points
+
+    def __call__(self) -> Dict[str, Any]:
+        """submitit / local supervisor entry. Slurm: returns on completion, SystemExit(75) after a
+        requeue request (submitit must not write a 'done' result), AttemptFailed otherwise.
+        Local: always returns the result as a dict."""
+        # Keep our flag-only handlers until the process ends: a late USR2 must not reach submitit's
+        # handler (it would write an error result for a job that is being requeued).
+        result = self.run(restore_signals=False)
+        on_slurm = self._on_slurm
+        if not on_slurm or result.reason == "completed":
+            return result.to_dict()
+        if result.reason == "stopped" and result.exit_code == att.EXIT_STOPPED:
+            raise SystemExit(att.EXIT_STOPPED)
+        raise AttemptFailed(result)
+
+    def run(self, *, restore_signals: bool = True) -> LaunchResult:
+        """Run one attempt on this node; never raises for expected outcomes."""
+        self._reset()
+        previous = self._install_signal_handlers()
+        try:
+            return self._run()
+        finally:
+            self._release_lock()
+            for sig, handler in (previous.items() if restore_signals else ()):
+                try:
+                    signal.signal(sig, handler)
+                except (TypeError, ValueError):
+                    pass
+
+    # ------------------------------------------------------------------ signals
+
+    def _on_signal(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        self._signals.append((signum, time.time()))  # only record; the main loop acts
+
+    def _install_signal_handlers(self) -> Dict[int, Any]:
+        previous = {}
+        for sig in HANDLED_SIGNALS:
+            previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._on_signal)  # replaces submitit's USR2/TERM handlers
+        return previous
+
+    # ------------------------------------------------------------------ logging
+
+    def _log(self, message: str) -> None:
+        line = f"{self._prefix} {message}"
+        print(line, flush=True)
+        if self._logfile is not None:
+            try:
+                with open(self._logfile, "a", encoding="utf-8") as f:
+                    f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------ lock
+
+    def _acquire_lock(self, run: RunDir, cenv: ClusterEnvironment) -> Optional[str]:
+        """Take RUN/train.lock; None on success, else who holds it. Writes nothing when it fails."""
+        run.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run.train_lock, os.O_RDWR | os.O_CREAT, 0o644)
+        handle = os.fdopen(fd, "r+", encoding="utf-8")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = handle.read().strip() or "(no details)"
+            except OSError:
+                holder = "(unreadable)"
+            handle.close()
+            return holder
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"job_id": cenv.job_id, "restart": cenv.restart_count, "host": socket.gethostname(),
+                                 "pid": os.getpid(), "since": time.time()}) + "\n")
+        handle.flush()
+        self._lock_handle = handle
+        return None
+
+    def _release_lock(self) -> None:
+        if self._lock_handle is not None:
+            try:
+                self._lock_handle.close()  # closing releases the flock
+            finally:
+                self._lock_handle = None
+
+    # ------------------------------------------------------------------ the attempt
+
+    def _result(self, cenv: Optional[ClusterEnvironment], reason: str, code: int, message: str, **kw: Any) -> LaunchResult:
+        return LaunchResult(reason=reason, exit_code=code, message=message,
+                            job_id=cenv.job_id if cenv else None, restart=cenv.restart_count if cenv else None,
+                            node_rank=cenv.node_rank if cenv else None, **kw)
+
+    def _run(self) -> LaunchResult:
+        env = dict(self.env if self.env is not None else os.environ)
+        run = RunDir(Path(self.run_dir).resolve())
+        try:
+            spec = load_frozen(run.spec)
+        except FileNotFoundError:
+            self._log(f"ERROR: {run.spec} not found; is {run.root} a run directory made by `submit`?")
+            return self._result(None, "failed", att.EXIT_CONFIG, f"{run.spec} not found")
+        except Exception as exc:  # pydantic/YAML errors
+            self._log(f"ERROR: cannot load {run.spec}: {exc}")
+            return self._result(None, "failed", att.EXIT_CONFIG, f"cannot load {run.spec}: {exc}")
+        local = self.local if self.local is not None else spec.cluster.backend == "local"
+        try:
+            cenv = detect_environment(env, local=local, master_port=spec.cluster.master_port)
+        except ClusterEnvError as exc:
+            self._log(f"ERROR: {exc}")
+            return self._result(None, "failed", att.EXIT_CONFIG, str(exc))
+        self._on_slurm = cenv.is_slurm
+        self._prefix = f"[ernie_cluster.launch node {cenv.node_rank}/{cenv.num_nodes}]"
+        started = time.time()
+
+        # Node 0 owns the run directory for this attempt. Nothing is written before the lock is held.
+        if cenv.node_rank == 0:
+            holder = self._acquire_lock(run, cenv)
+            if holder is not None:
+                msg = (f"{run.root} is being trained by another live run (train.lock held by {holder}); "
+                       f"refusing to start. Wait for it or cancel it.")
+                self._log(f"ERROR: {msg}")
+                if cenv.num_nodes > 1:  # let the other nodes of this job fail fast
+                    write_atomic(marker(run, "FAILED", cenv.attempt), json.dumps({"error": msg}) + "\n")
+                return self._result(cenv, "failed", att.EXIT_LOCKED, msg)
+
+        node_dir = run.attempt_log_dir(cenv.job_id, cenv.restart_count, cenv.node_rank)
+        control = node_dir / "control"
+        node_dir.mkdir(parents=True, exist_ok=True)
+        if control.exists() and any(control.iterdir()):  # same attempt run twice: keep the old files
+            control.rename(node_dir / f"control.stale-{int(time.time())}")
+        control.mkdir(parents=True, exist_ok=True)
+        stale_result = node_dir / NODE_RESULT
+        if stale_result.exists():
+            stale_result.rename(node_dir / f"{NODE_RESULT}.stale-{int(time.time())}")
+        self._logfile = node_dir / "launcher.log"
+
+        if cenv.is_slurm and cenv.node_rank == 0 and cenv.end_time is None:
+            cenv.refresh_end_time()
+
+        # The command line for this node.
+        host = None
+        if cenv.num_nodes > 1:
+            host = cenv.main_address if cenv.node_rank == 0 else default_resolver(cenv.node_name)
+            if host and host.startswith("127.") and not cenv.main_address.startswith("127."):
+                self._log(f"WARNING: {cenv.node_name} resolves to {host} (loopback) here; other nodes cannot reach it")
+        try:
+            argv = build_launch_command(spec, run, cenv, python=self.python or sys.executable,
+                                        visible_devices=env.get("CUDA_VISIBLE_DEVICES"), host=host,
+                                        train_module=self.train_module or env.get(TRAIN_MODULE_ENV) or TRAIN_MODULE)
+        except CommandError as exc:
+            self._log(f"ERROR: {exc}")
+            return self._finish(spec, run, cenv, att.NodeOutcome("failed", None, str(exc)), started, None, node_dir)
+
+        self._log(f"{cenv.describe()} port={cenv.main_port} trainers_per_node={spec.resources.trainers_per_node} "
+                  f"device={spec.train.device} host={socket.gethostname()} pid={os.getpid()}")
+        self._log(f"node_list={','.join(cenv.node_list[:8])}{',...' if cenv.num_nodes > 8 else ''} "
+                  f"log_dir={node_dir}")
+        self._log(f"control_dir={control}")
+        self._log("argv: " + " ".join(argv))
+        if self.launcher_argv is not None:
+            argv = list(self.launcher_argv)
+            self._log("stand-in launcher instead: " + " ".join(argv))
+
+        # Data: node 0 prepares, the others wait for it.
+        try:
+            if cenv.node_rank == 0:
+                run_preparation(spec, run, cenv.attempt, prepare=self.prepare or prepare_data, log=self._log)
+            else:
+                wait_for_data(run, cenv.attempt, log=self._log,
+                              timeout_s=self.data_timeout_s or _env_float(env, "ERNIE_CLUSTER_DATA_TIMEOUT_S", 6 * 3600.0),
+                              should_abort=lambda: "stop signal" if self._signals else None)
+        except DataPrepError as exc:
+            self._log(f"ERROR: data preparation: {exc}")
+            if self._signals:
+                outcome = att.NodeOutcome("stopped", None, f"stopped before training started: {exc}")
+                return self._finish(spec, run, cenv, outcome, started, None, node_dir)
+            outcome = att.NodeOutcome("failed", None, f"data preparation failed: {exc}")
+            result = self._finish(spec, run, cenv, outcome, started, None, node_dir)
+            result.exit_code = att.EXIT_DATA
+            return result
+
+        if self._signals:
+            outcome = att.NodeOutcome("stopped", None, "stop signal before training started")
+            return self._finish(spec, run, cenv, outcome, started, None, node_dir)
+
+        child_env = dict(env)
+        child_env.update({
+            CONTROL_DIR_ENV: str(control),
+            "ERNIE_CLUSTER_RUN_DIR": str(run.root),
+            "ERNIE_CLUSTER_JOB_ID": cenv.job_id,
+            "ERNIE_CLUSTER_RESTART_COUNT": str(cenv.restart_count),
+            "ERNIE_CLUSTER_NODE_RANK": str(cenv.node_rank),
+            "ERNIE_CLUSTER_NUM_NODES": str(cenv.num_nodes),
+            "ERNIE_CLUSTER_ATTEMPT": cenv.attempt,
+            "ERNIE_CLUSTER_TRAIN_LOCK_HELD": str(run.train_lock),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(_project_root()), env.get("PYTHONPATH", "")) if p),
+        })
+        rc, note = self._supervise(argv, child_env, control, cenv, spec)
+        outcome = att.classify_node(att.read_control_dir(control), spec.resources.trainers_per_node, rc,
+                                    stop_requested=bool(self._signals), note=note)
+        return self._finish(spec, run, cenv, outcome, started, rc, node_dir)
+
+    # ------------------------------------------------------------------ supervising the paddle launcher
+
+    def _grace(self, env: Dict[str, str], spec: JobSpec, remaining: Optional[float], local: bool) -> float:
+        configured = self.stop_grace_s if self.stop_grace_s is not None else _env_float(env, "ERNIE_CLUSTER_STOP_GRACE_S", None)
+        if configured is not None:
+            return float(configured)
+        if local:
+            return 300.0
+        # A safety net against hung trainers only: Slurm's own TERM/KILL end the allocation anyway,
+        # so never cut a checkpoint short before that (at least 60 s).
+        lead = spec.cluster.requeue.signal_lead_s
+        if remaining is None:
+            return max(60.0, lead - 10.0)
+        return max(60.0, min(max(2.0 * lead, 300.0), remaining - 30.0))
+
+    def _supervise(self, argv: List[str], child_env: Dict[str, str], control: Path,
+                   cenv: ClusterEnvironment, spec: JobSpec) -> tuple:
+        env = child_env
+        try:
+            child = subprocess.Popen(argv, env=child_env, start_new_session=True, preexec_fn=_ignore_stop_signals)
+        except OSError as exc:
+            self._log(f"ERROR: cannot start {argv[0]}: {exc}")
+            return None, f"cannot start the launcher: {exc}"
+        child_ticks = _start_ticks(child.pid) or 0
+        self._log(f"started launcher pid {child.pid}")
+        signalled: set = set()
+        handled = 0
+        stop_at: Optional[float] = None
+        escalate_at: Optional[float] = None
+        kill_at: Optional[float] = None
+        term_sent = False
+        note = ""
+        start_timeout = self.start_timeout_s if self.start_timeout_s is not None else \
+            _env_float(env, "ERNIE_CLUSTER_START_TIMEOUT_S", 1800.0)
+        start_deadline = time.monotonic() + float(start_timeout)
+        next_peer_check = 0.0
+
+        def trainer_pids() -> Dict[int, int]:
+            pids = att.read_control_dir(control).pids
+            live = {}
+            for rank, pid in pids.items():
+                ticks = _start_ticks(pid)
+                if _alive(pid) and (ticks is None or ticks >= child_ticks):
+                    live[rank] = pid
+            return live
+
+        def forward(pids: Dict[int, int], only_new: bool) -> None:
+            for rank, pid in sorted(pids.items()):
+                if only_new and pid in signalled:
+                    continue
+                try:
+                    os.kill(pid, STOP_SIGNAL)
+                    signalled.add(pid)
+                    self._log(f"sent {STOP_SIGNAL.name} to trainer rank {rank} (pid {pid})")
+                except ProcessLookupError:
+                    pass
+
+        def handle_signals() -> None:
+            nonlocal handled, stop_at, escalate_at
+            while handled < len(self._signals):
+                signum, when = self._signals[handled]
+                handled += 1
+                name = signal.Signals(signum).name
+                if stop_at is None:
+                    stop_at = when
+                    self._log(f"received {name}: asking the trainers to save at the next step boundary and stop")
+                    forward(trainer_pids(), only_new=False)
+                    remaining = None
+                    if cenv.is_slurm and cenv.node_rank == 0:
+                        end = cenv.refresh_end_time()
+                        remaining = None if end is None else end - when
+                        self._remaining_at_signal = remaining
+                        self._log(f"time left in the allocation when {name} arrived: "
+                                  f"{'unknown' if remaining is None else f'{remaining:.0f}s'}")
+                    elif cenv.is_slurm and cenv.end_time is not None:
+                        remaining = cenv.end_time - when
+                    grace = self._grace(env, spec, remaining, not cenv.is_slurm)
+                    escalate_at = time.monotonic() + grace
+                    self._log(f"waiting up to {grace:.0f}s for the trainers to stop")
+                else:
+                    self._log(f"received {name} again")
+                    forward(trainer_pids(), only_new=False)
+                    if signum in (signal.SIGINT, signal.SIGTERM) and not cenv.is_slurm:
+                        escalate_at = time.monotonic()  # a second Ctrl-C / TERM locally: stop now
+
+        def escalate(now: float) -> None:
+            nonlocal term_sent, kill_at
+            if not term_sent:
+                self._log("trainers did not stop in time: sending SIGTERM to the paddle launcher")
+                try:
+                    child.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                for pid in trainer_pids().values():
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                term_sent = True
+                kill_at = now + self.kill_after_s
+            elif kill_at is not None and now >= kill_at:
+                self._log("sending SIGKILL to the paddle launcher and the remaining trainers")
+                for pid in [child.pid, *trainer_pids().values()]:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                kill_at = None
+
+        while child.poll() is None:
+            handle_signals()
+            now = time.monotonic()
+            if stop_at is not None:
+                forward(trainer_pids(), only_new=True)  # trainers that registered after the signal
+                if escalate_at is not None and now >= escalate_at:
+                    escalate(now)
+            elif now >= start_deadline and not att.read_control_dir(control).pids:
+                note = f"no trainer started within {start_timeout:.0f}s (rendezvous at {cenv.main_address}:{cenv.main_port}?)"
+                self._log(f"ERROR: {note}; stopping the launcher")
+                start_deadline = float("inf")
+                escalate_at = now
+                escalate(now)
+            if cenv.num_nodes > 1 and now >= next_peer_check and not term_sent:
+                next_peer_check = now + 2.0
+                failed_peer = self._failed_peer(control.parent.parent, cenv)
+                if failed_peer:
+                    note = f"node {failed_peer[0]} failed: {failed_peer[1]}"
+                    self._log(f"ERROR: {note}; stopping this node's launcher")
+                    escalate_at = now
+                    escalate(now)
+            if term_sent and kill_at is not None and now >= kill_at:
+                escalate(now)
+            time.sleep(self.poll_s)
+        rc = child.returncode
+        self._log(f"paddle launcher exited with {rc}")
+
+        # Trainers run in their own sessions: make sure none outlives the launcher.
+        leftover = trainer_pids()
+        if leftover:
+            self._log(f"trainers still running after the launcher exited: {sorted(leftover.values())}")
+            if stop_at is None:
+                forward(leftover, only_new=False)
+            grace = 60.0 if stop_at is None else max(10.0, (escalate_at or time.monotonic()) - time.monotonic())
+            deadline = time.monotonic() + grace
+            sent_term = False
+            while leftover:
+                handle_signals()
+                now = time.monotonic()
+                if now >= deadline and not sent_term:
+                    for pid in leftover.values():
+                        try:
+                            os.kill(pid, signal.SIGTERM)
+                        except ProcessLookupError:
+                            pass
+                    sent_term, deadline = True, now + min(15.0, self.kill_after_s)
+                elif now >= deadline and sent_term:
+                    for pid in leftover.values():
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                    break
+                time.sleep(self.poll_s)
+                leftover = trainer_pids()
+        handle_signals()
+        return rc, note
+
+    def _failed_peer(self, attempt_dir: Path, cenv: ClusterEnvironment) -> Optional[tuple]:
+        for k in range(cenv.num_nodes):
+            if k == cenv.node_rank:
+                continue
+            try:
+                data = json.loads((attempt_dir / f"node{k}" / NODE_RESULT).read_text())
+            except (OSError, ValueError):
+                continue
+            if data.get("reason") == "failed":
+                return k, data.get("message", "")
+        return None
+
+    # ------------------------------------------------------------------ after the attempt
+
+    def _first_signal(self) -> Optional[str]:
+        return signal.Signals(self._signals[0][0]).name if self._signals else None
+
+    def _finish(self, spec: JobSpec, run: RunDir, cenv: ClusterEnvironment, outcome: att.NodeOutcome,
+                started: float, rc: Optional[int], node_dir: Path) -> LaunchResult:
+        own = dict(outcome.to_dict(), launcher_exit_code=rc, node=cenv.node_name, time=time.time())
+        write_atomic(node_dir / NODE_RESULT, json.dumps(own, sort_keys=True) + "\n")
+        self._log(f"node outcome: {outcome.reason} at step {outcome.step}: {outcome.message}")
+        if cenv.node_rank != 0:
+            code = {"completed": att.EXIT_OK, "stopped": att.EXIT_STOPPED}.get(outcome.reason, att.EXIT_FAILED)
+            result = self._result(cenv, outcome.reason, code, outcome.message, step=outcome.step,
+                                  signal=self._first_signal() or outcome.signal, log_dir=str(node_dir))
+            if outcome.reason != "failed":
+                # Adopt node 0's verdict, so every task of the job step exits with the same status
+                # (srun reports the highest one).
+                decision = self._wait_for_decision(node_dir.parent)
+                if decision is not None:
+                    result.reason = decision.get("reason", result.reason)
+                    result.exit_code = int(decision.get("exit_code_node", result.exit_code))
+                    result.cause, result.action = decision.get("cause"), decision.get("action", "none")
+                    result.message = decision.get("message", result.message)
+            return result
+
+        outcomes = {0: outcome}
+        if cenv.num_nodes > 1:
+            outcomes.update(self._collect_peers(run, cenv, spec))
+        total = att.combine_nodes(outcomes)
+
+        cause = None
+        remaining = self._remaining_at_signal
+        if total.reason == "stopped":
+            if cenv.is_slurm:
+                if remaining is None:
+                    when = self._signals[0][1] if self._signals else (total.stopped_at or time.time())
+                    end = cenv.refresh_end_time()
+                    remaining = None if end is None else end - when
+                cause = att.stop_cause(remaining, spec.cluster.requeue.signal_lead_s, self.timeout_margin_s)
+            else:
+                cause = "signal"
+        decision = att.decide_requeue(total.reason, cause, cenv.restart_count, spec.cluster.requeue,
+                                      run.read_attempts(), cenv.job_id)
+        action, message = decision.action, total.message
+        if decision.why:
+            message = f"{message}; {decision.why}"
+        if total.reason == "stopped":
+            left = "" if not cenv.is_slurm else \
+                f"; time left at the signal: {'unknown' if remaining is None else f'{remaining:.0f}s'}"
+            self._log(f"attempt stopped ({cause}{left}): {decision.action} - {decision.why}")
+        if decision.requeue and cenv.is_slurm:
+            ok, detail = self._scontrol_requeue(cenv)
+            if ok:
+                self._log(f"requeued job {cenv.job_id} (scontrol requeue)")
+            else:
+                action = "requeue-failed"
+                message = f"{message}; scontrol requeue failed: {detail}"
+                self._log(f"scontrol requeue {cenv.job_id} failed ({detail}); if Slurm is requeuing the job "
+                          f"itself (preemption with PreemptMode=REQUEUE) this is expected")
+        code = att.exit_code_for(total.reason, action)
+        record = {
+            "job_id": cenv.job_id, "restart": cenv.restart_count, "node": cenv.node_name, "nodes": cenv.num_nodes,
+            "reason": total.reason, "cause": cause, "step": total.step,
+            "signal": self._first_signal() or total.signal, "started": started, "ended": time.time(),
+            "exit_code": rc, "action": action, "message": message,
+            "remaining_s": None if remaining is None else round(remaining, 1),
+            "backend": "slurm" if cenv.is_slurm else "local",
+        }
+        run.record_attempt(record)
+        write_atomic(node_dir.parent / ATTEMPT_DECISION, json.dumps(dict(record, exit_code_node=code), sort_keys=True) + "\n")
+        self._log(f"attempt {cenv.attempt}: {total.reason}{' (' + cause + ')' if cause else ''}, step {total.step}, "
+                  f"action {action}, exit code {code}")
+        return self._result(cenv, total.reason, code, message, step=total.step, cause=cause, action=action,
+                            signal=record["signal"], log_dir=str(node_dir))
+
+    def _wait_for_decision(self, attempt_dir: Path) -> Optional[Dict[str, Any]]:
+        deadline = time.monotonic() + self.peer_wait_s + 30.0
+        while time.monotonic() < deadline:
+            try:
+                return json.loads((attempt_dir / ATTEMPT_DECISION).read_text())
+            except (OSError, ValueError):
+                time.sleep(0.5)
+        self._log("node 0 published no decision for this attempt; exiting with this node's own status")
+        return None
+
+    def _collect_peers(self, run: RunDir, cenv: ClusterEnvironment, spec: JobSpec) -> Dict[int, att.NodeOutcome]:
+        """Wait (bounded) for the other nodes' results; classify a silent node from its control dir."""
+        attempt_dir = run.attempt_log_dir(cenv.job_id, cenv.restart_count, 0).parent
+        deadline = time.monotonic() + self.peer_wait_s
+        found: Dict[int, att.NodeOutcome] = {}
+        while True:
+            for k in range(1, cenv.num_nodes):
+                if k in found:
+                    continue
+                try:
+                    data = json.loads((attempt_dir / f"node{k}" / NODE_RESULT).read_text())
+                    found[k] = att.NodeOutcome(data.get("reason", "failed"), data.get("step"),
+                                               data.get("message", ""), data.get("signal"), data.get("stopped_at"))
+                except (OSError, ValueError):
+                    pass
+            if len(found) == cenv.num_nodes - 1 or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        for k in range(1, cenv.num_nodes):
+            if k not in found:
+                state = att.read_control_dir(attempt_dir / f"node{k}" / "control")
+                found[k] = att.classify_node(state, spec.resources.trainers_per_node, None,
+                                             note=f"node {k} reported no result within {self.peer_wait_s:.0f}s")
+                self._log(f"node {k} reported no result; from its trainers' records: {found[k].reason}")
+        return found
+
+    def _scontrol_requeue(self, cenv: ClusterEnvironment) -> tuple:
+        import shutil
+
+        exe = shutil.which("scontrol", path=cenv.env.get("PATH"))
+        if not exe:
+            return False, "scontrol not found on PATH"
+        try:
+            # Ignore TERM while it runs: Slurm may TERM the whole job at the same moment (preemption).
+            proc = subprocess.run([exe, "requeue", cenv.job_id], capture_output=True, text=True, timeout=60,
+                                  env=dict(cenv.env), preexec_fn=_ignore_all_stop_signals)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return False, str(exc)
+        if proc.returncode != 0:
+            return False, (proc.stderr or proc.stdout).strip() or f"exit {proc.returncode}"
+        return True, ""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ernie_cluster.launch",
+                                     description="Run one training attempt on this node (once per node).")
+    parser.add_argument("--run-dir", required=True, help="the run directory (holds spec.yaml)")
+    parser.add_argument("--local", action="store_true", help="no Slurm: one node, this machine")
+    parser.add_argument("--train-module", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    launcher = NodeLauncher(args.run_dir, local=True if args.local else None, train_module=args.train_module)
+    result = launcher.run()
+    return result.exit_code

@@ -84,8 +84,15 @@ def render_sbatch(spec: JobSpec, template: str, *, script_path: Path) -> str:
         run_dir=str(run_dir),
         python=resolve_python(spec),
         script_path=str(script_path),
+        spec_yaml=_heredoc_safe(spec.to_yaml()),
         convert_partition=spec.cluster.convert_partition or spec.cluster.partition,
     )
+
+
+def _heredoc_safe(text: str) -> str:
+    if any(line.strip() == "ERNIE_CLUSTER_SPEC_END" for line in text.splitlines()):
+        raise ValueError("the spec contains the line ERNIE_CLUSTER_SPEC_END, which ends the embedded spec")
+    return text if text.endswith("\n") else text + "\n"
 
 
 def _time_minutes(value: str) -> int:

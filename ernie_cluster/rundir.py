@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,18 @@ class RunDir:
     def write_state(self, state: Dict[str, Any]) -> None:
         write_atomic(self.state, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
+    def register_job(self, kind: str, job_id: str, *, name: str) -> None:
+        """Record a job that was submitted outside `submit` (plain sbatch), so `status` can find it."""
+        state = self.read_state()
+        key = f"{kind}_job_id"
+        if state.get(key) == job_id:
+            return
+        state.setdefault("backend", "slurm")
+        state.setdefault("name", name)
+        state.setdefault("submitted_via", "sbatch")
+        state[key] = job_id
+        self.write_state(state)
+
     def record_attempt(self, record: Dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.attempts, "a", encoding="utf-8") as f:
@@ -127,3 +140,17 @@ def write_atomic(path: Path, text: str) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def main(argv: List[str]) -> int:
+    """`python -m ernie_cluster.rundir register-job RUN KIND JOB_ID NAME` (used by the sbatch templates)."""
+    if len(argv) != 5 or argv[0] != "register-job":
+        print("usage: python -m ernie_cluster.rundir register-job RUN_DIR KIND JOB_ID NAME", file=sys.stderr)
+        return 2
+    _, run_dir, kind, job_id, name = argv
+    RunDir(Path(run_dir)).register_job(kind, job_id, name=name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -86,6 +86,11 @@ class ClusterSection(_Section):
     convert_time: str = "01:00:00"
     master_port: int = Field(0, ge=0, le=65535, description="0: derive a port from the job id")
 
+    @field_validator("time", "convert_time", mode="before")
+    @classmethod
+    def _minutes_as_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # `time: 90` is 90 minutes, as in Slurm
+
     @field_validator("time", "convert_time")
     @classmethod
     def _check_time(cls, v: str) -> str:
@@ -456,9 +461,19 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-# YAML 1.1 reads `1e-4` as a string; learning rates are written that way, so read them as floats.
+# YAML 1.1 number rules bite job specs: `24:00:00` is read as the base-60 integer 86400 and `1e-4`
+# as a string. Times stay strings and exponents are floats here.
+_LineLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 _LineLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+|0o?[0-7_]+)$"), list("-+0123456789"))
+_LineLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
 
 
 def _load_scalar(text: str) -> Any:

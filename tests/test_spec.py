@@ -178,3 +178,19 @@ def test_dapt_example_matches_the_seed():
     assert (s.resources.nodes, s.resources.gpus_per_node) == (4, 8)
     assert (s.train.max_seq_len, s.train.max_lr, s.train.min_lr, s.train.use_amp) == (512, 1e-4, 1e-5, True)
     assert s.train.resolved_engine == "static" and s.dp_degree == 32
+
+
+def test_unquoted_times_and_exponents_read_as_written(tmp_path):
+    text = yaml.safe_dump(base_spec(tmp_path), sort_keys=False)
+    text = text.replace("time: 00:10:00", "time: 24:00:00").replace("max_steps: 10", "max_steps: 10\n  max_lr: 1e-4")
+    text = text.replace("time: '00:10:00'", "time: 24:00:00")
+    s = validate_text(text, "x.yaml", [])
+    assert s.cluster.time == "24:00:00" and s.train.max_lr == 1e-4
+    assert validate_text(text.replace("time: 24:00:00", "time: 90"), "x.yaml", []).cluster.time == "90"
+
+
+def test_frozen_spec_round_trips(tmp_path):
+    from ernie_cluster.spec import load_frozen
+    s = load_spec(REPO / "jobs" / "ernie_dapt.yaml", check_paths=False)
+    (tmp_path / "spec.yaml").write_text(s.to_yaml())
+    assert load_frozen(tmp_path / "spec.yaml") == s

@@ -307,6 +307,8 @@ class NodeLauncher:
                 if cenv.num_nodes > 1:  # let the other nodes of this job fail fast
                     write_atomic(marker(run, "FAILED", cenv.attempt), json.dumps({"error": msg}) + "\n")
                 return self._result(cenv, "failed", att.EXIT_LOCKED, msg)
+            if cenv.is_slurm:
+                run.register_job("train", str(cenv.job_id), name=spec.name)
 
         node_dir = run.attempt_log_dir(cenv.job_id, cenv.restart_count, cenv.node_rank)
         control = node_dir / "control"

@@ -1,0 +1,259 @@
+"""Indexed corpus, document splits and the ERNIE pretraining dataset (numpy only).
+
+``IndexedDataset(prefix)`` reads what ``create_pretraining_data`` wrote:
+``<prefix>_ids.npy`` (memory-mapped token ids) and ``<prefix>_idx.npz``
+(``lens``: sentence lengths, ``sents``: token offsets, ``docs``: sentence
+offsets per document).
+
+``ErnieDataset`` has one epoch of samples (``len``) and answers
+``ds[i]`` for ANY ``i >= 0``: sample ``i`` is row ``perm_e[i % n]`` of the
+mapping with ``e = i // n`` and ``perm_e`` a permutation keyed on
+``(seed, e)``; its masking randomness is keyed on ``(seed, i)``.  Nothing
+depends on how many samples a run will ask for, so changing ``max_steps``
+never reorders the data and resuming at a step is pure index arithmetic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .masking import MaskingConfig, MaskingTables, SampleBuilder
+from .mapping import (LONG_SENTENCE_LEN, DataError, MappingBuildError, build_mapping, build_mapping_py,
+                      get_or_build_mapping, helpers_available)
+from .vocab import load_vocab
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+class IndexedDataset:
+    """Memory-mapped token ids + sentence/document index of one corpus prefix."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        ids_path, idx_path = prefix + "_ids.npy", prefix + "_idx.npz"
+        for p in (ids_path, idx_path):
+            if not os.path.isfile(p):
+                raise FileNotFoundError(
+                    f"indexed corpus file not found: {p} (create it with `python -m "
+                    f"data_tools.create_pretraining_data --input ... --vocab-file ... --output-prefix {prefix}`)")
+        self.ids = np.load(ids_path, mmap_mode="r", allow_pickle=False)
+        with np.load(idx_path, allow_pickle=False) as z:
+            missing = [k for k in ("lens", "sents", "docs") if k not in z.files]
+            if missing:
+                raise DataError(f"{idx_path} lacks array(s) {missing}")
+            self.lens = np.asarray(z["lens"])
+            self.sents = np.asarray(z["sents"])
+            self.docs = np.asarray(z["docs"])
+        self._validate()
+
+    def _validate(self) -> None:
+        p = self.prefix
+        if self.ids.ndim != 1:
+            raise DataError(f"{p}_ids.npy must be 1-D, got shape {self.ids.shape}")
+        n = self.lens.shape[0]
+        if self.sents.shape != (n + 1,) or self.docs.ndim != 1 or self.docs.shape[0] < 1:
+            raise DataError(f"{p}_idx.npz is inconsistent: {n} lens, {self.sents.shape[0]} sents, "
+                            f"{self.docs.shape[0]} docs entries")
+        if int(self.sents[0]) != 0 or int(self.sents[-1]) != self.ids.shape[0]:
+            raise DataError(f"{p}: sents must run from 0 to len(ids)={self.ids.shape[0]} "
+                            f"(got {int(self.sents[0])}..{int(self.sents[-1])}); ids and idx files do not match")
+        if int(self.docs[0]) != 0 or int(self.docs[-1]) != n:
+            raise DataError(f"{p}: docs must run from 0 to the number of sentences {n} "
+                            f"(got {int(self.docs[0])}..{int(self.docs[-1])})")
+
+    @property
+    def n_docs(self) -> int:
+        return self.docs.shape[0] - 1
+
+    @property
+    def n_sentences(self) -> int:
+        return self.lens.shape[0]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.ids.shape[0]
+
+    def sentence(self, i: int) -> np.ndarray:
+        return self.ids[self.sents[i]:self.sents[i + 1]]
+
+    def document(self, d: int) -> List[np.ndarray]:
+        return [self.sentence(s) for s in range(int(self.docs[d]), int(self.docs[d + 1]))]
+
+    def __getstate__(self):
+        return {"prefix": self.prefix}
+
+    def __setstate__(self, state):
+        self.__init__(state["prefix"])
+
+
+def parse_split(split: Union[str, Sequence[float]]) -> Tuple[float, float, float]:
+    """``"949,50,1"`` -> normalised weights of train/valid/test (missing -> 0)."""
+    if isinstance(split, str):
+        parts = [p.strip() for p in split.replace("/", ",").split(",") if p.strip()]
+        try:
+            w = [float(p) for p in parts]
+        except ValueError:
+            raise DataError(f"split must be comma separated numbers like '949,50,1', got {split!r}") from None
+    else:
+        w = [float(x) for x in split]
+    if not 1 <= len(w) <= 3 or any(x < 0 for x in w) or sum(w) <= 0:
+        raise DataError(f"split needs 1 to 3 non-negative weights with a positive sum, got {split!r}")
+    w = w + [0.0] * (3 - len(w))
+    s = sum(w)
+    return (w[0] / s, w[1] / s, w[2] / s)
+
+
+def split_doc_ranges(n_docs: int, split: Union[str, Sequence[float]]) -> Dict[str, Tuple[int, int]]:
+    """Contiguous document ranges per split (cumulative rounding, last ends at n_docs)."""
+    w = parse_split(split)
+    bounds = [0]
+    acc = 0.0
+    for x in w[:2]:
+        acc += x
+        bounds.append(min(n_docs, max(bounds[-1], int(round(acc * n_docs)))))
+    bounds.append(n_docs)
+    return {name: (bounds[i], bounds[i + 1]) for i, name in enumerate(SPLIT_NAMES)}
+
+
+def _stream_id(name: str) -> int:
+    return zlib.crc32(name.encode()) or 1
+
+
+class ErnieDataset:
+    """Masked pretraining samples of one split; ``ds[i]`` works for any ``i >= 0``."""
+
+    def __init__(self, indexed: IndexedDataset, name: str, doc_range: Tuple[int, int], mapping: np.ndarray,
+                 tables: MaskingTables, masking: MaskingConfig, max_seq_len: int, seed: int,
+                 mapping_path: Optional[str] = None):
+        if mapping.shape[0] == 0:
+            raise DataError(f"split {name!r} has no samples")
+        self.indexed = indexed
+        self.name = name
+        self.doc_range = doc_range
+        self.mapping = mapping
+        self.mapping_path = mapping_path
+        self.tables = tables
+        self.masking = masking
+        self.max_seq_len = max_seq_len
+        self.seed = int(seed)
+        self.max_predictions_per_seq = masking.predictions_per_seq(max_seq_len)
+        self.pad_id = tables.pad_id
+        self._stream = _stream_id(name)
+        self._builder = SampleBuilder(tables, masking, max_seq_len, seed, stream=self._stream)
+        self._perms: Dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self.mapping.shape[0])
+
+    def num_epochs_for(self, num_samples: int) -> float:
+        return num_samples / len(self)
+
+    def epoch_permutation(self, epoch: int) -> np.ndarray:
+        perm = self._perms.get(epoch)
+        if perm is None:
+            n = len(self)
+            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, self._stream, epoch])))
+            perm = rng.permutation(n)
+            if n < (1 << 31):
+                perm = perm.astype(np.int32)
+            if len(self._perms) >= 2:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = perm
+        return perm
+
+    def row(self, i: int) -> Tuple[int, int, int, int]:
+        """Mapping row ``(doc, start_sentence, end_sentence, target_len)`` of sample ``i``."""
+        if i < 0:
+            raise IndexError(f"sample index must be >= 0, got {i}")
+        epoch, pos = divmod(i, len(self))
+        r = self.mapping[int(self.epoch_permutation(epoch)[pos])]
+        return int(r[0]), int(r[1]), int(r[2]), int(r[3])
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        i = int(i)
+        _, s0, s1, target = self.row(i)
+        ix = self.indexed
+        t0, t1 = int(ix.sents[s0]), int(ix.sents[s1])
+        tokens = np.asarray(ix.ids[t0:t1])
+        sample = self._builder.build(tokens, ix.lens[s0:s1], target, i)
+        return sample
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_perms"] = {}
+        if self.mapping_path is not None:
+            state["mapping"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.mapping is None:
+            self.mapping = np.load(self.mapping_path, mmap_mode="r", allow_pickle=False)
+
+
+def build_pretraining_datasets(prefix: str, vocab_file: str, split: Union[str, Sequence[float]], max_seq_len: int,
+                               masking: Optional[MaskingConfig] = None, seed: int = 1234,
+                               cache_dir: Optional[str] = None, is_builder: bool = True, timeout_s: float = 600.0,
+                               run_id: Optional[str] = None) -> Dict[str, Optional[ErnieDataset]]:
+    """``{"train": ErnieDataset, "valid": ..., "test": ...}`` for one corpus prefix.
+
+    A split whose weight is 0 is ``None``; a split with a positive weight but
+    no documents or no usable samples raises :class:`DataError`.  The sample
+    mapping of each split is cached in ``cache_dir`` (built by the caller with
+    ``is_builder=True``, awaited by the others for at most ``timeout_s``).
+    """
+    masking = masking or MaskingConfig()
+    if max_seq_len < 8:
+        raise DataError(f"max_seq_len must be >= 8, got {max_seq_len}")
+    if masking.predictions_per_seq(max_seq_len) > max_seq_len:
+        raise DataError("max_predictions_per_seq cannot exceed max_seq_len")
+    indexed = IndexedDataset(prefix)
+    vocab = load_vocab(vocab_file)
+    if indexed.n_tokens:
+        probe = np.asarray(indexed.ids[: min(indexed.n_tokens, 1 << 20)])
+        if int(probe.max()) >= vocab.size:
+            raise DataError(f"{prefix}_ids.npy holds id {int(probe.max())} but {vocab_file} has only {vocab.size} "
+                            f"ids (base+##CJK extension): was the corpus built with another vocab?")
+    tables = MaskingTables(vocab, masking.to_chinese_char)
+    weights = parse_split(split)
+    ranges = split_doc_ranges(indexed.n_docs, split)
+    split_str = split if isinstance(split, str) else ",".join(str(x) for x in split)
+    max_num_tokens = masking.max_num_tokens(max_seq_len)
+    out: Dict[str, Optional[ErnieDataset]] = {}
+    for name, weight in zip(SPLIT_NAMES, weights):
+        lo, hi = ranges[name]
+        if weight == 0:
+            out[name] = None
+            continue
+        if hi <= lo:
+            raise DataError(f"split {name!r} has 0 documents (corpus has {indexed.n_docs} documents, split "
+                            f"{split_str!r}): use more documents or change split")
+        rows, info = get_or_build_mapping(
+            indexed.docs, indexed.lens, (lo, hi), prefix=prefix, split_name=name, split=split_str,
+            max_seq_len=max_seq_len, max_num_tokens=max_num_tokens, short_seq_prob=masking.short_seq_prob,
+            seed=seed, binary_head=masking.binary_head, n_tokens=indexed.n_tokens, cache_dir=cache_dir,
+            is_builder=is_builder, timeout_s=timeout_s, run_id=run_id)
+        if rows.shape[0] == 0:
+            why = ""
+            if "skipped_short_docs" in info:
+                why = (f" ({info['skipped_short_docs']} docs with fewer than "
+                       f"{2 if masking.binary_head else 1} sentences, {info['skipped_long_docs']} docs with a "
+                       f"sentence > {LONG_SENTENCE_LEN} tokens)")
+            raise DataError(f"split {name!r} has {hi - lo} documents but yields no samples{why}: use more/longer "
+                            f"documents{' or binary_head=False' if masking.binary_head else ''}")
+        out[name] = ErnieDataset(indexed, name, (lo, hi), rows, tables, masking, max_seq_len, seed,
+                                 mapping_path=info.get("path"))
+        log.info("split %s: docs [%d, %d), %d samples per epoch", name, lo, hi, rows.shape[0])
+    return out
+
+
+__all__ = ["IndexedDataset", "ErnieDataset", "DataError", "MappingBuildError", "build_pretraining_datasets",
+           "parse_split", "split_doc_ranges", "get_or_build_mapping", "build_mapping", "build_mapping_py",
+           "helpers_available"]

@@ -1,0 +1,297 @@
+"""Sample mapping: which sentences form each pretraining sample (numpy only).
+
+One *epoch* of rows ``(doc, start_sentence, end_sentence, target_len)`` is
+built per split, by the C++ helper ``data_tools._helpers`` (compiled at install
+time) or, when that is missing, by :func:`build_mapping_py` (identical output,
+slower).  The epoch order is applied later by the dataset, from a permutation
+keyed on ``(seed, epoch)``, so the sample stream never depends on ``max_steps``
+(the reference keyed its shuffled map on ``max_num_samples``).
+
+:func:`get_or_build_mapping` caches the rows in ``cache_dir``: one rank builds
+(``is_builder=True``), writes atomically and on error leaves a failure marker;
+the others wait with a deadline instead of polling forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+from typing import Optional, Tuple
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MAPPING_ALGORITHM_VERSION = 1
+LONG_SENTENCE_LEN = 512
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+try:  # compiled by `pip install -e .` / `python setup.py build_ext --inplace`
+    from . import _helpers  # type: ignore
+except ImportError:  # pragma: no cover - exercised only without a build
+    _helpers = None
+
+
+def helpers_available() -> bool:
+    return _helpers is not None
+
+
+def _mix64(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def short_threshold(short_seq_prob: float) -> int:
+    """Probability as an integer threshold on 32 random bits (exact in C++ and Python)."""
+    if not 0.0 <= short_seq_prob <= 1.0:
+        raise ValueError(f"short_seq_prob must be in [0, 1], got {short_seq_prob}")
+    return int(round(short_seq_prob * (1 << 32)))
+
+
+def _mapping_dtype(n_sentences: int, max_num_tokens: int) -> Tuple[type, bool]:
+    big = max(n_sentences, max_num_tokens) >= (1 << 31) - 1
+    return (np.int64, True) if big else (np.int32, False)
+
+
+def build_mapping_py(docs: np.ndarray, lens: np.ndarray, doc_lo: int, doc_hi: int, max_num_tokens: int,
+                     short_seq_prob: float, seed: int, binary_head: bool,
+                     long_sentence_len: int = LONG_SENTENCE_LEN) -> Tuple[np.ndarray, dict]:
+    """Pure-Python reference of the C++ builder (same rows, same stats)."""
+    thr = short_threshold(short_seq_prob)
+    if max_num_tokens < 2:
+        raise ValueError("max_num_tokens must be >= 2")
+    min_num_sent = 2 if binary_head else 1
+    docs_l = docs.tolist() if isinstance(docs, np.ndarray) else list(docs)
+    lens_l = lens.tolist() if isinstance(lens, np.ndarray) else list(lens)
+    seed_key = _mix64(int(seed) & _M64)
+    rows = []
+    skipped_short = skipped_long = 0
+    span = max_num_tokens - 1
+    for d in range(doc_lo, doc_hi):
+        first, last = docs_l[d], docs_l[d + 1]
+        if last - first < min_num_sent:
+            skipped_short += 1
+            continue
+        if max(lens_l[first:last]) > long_sentence_len:
+            skipped_long += 1
+            continue
+        key = _mix64(seed_key ^ d)
+        ctr = 0
+
+        def draw_target() -> int:
+            nonlocal ctr
+            if thr == 0:
+                return max_num_tokens
+            ctr += 1
+            x = _mix64((key + ctr * _GOLDEN) & _M64)
+            if (x >> 32) < thr:
+                ctr += 1
+                y = _mix64((key + ctr * _GOLDEN) & _M64)
+                return 2 + y % span
+            return max_num_tokens
+
+        target = draw_target()
+        start = first
+        seq_len = 0
+        num_sent = 0
+        for s in range(first, last):
+            seq_len += lens_l[s]
+            num_sent += 1
+            remain = last - s - 1
+            if (seq_len >= target and remain > 1 and num_sent >= min_num_sent) or remain == 0:
+                rows.append((d, start, s + 1, target))
+                start = s + 1
+                target = draw_target()
+                seq_len = 0
+                num_sent = 0
+    dtype, _ = _mapping_dtype(docs_l[-1] if docs_l else 0, max_num_tokens)
+    out = np.array(rows, dtype=dtype).reshape(-1, 4)
+    return out, {"skipped_short_docs": skipped_short, "skipped_long_docs": skipped_long}
+
+
+def build_mapping(docs: np.ndarray, lens: np.ndarray, doc_lo: int, doc_hi: int, max_num_tokens: int,
+                  short_seq_prob: float, seed: int, binary_head: bool,
+                  long_sentence_len: int = LONG_SENTENCE_LEN, use_cpp: Optional[bool] = None
+                  ) -> Tuple[np.ndarray, dict]:
+    """Rows of one epoch for docs ``[doc_lo, doc_hi)``; C++ when available."""
+    if use_cpp is None:
+        use_cpp = _helpers is not None
+    if not use_cpp:
+        if _helpers is None:
+            log.warning("data_tools._helpers is not compiled (run `pip install -e .`); building the sample "
+                        "mapping in pure Python, which is slow for large corpora")
+        return build_mapping_py(docs, lens, doc_lo, doc_hi, max_num_tokens, short_seq_prob, seed, binary_head,
+                                long_sentence_len)
+    if _helpers is None:
+        raise RuntimeError("data_tools._helpers is not compiled: run `pip install -e .` or "
+                           "`python setup.py build_ext --inplace` in the repository")
+    n_sents = int(docs[-1]) if len(docs) else 0
+    _, use64 = _mapping_dtype(n_sents, max_num_tokens)
+    rows, sk_short, sk_long = _helpers.build_mapping(
+        np.ascontiguousarray(docs, dtype=np.int64), np.ascontiguousarray(lens, dtype=np.int32),
+        int(doc_lo), int(doc_hi), int(max_num_tokens), short_threshold(short_seq_prob),
+        int(seed) & _M64, 2 if binary_head else 1, int(long_sentence_len), bool(use64))
+    return rows, {"skipped_short_docs": int(sk_short), "skipped_long_docs": int(sk_long)}
+
+
+# ---------------------------------------------------------------------------
+# cache
+
+
+class DataError(ValueError):
+    """The corpus cannot be used as configured (missing files, too small, inconsistent)."""
+
+
+class MappingBuildError(DataError):
+    """The builder rank failed to build a sample mapping (its failure marker was found)."""
+
+
+def mapping_cache_name(prefix: str, split_name: str, split: str, doc_range: Tuple[int, int], max_seq_len: int,
+                       short_seq_prob: float, seed: int, binary_head: bool, n_sentences: int, n_tokens: int,
+                       long_sentence_len: int = LONG_SENTENCE_LEN) -> str:
+    key = json.dumps({
+        "v": MAPPING_ALGORITHM_VERSION, "prefix": os.path.abspath(prefix), "split_name": split_name,
+        "split": split, "docs": list(map(int, doc_range)), "max_seq_len": int(max_seq_len),
+        "short_seq_prob": float(short_seq_prob), "seed": int(seed), "binary_head": bool(binary_head),
+        "n_sentences": int(n_sentences), "n_tokens": int(n_tokens), "long": int(long_sentence_len),
+    }, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    base = os.path.basename(os.path.abspath(prefix)) or "data"
+    return f"{base}_{split_name}_mapping_{digest}"
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _save_npy_atomic(path: str, arr: np.ndarray) -> None:
+    tmp = f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_mapping(path: str) -> np.ndarray:
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"bad sample mapping file {path}: shape {arr.shape}")
+    return arr
+
+
+def get_or_build_mapping(docs: np.ndarray, lens: np.ndarray, doc_range: Tuple[int, int], *, prefix: str,
+                         split_name: str, split: str, max_seq_len: int, max_num_tokens: int,
+                         short_seq_prob: float, seed: int, binary_head: bool, n_tokens: int,
+                         cache_dir: Optional[str], is_builder: bool, timeout_s: float = 600.0,
+                         poll_s: float = 0.5, run_id: Optional[str] = None,
+                         long_sentence_len: int = LONG_SENTENCE_LEN) -> Tuple[np.ndarray, dict]:
+    """Load the cached mapping for a split, or build it (builder) / wait for it (others).
+
+    * ``cache_dir=None``: build in memory, no file (every caller builds).
+    * builder: loads a valid cached file, else builds, writes ``<name>.npy`` via
+      temp file + ``os.replace`` (plus a ``.json`` description); on any error it
+      writes ``<name>.failed`` with the traceback and re-raises.
+    * others: wait until the file appears, raise :class:`MappingBuildError` when
+      a failure marker from this run appears (same ``run_id``, or written after
+      this call started when ``run_id`` is None) and ``TimeoutError`` after
+      ``timeout_s``.
+
+    Returns ``(rows, info)``; rows are memory-mapped when read from the cache.
+    """
+    lo, hi = int(doc_range[0]), int(doc_range[1])
+    if cache_dir is None:
+        t0 = time.time()
+        rows, stats = build_mapping(docs, lens, lo, hi, max_num_tokens, short_seq_prob, seed, binary_head,
+                                    long_sentence_len)
+        stats.update(path=None, build_s=time.time() - t0)
+        return rows, stats
+    n_sents = int(docs[-1]) if len(docs) else 0
+    name = mapping_cache_name(prefix, split_name, split, (lo, hi), max_seq_len, short_seq_prob, seed, binary_head,
+                              n_sents, n_tokens, long_sentence_len)
+    path = os.path.join(cache_dir, name + ".npy")
+    meta_path = os.path.join(cache_dir, name + ".json")
+    failed_path = os.path.join(cache_dir, name + ".failed")
+
+    if is_builder:
+        os.makedirs(cache_dir, exist_ok=True)
+        try:
+            os.unlink(failed_path)
+        except FileNotFoundError:
+            pass
+        if os.path.exists(path):
+            try:
+                rows = _load_mapping(path)
+                return rows, {"path": path, "cached": True}
+            except Exception as e:  # corrupt / foreign file: rebuild it
+                log.warning("ignoring unreadable sample mapping %s (%s); rebuilding", path, e)
+        try:
+            t0 = time.time()
+            log.info("building sample mapping for split %r: docs [%d, %d) -> %s", split_name, lo, hi, path)
+            rows, stats = build_mapping(docs, lens, lo, hi, max_num_tokens, short_seq_prob, seed, binary_head,
+                                        long_sentence_len)
+            build_s = time.time() - t0
+            _save_npy_atomic(path, rows)
+            meta = {"split_name": split_name, "split": split, "docs": [lo, hi], "prefix": os.path.abspath(prefix),
+                    "max_seq_len": max_seq_len, "max_num_tokens": max_num_tokens,
+                    "short_seq_prob": short_seq_prob, "seed": seed, "binary_head": binary_head,
+                    "samples_per_epoch": int(rows.shape[0]), "build_s": round(build_s, 3),
+                    "builder": f"{socket.gethostname()}:{os.getpid()}", "run_id": run_id,
+                    "algorithm_version": MAPPING_ALGORITHM_VERSION, **stats}
+            _atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
+            log.info("sample mapping for %r: %d samples/epoch in %.2fs", split_name, rows.shape[0], build_s)
+            stats.update(path=path, cached=False, build_s=build_s)
+            return rows, stats
+        except BaseException as e:
+            marker = {"run_id": run_id, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+                      "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+            try:
+                _atomic_write_bytes(failed_path, json.dumps(marker, indent=1).encode())
+            except OSError:
+                log.exception("could not write failure marker %s", failed_path)
+            raise
+
+    # --- waiter
+    started = time.time()
+    deadline = time.monotonic() + float(timeout_s)
+    next_log = time.monotonic() + 30.0
+    while True:
+        if os.path.exists(path):
+            try:
+                return _load_mapping(path), {"path": path, "cached": True}
+            except (ValueError, OSError, EOFError):
+                pass  # should not happen with os.replace, but never trust a shared FS blindly
+        if os.path.exists(failed_path):
+            try:
+                with open(failed_path, encoding="utf-8") as f:
+                    marker = json.load(f)
+                fresh = (marker.get("run_id") == run_id) if run_id is not None else \
+                    (os.path.getmtime(failed_path) >= started - 2.0)
+            except (OSError, ValueError):
+                marker, fresh = {}, False
+            if fresh:
+                raise MappingBuildError(
+                    f"the builder rank failed to build the sample mapping {path} "
+                    f"({marker.get('host')}:{marker.get('pid')}): {marker.get('error')}")
+        now = time.monotonic()
+        if now >= deadline:
+            raise TimeoutError(
+                f"waited {timeout_s:.0f}s for the sample mapping {path} to be written by the builder rank "
+                f"(is_builder=True); check that rank's log, that {cache_dir} is on a shared filesystem, "
+                f"or raise the timeout")
+        if now >= next_log:
+            log.info("still waiting for sample mapping %s (%.0fs left)", path, deadline - now)
+            next_log = now + 30.0
+        time.sleep(min(poll_s, max(0.01, deadline - now)))

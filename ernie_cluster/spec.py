@@ -182,7 +182,8 @@ class MaskingSection(_Section):
     masked_lm_prob: float = Field(0.15, gt=0, lt=1)
     max_ngrams: int = Field(3, ge=1, le=10)
     favor_longer_ngram: bool = False
-    max_predictions_per_seq: int = Field(20, ge=1)
+    max_predictions_per_seq: Optional[int] = Field(
+        None, ge=1, description="masked slots per sequence; default round(max_seq_len * masked_lm_prob), as the reference")
     short_seq_prob: float = Field(0.1, ge=0, le=1)
     binary_head: bool = Field(True, description="sentence-order prediction head")
     to_chinese_char: bool = True
@@ -340,7 +341,7 @@ class JobSpec(_Section):
         if self.model.max_position_embeddings is not None and t.max_seq_len > self.model.max_position_embeddings:
             errors.append(("train.max_seq_len", f"{t.max_seq_len} exceeds model.max_position_embeddings {self.model.max_position_embeddings}"))
         masking = self.data.masking
-        if masking.max_predictions_per_seq > t.max_seq_len:
+        if masking.max_predictions_per_seq is not None and masking.max_predictions_per_seq > t.max_seq_len:
             errors.append(("data.masking.max_predictions_per_seq", f"must not exceed train.max_seq_len {t.max_seq_len}"))
         if self.cluster.backend == "local" and t.device == "gpu" and r.nodes > 1:
             errors.append(("resources.nodes", "the local backend runs on this machine only; use nodes: 1"))

@@ -22,7 +22,7 @@ from .spec import JobSpec
 class LocalSupervisor:
     def __init__(self, spec: JobSpec, run: RunDir, *, python: str, preempt_after_s: Optional[float] = None):
         self.spec = spec
-        self.run = run
+        self.rundir = run
         self.python = python
         self.preempt_after_s = preempt_after_s
         self.job_id = f"local{os.getpid()}"
@@ -33,9 +33,9 @@ class LocalSupervisor:
         print(f"[ernie_cluster local] {message}", flush=True)
 
     def _update_state(self, **values) -> None:
-        state = self.run.read_state()
+        state = self.rundir.read_state()
         state.update(values)
-        self.run.write_state(state)
+        self.rundir.write_state(state)
 
     def _on_cancel(self, signum, frame) -> None:
         # `cancel` sends TERM: pass it on as a stop so the trainers checkpoint, and do not requeue.
@@ -46,8 +46,8 @@ class LocalSupervisor:
     def _attempt(self, restart: int) -> Dict:
         env = dict(os.environ)
         env.update({"ERNIE_CLUSTER_LOCAL_JOB_ID": self.job_id, "ERNIE_CLUSTER_LOCAL_RESTART": str(restart)})
-        cmd = [self.python, "-m", "ernie_cluster.launch", "--run-dir", str(self.run.root), "--local"]
-        before = len(self.run.read_attempts())
+        cmd = [self.python, "-m", "ernie_cluster.launch", "--run-dir", str(self.rundir.root), "--local"]
+        before = len(self.rundir.read_attempts())
         self._log(f"attempt {restart}: {' '.join(cmd)}")
         self._child = subprocess.Popen(cmd, env=env)
         timer = None
@@ -62,7 +62,7 @@ class LocalSupervisor:
         code = self._child.wait()
         if timer is not None:
             timer.cancel()
-        attempts = self.run.read_attempts()[before:]
+        attempts = self.rundir.read_attempts()[before:]
         record = attempts[-1] if attempts else {"reason": "failed", "error": "the launcher recorded no attempt"}
         record["exit_code"] = code
         return record
@@ -91,7 +91,7 @@ class LocalSupervisor:
         try:
             trained = self.run_training()
             if not trained:
-                if self.run.read_state().get("local_state") != "CANCELLED":
+                if self.rundir.read_state().get("local_state") != "CANCELLED":
                     self._update_state(local_state="FAILED")
                 self._log("training did not complete: the conversion does not run (afterok)")
                 return False
@@ -99,7 +99,7 @@ class LocalSupervisor:
                 self._update_state(local_state="COMPLETED")
                 return True
             self._update_state(local_state="CONVERTING")
-            cmd = [self.python, "-m", "ernie_cluster.convert", "--run-dir", str(self.run.root)]
+            cmd = [self.python, "-m", "ernie_cluster.convert", "--run-dir", str(self.rundir.root)]
             self._log(f"conversion: {' '.join(cmd)}")
             code = subprocess.call(cmd)
             self._update_state(local_state="COMPLETED" if code == 0 else "FAILED", convert_exit_code=code)

@@ -70,8 +70,10 @@ def _environment() -> jinja2.Environment:
 
 
 def resolve_python(spec: JobSpec) -> str:
-    """The compute nodes' interpreter: as given, made absolute when it is a path."""
+    """The compute nodes' interpreter: as given (absolute when a path), else the one running submit."""
     python = spec.environment.python
+    if python is None:
+        return sys.executable
     if "/" in python:
         return str(Path(python).expanduser().absolute())
     return python
@@ -189,7 +191,3 @@ def render(spec: JobSpec) -> RenderedRun:
         convert=convert,
         notes=notes,
     )
-
-
-def default_python() -> str:
-    return sys.executable

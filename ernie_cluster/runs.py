@@ -140,12 +140,12 @@ def print_status(status: RunStatus, *, as_json: bool = False) -> None:
     console.print(jobs)
     if status.attempts:
         attempts = Table(title="training attempts")
-        for col in ("#", "job", "restart", "started", "ended", "reason", "step", "requeue"):
+        for col in ("#", "job", "restart", "started", "ended", "reason", "cause", "step", "action"):
             attempts.add_column(col)
         for i, a in enumerate(status.attempts):
             attempts.add_row(str(i), str(a.get("job_id", "")), str(a.get("restart", "")), _fmt_time(a.get("started")),
-                             _fmt_time(a.get("ended")), str(a.get("reason", "")), str(a.get("step", "")),
-                             str(a.get("requeue", "")))
+                             _fmt_time(a.get("ended")), str(a.get("reason", "")), str(a.get("cause") or ""),
+                             str(a.get("step", "")), str(a.get("action", "")))
         console.print(attempts)
     ckpt = status.checkpoint
     steps = f"/{status.max_steps}" if status.max_steps else ""

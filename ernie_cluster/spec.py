@@ -165,7 +165,7 @@ class ResourcesSection(_Section):
 class EnvironmentSection(_Section):
     setup: List[str] = Field(default_factory=list, description="shell lines run before training, e.g. 'module load cuda'")
     env: Dict[str, str] = Field(default_factory=dict)
-    python: str = Field("python3", description="interpreter on the compute nodes; default: the one submitting")
+    python: Optional[str] = Field(None, description="interpreter on the compute nodes; default: the one running submit")
 
     @field_validator("env")
     @classmethod

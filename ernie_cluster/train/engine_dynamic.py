@@ -1,0 +1,238 @@
+"""The dynamic-graph (dygraph) data-parallel engine: the CPU path (gloo), and an option on GPUs.
+
+Same model, criterion, LR schedule and data stream as the static engine. One step =
+`accumulate_steps` micro-batches: backward of loss/k under `no_sync()` for all but the
+last, then one optimizer step. With world size > 1 the model and optimizer go through
+`fleet.distributed_model` / `fleet.distributed_optimizer` (gradients all-reduced and
+averaged over ranks); at world size 1 nothing is wrapped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any, Dict, List
+
+import numpy as np
+
+from .checkpoint import Collective
+from .engine_common import ACC_KINDS, StepResult, empty_optimizer_state, mean_results, step_seed
+from .engine_static import make_lr_scheduler
+from .model import canonical_names, create_model, forward_losses, no_decay
+
+log = logging.getLogger("ernie_cluster.train")
+
+AMP_WHITE = ["softmax", "layer_norm", "gelu"]
+AMP_BLACK = ["c_softmax_with_cross_entropy"]
+
+
+class DynamicCollective(Collective):
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+
+    def max_int(self, value: int) -> int:
+        if self.world_size == 1:
+            return int(value)
+        import paddle
+        import paddle.distributed as pdist
+
+        t = paddle.to_tensor([int(value)], dtype="int64")
+        pdist.all_reduce(t, op=pdist.ReduceOp.MAX)
+        return int(t.numpy()[0])
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import paddle.distributed as pdist
+
+            pdist.barrier()
+
+    def mean_float(self, value: float) -> float:
+        if self.world_size == 1:
+            return float(value)
+        import paddle
+        import paddle.distributed as pdist
+
+        t = paddle.to_tensor([float(value)], dtype="float64")
+        pdist.all_reduce(t)
+        return float(t.numpy()[0]) / self.world_size
+
+
+class DynamicEngine:
+    name = "dynamic"
+
+    def __init__(self, spec, dist, config: Dict[str, Any], schedule):
+        import paddle
+        from paddle.distributed import fleet
+
+        self.spec = spec
+        self.dist = dist
+        self.config = config
+        self.schedule = schedule
+        self.binary_head = bool(spec.data.masking.binary_head)
+        self.micro_per_step = spec.accumulate_steps
+        t = spec.train
+        paddle.disable_static()
+        if t.device == "gpu":
+            device_id = int((os.environ.get("FLAGS_selected_gpus") or str(dist.local_rank)).split(",")[0])
+            paddle.set_device(f"gpu:{device_id}")
+        else:
+            paddle.set_device("cpu")
+        if dist.world_size > 1:
+            strategy = fleet.DistributedStrategy()
+            strategy.hybrid_configs = {"dp_degree": dist.world_size, "mp_degree": 1, "pp_degree": 1, "sharding_degree": 1}
+            fleet.init(is_collective=True, strategy=strategy)
+        paddle.seed(t.seed)  # identical initialisation on every rank (DataParallel also broadcasts)
+        self.model = create_model(config)
+        self.model.train()
+        sd = self.model.state_dict()
+        self.params = {k: v for k, v in sd.items()}
+        self.names = {k: v.name for k, v in sd.items()}
+        self.canonical, self.aliases = canonical_names(self.names)
+        decay = {self.names[n] for n in self.canonical if not no_decay(n)}
+        self.lr = make_lr_scheduler(schedule)
+        clip = paddle.nn.ClipGradByGlobalNorm(t.grad_clip) if t.grad_clip > 0 else None
+        self.optimizer = paddle.optimizer.AdamW(
+            learning_rate=self.lr, parameters=self.model.parameters(), beta1=t.adam_beta1, beta2=t.adam_beta2,
+            epsilon=t.adam_epsilon, weight_decay=t.weight_decay, apply_decay_param_fun=lambda n: n in decay,
+            grad_clip=clip)
+        # Create the Adam accumulators now so a checkpoint can be loaded into them directly
+        # (paddle creates them lazily in the first step; its helper is set up the same way).
+        from paddle.base.layer_helper import LayerHelper
+
+        if self.optimizer.helper is None:
+            self.optimizer.helper = LayerHelper(self.optimizer.__class__.__name__)
+        self.optimizer._create_accumulators(paddle.static.default_main_program().global_block(),
+                                            self.optimizer._parameter_list)
+        self.use_amp = bool(t.use_amp)
+        self.scaler = paddle.amp.GradScaler(init_loss_scaling=float(t.amp_init_loss_scaling),
+                                            use_dynamic_loss_scaling=True) if self.use_amp else None
+        self.dp_model = self.model
+        self.dp_optimizer = self.optimizer
+        if dist.world_size > 1:
+            self.dp_model = fleet.distributed_model(self.model)
+            self.dp_optimizer = fleet.distributed_optimizer(self.optimizer)
+        self.collective = DynamicCollective(dist.world_size)
+
+    # -- state ------------------------------------------------------------------
+    def param_shapes(self) -> Dict[str, tuple]:
+        return {n: tuple(p.shape) for n, p in self.params.items()}
+
+    def model_state(self) -> Dict[str, np.ndarray]:
+        arrays = {n: self.params[n].numpy() for n in self.canonical}
+        return {n: arrays[self.aliases.get(n, n)] for n in self.names}
+
+    def set_model_state(self, state: Dict[str, np.ndarray], *, strict: bool = True) -> None:
+        missing = [n for n in self.canonical if n not in state]
+        if strict and missing:
+            raise KeyError(f"checkpoint lacks parameters: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        for n in self.canonical:
+            if n in state:
+                p = self.params[n]
+                value = np.asarray(state[n])
+                if tuple(p.shape) != tuple(value.shape):
+                    raise ValueError(f"{n}: checkpoint shape {tuple(value.shape)} != model shape {tuple(p.shape)}")
+                p.set_value(value.astype(p.numpy().dtype, copy=False))
+
+    def _acc(self, kind: str, canonical: str):
+        return self.optimizer._accumulators[kind][self.names[canonical]]
+
+    def optimizer_state(self) -> Dict[str, Any]:
+        out = empty_optimizer_state()
+        for n in self.canonical:
+            out["accumulators"][n] = {k: self._acc(k, n).numpy() for k in ACC_KINDS}
+        s = self.scaler.state_dict() if self.scaler is not None else {}
+        if s:  # empty when the scaler is disabled (no GPU)
+            out["loss_scaling"] = {
+                "loss_scaling": np.asarray(s["scale"], dtype="float32").reshape(-1)[:1],
+                "num_good_steps": np.array([int(s.get("incr_count", 0))], dtype="int32"),
+                "num_bad_steps": np.array([int(s.get("decr_count", 0))], dtype="int32"),
+            }
+        return out
+
+    def set_optimizer_state(self, state: Dict[str, Any]) -> None:
+        accs = state.get("accumulators", {})
+        for n in self.canonical:
+            for k in ACC_KINDS:
+                value = accs.get(n, {}).get(k)
+                if value is None:
+                    raise KeyError(f"optimizer state lacks {k} of {n}")
+                acc = self._acc(k, n)
+                value = np.asarray(value)
+                if tuple(acc.shape) != tuple(value.shape):
+                    value = value.reshape(acc.shape)
+                acc.set_value(value.astype(acc.numpy().dtype, copy=False))
+        ls = state.get("loss_scaling")
+        if self.scaler is not None and ls and self.scaler.state_dict():
+            self.scaler.load_state_dict({
+                "scale": np.asarray(ls["loss_scaling"]).reshape(-1)[:1].astype("float32"),
+                "incr_ratio": self.scaler._incr_ratio, "decr_ratio": self.scaler._decr_ratio,
+                "incr_every_n_steps": self.scaler._incr_every_n_steps,
+                "decr_every_n_nan_or_inf": self.scaler._decr_every_n_nan_or_inf,
+                "incr_count": int(np.asarray(ls.get("num_good_steps", [0])).reshape(-1)[0]),
+                "decr_count": int(np.asarray(ls.get("num_bad_steps", [0])).reshape(-1)[0]),
+                "use_dynamic_loss_scaling": True,
+            })
+
+    # -- steps ------------------------------------------------------------------
+    def _to_tensors(self, mb: Dict[str, np.ndarray]):
+        import paddle
+
+        return {k: paddle.to_tensor(v) for k, v in mb.items()}
+
+    def seed_step(self, step: int) -> None:
+        import paddle
+
+        paddle.seed(step_seed(self.spec.train.seed, self.dist.rank, step))
+
+    def _autocast(self):
+        import paddle
+
+        if not self.use_amp:
+            return contextlib.nullcontext()
+        return paddle.amp.auto_cast(custom_white_list=AMP_WHITE, custom_black_list=AMP_BLACK, level="O1")
+
+    def train_step(self, step: int, micro_batches: List[Dict[str, np.ndarray]]) -> StepResult:
+        if len(micro_batches) != self.micro_per_step:
+            raise ValueError(f"expected {self.micro_per_step} micro-batches per step, got {len(micro_batches)}")
+        self.lr.set_completed_steps(step)
+        self.seed_step(step)
+        self.dp_model.train()
+        k = len(micro_batches)
+        results = []
+        for i, mb in enumerate(micro_batches):
+            sync = i == k - 1 or self.dist.world_size == 1
+            ctx = contextlib.nullcontext() if sync else self.dp_model.no_sync()
+            with ctx:
+                with self._autocast():
+                    loss, lm, sop, _, _ = forward_losses(self.dp_model, self._to_tensors(mb), self.binary_head)
+                scaled = loss / k if k > 1 else loss
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+            vals = [float(loss.numpy()), float(lm.numpy()), float(sop.numpy())]
+            results.append(StepResult(*vals, finite=bool(np.isfinite(vals).all())))
+        if self.scaler is not None:
+            self.scaler.step(self.dp_optimizer)
+            self.scaler.update()
+            scale = float(self.scaler._scale.numpy().reshape(-1)[0])
+        else:
+            self.dp_optimizer.step()
+            scale = None
+        self.dp_optimizer.clear_grad()
+        res = mean_results(results)
+        res.loss_scale = scale
+        return res
+
+    def eval_batch(self, mb: Dict[str, np.ndarray]) -> StepResult:
+        import paddle
+
+        self.model.eval()
+        with paddle.no_grad(), self._autocast():
+            loss, lm, sop, _, _ = forward_losses(self.model, self._to_tensors(mb), self.binary_head)
+        self.model.train()
+        return StepResult(float(loss.numpy()), float(lm.numpy()), float(sop.numpy()))
+
+    def close(self) -> None:
+        pass

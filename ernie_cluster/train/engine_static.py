@@ -1,0 +1,345 @@
+"""The static-graph Fleet engine (the reference's path; GPUs, or a single CPU process).
+
+The program is built once, under `paddle.utils.unique_name.guard()`, from paddlenlp's
+`ErnieForPretraining`. While building, the Layer's `state_dict()` gives every structured
+parameter name its generated variable name (`ernie.encoder.layers.0.self_attn.q_proj.weight
+-> linear_0.w_0`); that map is the only place generated names are used: checkpoints,
+initial weights and conversion all speak structured names.
+
+Fleet strategy as in the reference `run_pretrain_static.py` (A.3): gradient merge with
+`k_steps = accumulate_steps` when there is no sharding, AMP fp16 with the reference's
+white/black lists and dynamic loss scaling from `train.amp_init_loss_scaling`, recompute
+on the encoder layer outputs, sharding configs when `sharding_degree > 1`, and the
+reference's ExecutionStrategy/BuildStrategy settings.
+
+Across processes, static collectives need GPUs (NCCL). The stop flag and barriers then use
+a tiny separate program holding one `c_allreduce_max` on ring 0 (GPU only).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .checkpoint import Collective
+from .engine_common import ACC_KINDS, ACC_RE, StepResult, empty_optimizer_state, mean_results, step_seed
+from .model import FEED_SPECS, canonical_names, create_model, forward_losses, no_decay
+
+log = logging.getLogger("ernie_cluster.train")
+
+
+def _lr_scheduler_class():
+    import paddle
+
+    class StepLR(paddle.optimizer.lr.LRScheduler):
+        """Paddle-facing wrapper: the value is `schedule.for_update(completed_steps)`; the loop sets the step."""
+
+        def __init__(self, schedule):
+            self.schedule = schedule
+            super().__init__(learning_rate=schedule.max_lr, last_epoch=-1)
+
+        def get_lr(self):
+            return self.schedule.for_update(max(0, self.last_epoch))
+
+        def set_completed_steps(self, completed: int) -> None:
+            self.last_epoch = int(completed)
+            self.last_lr = self.get_lr()
+
+    return StepLR
+
+
+def make_lr_scheduler(schedule):
+    return _lr_scheduler_class()(schedule)
+
+
+def fleet_strategy(spec, recompute_checkpoints: List[str]):
+    import paddle
+    from paddle.distributed import fleet
+
+    t = spec.train
+    strategy = fleet.DistributedStrategy()
+    exec_strategy = paddle.static.ExecutionStrategy()
+    exec_strategy.num_threads = 1
+    exec_strategy.num_iteration_per_drop_scope = 10000
+    build_strategy = paddle.static.BuildStrategy()
+    build_strategy.fuse_broadcast_ops = True
+    build_strategy.enable_inplace = True
+    build_strategy.enable_addto = bool(t.enable_addto and t.device == "gpu")
+    strategy.execution_strategy = exec_strategy
+    strategy.build_strategy = build_strategy
+    strategy.nccl_comm_num = 3
+    strategy.fuse_grad_size_in_MB = 16
+    if t.use_recompute:
+        strategy.recompute = True
+        strategy.recompute_configs = {"checkpoints": list(recompute_checkpoints)}
+    if t.use_amp:
+        strategy.amp = True
+        strategy.amp_configs = {
+            "custom_white_list": ["softmax", "layer_norm", "gelu"],
+            "custom_black_list": ["c_softmax_with_cross_entropy"],
+            "init_loss_scaling": float(t.amp_init_loss_scaling),
+            "use_dynamic_loss_scaling": True,
+        }
+    acc = spec.accumulate_steps
+    if t.sharding_degree > 1:
+        strategy.sharding = True
+        strategy.sharding_configs = {
+            "segment_broadcast_MB": 32,
+            "sharding_degree": t.sharding_degree,
+            "mp_degree": t.mp_degree,
+            "pp_degree": t.pp_degree,
+            "dp_degree": spec.dp_degree,
+            "gradient_merge_acc_step": acc,
+            "optimize_offload": False,
+        }
+    elif acc > 1:
+        strategy.gradient_merge = True
+        strategy.gradient_merge_configs = {"k_steps": acc, "avg": True}
+    return strategy
+
+
+class StaticCollective(Collective):
+    """Stop-flag agreement and barriers for static multi-GPU runs: one c_allreduce_max on ring 0."""
+
+    def __init__(self, engine: "StaticEngine"):
+        self.engine = engine
+        self._prog = None
+
+    def _build(self):
+        import paddle
+
+        prog, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.utils.unique_name.guard("ernie_cluster_flag_"), paddle.static.program_guard(prog, startup):
+            x = paddle.static.data("ernie_cluster_flag", [1], "int64")
+            y = paddle.scale(x, scale=1.0)
+            paddle.distributed.all_reduce(y, op=paddle.distributed.ReduceOp.MAX)
+        self._prog, self._out = prog, y
+
+    def max_int(self, value: int) -> int:
+        if self.engine.dist.world_size == 1:
+            return int(value)
+        if self._prog is None:
+            self._build()
+        (out,) = self.engine.exe.run(self._prog, feed={"ernie_cluster_flag": np.array([value], dtype="int64")},
+                                      fetch_list=[self._out], use_program_cache=True)
+        return int(np.asarray(out).reshape(-1)[0])
+
+    def barrier(self) -> None:
+        if self.engine.dist.world_size > 1:
+            self.max_int(0)
+
+
+class StaticEngine:
+    name = "static"
+
+    def __init__(self, spec, dist, config: Dict[str, Any], schedule):
+        import paddle
+        from paddle.distributed import fleet
+
+        self.spec = spec
+        self.dist = dist
+        self.config = config
+        self.schedule = schedule
+        self.binary_head = bool(spec.data.masking.binary_head)
+        self.accumulate_steps = spec.accumulate_steps if spec.train.sharding_degree <= 1 else 1
+        self.micro_per_step = spec.accumulate_steps
+        t = spec.train
+        paddle.enable_static()
+        if t.device == "gpu":
+            device_id = int((os.environ.get("FLAGS_selected_gpus") or str(dist.local_rank)).split(",")[0])
+            self.place = paddle.CUDAPlace(device_id)
+        else:
+            self.place = paddle.CPUPlace()
+        fleet.init(is_collective=True)
+        paddle.seed(t.seed)  # identical initialisation on every rank
+        self.main = paddle.static.Program()
+        self.startup = paddle.static.Program()
+        with paddle.utils.unique_name.guard(), paddle.static.program_guard(self.main, self.startup):
+            feeds = {}
+            for name, dtype in FEED_SPECS:
+                shape = {
+                    "input_ids": [-1, t.max_seq_len], "token_type_ids": [-1, t.max_seq_len],
+                    "position_ids": [-1, t.max_seq_len], "attention_mask": [-1, 1, 1, t.max_seq_len],
+                    "masked_positions": [-1], "masked_lm_labels": [-1, 1], "masked_lm_weights": [-1],
+                    "next_sentence_labels": [-1, 1],
+                }[name]
+                feeds[name] = paddle.static.data(name, shape, dtype)
+            self.model = create_model(config)
+            checkpoints: List[str] = []
+            if t.use_recompute:
+                for layer in self.model.ernie.encoder.layers:
+                    layer.register_forward_post_hook(lambda _l, _i, out: checkpoints.append(out.name))
+            self.loss, self.lm_loss, self.sop_loss, self.logits, self.sop_logits = forward_losses(self.model, feeds, self.binary_head)
+            self.names: Dict[str, str] = {k: v.name for k, v in self.model.state_dict().items()}
+            self.eval_program = self.main.clone(for_test=True)
+            self.canonical, self.aliases = canonical_names(self.names)
+            decay_vars = {self.names[n] for n in self.canonical if not no_decay(n)}
+            self.lr = make_lr_scheduler(schedule)
+            clip = paddle.nn.ClipGradByGlobalNorm(t.grad_clip) if t.grad_clip > 0 else None
+            optimizer = paddle.optimizer.AdamW(
+                learning_rate=self.lr, beta1=t.adam_beta1, beta2=t.adam_beta2, epsilon=t.adam_epsilon,
+                weight_decay=t.weight_decay, apply_decay_param_fun=lambda vname: vname in decay_vars, grad_clip=clip)
+            self.strategy = fleet_strategy(spec, checkpoints)
+            optimizer = fleet.distributed_optimizer(optimizer, strategy=self.strategy)
+            optimizer.minimize(self.loss)
+        self.feed_names = [n for n, _ in FEED_SPECS]
+        self.exe = paddle.static.Executor(self.place)
+        self.exe.run(self.startup)
+        self.scope = paddle.static.global_scope()
+        self._classify_persistables()
+        self.collective = StaticCollective(self)
+        self.fetch = [self.loss, self.lm_loss, self.sop_loss] + ([self._loss_scaling_var] if self._loss_scaling_var else [])
+        self.eval_fetch = [self.loss, self.lm_loss, self.sop_loss]
+        self._dump_program()
+
+    # -- persistables ---------------------------------------------------------
+    def _classify_persistables(self) -> None:
+        param_vars = set(self.names.values())
+        by_var = {self.names[n]: n for n in self.canonical}
+        self.acc_vars: Dict[tuple, str] = {}  # (canonical name, kind) -> variable name
+        self.ls_vars: Dict[str, str] = {}
+        self.extra_vars: List[str] = []
+        self._loss_scaling_var = None
+        from paddle.base.framework import Parameter
+
+        for var in self.main.list_vars():
+            if not var.persistable or var.name in param_vars:
+                continue
+            if isinstance(var, Parameter):
+                # e.g. the MLM decoder's own weight, replaced by the tied word embedding: in the
+                # program, never used, not in state_dict(); nothing to save.
+                continue
+            name = var.name
+            m = ACC_RE.match(name)
+            if m and m.group("param") in by_var:
+                self.acc_vars[(by_var[m.group("param")], m.group("kind"))] = name
+            elif name.startswith("loss_scaling_"):
+                self.ls_vars["loss_scaling"] = name
+                self._loss_scaling_var = var
+            elif name.startswith("num_good_steps_"):
+                self.ls_vars["num_good_steps"] = name
+            elif name.startswith("num_bad_steps_"):
+                self.ls_vars["num_bad_steps"] = name
+            elif name.startswith("learning_rate_") or "GradientMerge" in name or name.startswith("gradient_merge_"):
+                continue  # set from the schedule / zero at every step boundary
+            elif var.type == paddle_var_type_lod_tensor():
+                self.extra_vars.append(name)
+        missing = [(n, k) for n in self.canonical for k in ACC_KINDS if (n, k) not in self.acc_vars]
+        if missing and self.spec.train.sharding_degree <= 1:
+            log.warning("static engine: %d Adam accumulators not found (e.g. %s)", len(missing), missing[:3])
+
+    def _dump_program(self) -> None:
+        out = os.environ.get("ERNIE_CLUSTER_DUMP_PROGRAM")
+        if out:
+            os.makedirs(out, exist_ok=True)
+            with open(os.path.join(out, f"main_program.txt.{self.dist.rank}"), "w") as f:
+                f.write(str(self.main))
+
+    def _get(self, vname: str) -> np.ndarray:
+        var = self.scope.find_var(vname)
+        if var is None:
+            raise KeyError(f"variable {vname} is not in the scope")
+        return np.array(var.get_tensor())
+
+    def _set(self, vname: str, value: np.ndarray) -> None:
+        var = self.scope.find_var(vname)
+        if var is None:
+            raise KeyError(f"variable {vname} is not in the scope")
+        tensor = var.get_tensor()
+        current = np.array(tensor)
+        value = np.asarray(value)
+        if tuple(current.shape) != tuple(value.shape):
+            raise ValueError(f"{vname}: checkpoint shape {tuple(value.shape)} != program shape {tuple(current.shape)}")
+        tensor.set(value.astype(current.dtype, copy=False), self.place)
+
+    # -- engine interface -------------------------------------------------------
+    def param_shapes(self) -> Dict[str, tuple]:
+        return {n: tuple(self._get(v).shape) for n, v in self.names.items()}
+
+    def model_state(self) -> Dict[str, np.ndarray]:
+        arrays = {n: self._get(self.names[n]) for n in self.canonical}
+        out = {}
+        for n in self.names:  # state_dict order, aliases included (from_pretrained wants them all)
+            out[n] = arrays[self.aliases.get(n, n)]
+        return out
+
+    def set_model_state(self, state: Dict[str, np.ndarray], *, strict: bool = True) -> None:
+        missing = [n for n in self.canonical if n not in state]
+        if strict and missing:
+            raise KeyError(f"checkpoint lacks parameters: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        for n in self.canonical:
+            if n in state:
+                self._set(self.names[n], state[n])
+
+    def optimizer_state(self) -> Dict[str, Any]:
+        out = empty_optimizer_state()
+        for (n, kind), vname in self.acc_vars.items():
+            out["accumulators"].setdefault(n, {})[kind] = self._get(vname)
+        if self.ls_vars:
+            out["loss_scaling"] = {k: self._get(v) for k, v in self.ls_vars.items()}
+        out["extra"] = {f"static:{v}": self._get(v) for v in self.extra_vars}
+        return out
+
+    def set_optimizer_state(self, state: Dict[str, Any]) -> None:
+        accs = state.get("accumulators", {})
+        n_set = 0
+        for (n, kind), vname in self.acc_vars.items():
+            value = accs.get(n, {}).get(kind)
+            if value is None:
+                raise KeyError(f"optimizer state lacks {kind} of {n}")
+            self._set(vname, value)
+            n_set += 1
+        ls = state.get("loss_scaling")
+        if ls and self.ls_vars:
+            for k, v in self.ls_vars.items():
+                if k in ls:
+                    self._set(v, ls[k])
+        elif self.ls_vars:
+            log.info("checkpoint has no loss-scaling state: starting from amp_init_loss_scaling")
+        for key, value in state.get("extra", {}).items():
+            if key.startswith("static:") and key[7:] in self.extra_vars:
+                self._set(key[7:], value)
+
+    def seed_step(self, step: int) -> None:
+        import paddle
+
+        paddle.seed(step_seed(self.spec.train.seed, self.dist.rank, step))
+
+    def train_step(self, step: int, micro_batches: List[Dict[str, np.ndarray]]) -> StepResult:
+        """One optimizer step (completed_steps = step before it) over this rank's micro-batches."""
+        if len(micro_batches) != self.micro_per_step:
+            raise ValueError(f"expected {self.micro_per_step} micro-batches per step, got {len(micro_batches)}")
+        self.lr.set_completed_steps(step)
+        self.seed_step(step)
+        results = []
+        for mb in micro_batches:
+            out = self.exe.run(self.main, feed={k: mb[k] for k in self.feed_names}, fetch_list=self.fetch,
+                               use_program_cache=True)
+            loss, lm, sop = (float(np.asarray(x).reshape(-1)[0]) for x in out[:3])
+            scale = float(np.asarray(out[3]).reshape(-1)[0]) if len(out) > 3 else None
+            results.append(StepResult(loss, lm, sop, scale, bool(np.isfinite([loss, lm, sop]).all())))
+        return mean_results(results)
+
+    def eval_batch(self, mb: Dict[str, np.ndarray]) -> StepResult:
+        out = self.exe.run(self.eval_program, feed={k: mb[k] for k in self.feed_names}, fetch_list=self.eval_fetch,
+                           use_program_cache=True)
+        loss, lm, sop = (float(np.asarray(x).reshape(-1)[0]) for x in out)
+        return StepResult(loss, lm, sop)
+
+    def forward_outputs(self, mb: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Eval-mode losses and logits for one batch (conversion verification)."""
+        fetch = [self.loss, self.lm_loss, self.sop_loss, self.logits, self.sop_logits]
+        out = self.exe.run(self.eval_program, feed={k: mb[k] for k in self.feed_names}, fetch_list=fetch)
+        return dict(zip(("loss", "lm_loss", "sop_loss", "logits", "sop_logits"), (np.asarray(x) for x in out)))
+
+    def close(self) -> None:
+        pass
+
+
+def paddle_var_type_lod_tensor():
+    from paddle.base import core
+
+    return core.VarDesc.VarType.LOD_TENSOR

@@ -1,0 +1,99 @@
+"""In-process checks of the static engine's GPU-oriented Fleet options, built on the CPU.
+
+The spec refuses AMP on the CPU, so these tests switch it on behind validation's back: they
+check the *program construction* of the GPU path (AMP loss scaling with the reference's lists
+and init scale, recompute checkpoints on the encoder layer outputs, gradient merge, sharding
+configs) and that the loss-scaling state survives the checkpoint format. On the CPU, Fleet
+adds AMP's loss-scaling ops but no fp16 casts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+SEQ, PRED, VOCAB = 32, 4, 200
+
+
+def _spec(**train):
+    from ernie_cluster.spec import validate_text
+
+    text = yaml.safe_dump({
+        "name": "engines", "output_dir": "/tmp/unused-engines",
+        "cluster": {"backend": "local", "time": "01:00:00", "requeue": {"signal_lead_s": 30}},
+        "data": {"input_prefix": "/nonexistent/x", "masking": {"max_predictions_per_seq": PRED}},
+        "model": {"model_name_or_path": "ernie-1.0-base-zh", "vocab_size": VOCAB, "hidden_size": 32,
+                  "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+                  "max_position_embeddings": SEQ, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+        "train": {"device": "cpu", "engine": "static", "max_seq_len": SEQ, "micro_batch_size": 2,
+                  "global_batch_size": 4, "max_steps": 10},
+    })
+    spec = validate_text(text, "engines", [], check_paths=False)
+    return spec.model_copy(update={"train": spec.train.model_copy(update=train)})
+
+
+def _batch(seed=0):
+    rng = np.random.RandomState(seed)
+    b = 2
+    return {
+        "input_ids": rng.randint(5, VOCAB, (b, SEQ)).astype("int64"),
+        "token_type_ids": np.zeros((b, SEQ), "int64"),
+        "position_ids": np.tile(np.arange(SEQ, dtype="int64"), (b, 1)),
+        "attention_mask": np.zeros((b, 1, 1, SEQ), "float32"),
+        "masked_positions": (np.arange(b * PRED) * 3).astype("int64"),
+        "masked_lm_labels": rng.randint(5, VOCAB, (b * PRED, 1)).astype("int64"),
+        "masked_lm_weights": np.ones(b * PRED, "float32"),
+        "next_sentence_labels": np.zeros((b, 1), "int64"),
+    }
+
+
+@pytest.fixture
+def static_mode():
+    import paddle
+
+    yield
+    paddle.disable_static()
+
+
+def test_amp_recompute_gradient_merge_program_and_loss_scaling_state(static_mode):
+    from ernie_cluster.train.dist_env import DistEnv
+    from ernie_cluster.train.engine_static import StaticEngine
+    from ernie_cluster.train.model import model_config
+    from ernie_cluster.train.schedule import LRSchedule
+
+    spec = _spec(use_amp=True, use_recompute=True, amp_init_loss_scaling=1024.0)
+    assert spec.accumulate_steps == 2
+    engine = StaticEngine(spec, DistEnv(0, 1, 0, 1, 0), model_config(spec), LRSchedule.from_spec(spec))
+    st = engine.strategy
+    assert st.amp and st.amp_configs["init_loss_scaling"] == 1024.0 and st.amp_configs["use_dynamic_loss_scaling"]
+    assert list(st.amp_configs["custom_white_list"]) == ["softmax", "layer_norm", "gelu"]
+    assert list(st.amp_configs["custom_black_list"]) == ["c_softmax_with_cross_entropy"]
+    assert st.gradient_merge and st.gradient_merge_configs["k_steps"] == 2
+    assert st.recompute and len(st.recompute_configs["checkpoints"]) == 2  # one per encoder layer
+    assert st.execution_strategy.num_iteration_per_drop_scope == 10000
+    res = engine.train_step(0, [_batch(0), _batch(1)])
+    assert res.finite and res.loss_scale == 1024.0
+    state = engine.optimizer_state()
+    assert set(state["loss_scaling"]) == {"loss_scaling", "num_good_steps", "num_bad_steps"}
+    assert int(state["loss_scaling"]["num_good_steps"][0]) == 1
+    assert not state["extra"]  # the untied decoder weight paddlenlp leaves in the program is not saved
+    assert len(state["accumulators"]) == len(engine.canonical)
+    # the scale is restored from a checkpoint, not reset to amp_init_loss_scaling
+    state["loss_scaling"]["loss_scaling"] = np.array([256.0], "float32")
+    engine.set_optimizer_state(state)
+    assert engine.train_step(1, [_batch(2), _batch(3)]).loss_scale == 256.0
+
+
+def test_sharding_strategy_replaces_gradient_merge():
+    from ernie_cluster.train.engine_static import fleet_strategy
+
+    spec = _spec(sharding_degree=2, global_batch_size=8)
+    spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"nodes": 2})})
+    st = fleet_strategy(spec, [])
+    assert st.sharding and not st.gradient_merge
+    cfg = st.sharding_configs
+    assert (cfg["sharding_degree"], cfg["dp_degree"], cfg["gradient_merge_acc_step"]) == (2, 1, 2)
+    assert cfg["segment_broadcast_MB"] == 32 and cfg["optimize_offload"] is False

@@ -85,7 +85,14 @@ def _check_partition(spec: JobSpec) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may follow options too (`render SPEC --sbatch train.max_steps=5`).
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         if args.command in ("validate", "render", "submit"):
             spec = _load(args)
@@ -119,6 +126,10 @@ def _run_spec_command(args: argparse.Namespace, spec: JobSpec) -> int:
             (out / "train.sbatch").write_text(rendered.train_sbatch)
             if rendered.convert_sbatch:
                 (out / "convert.sbatch").write_text(rendered.convert_sbatch)
+            # Slurm opens --output before the script runs, so its directory must exist already.
+            (rendered.run_dir / "slurm").mkdir(parents=True, exist_ok=True)
+            print(f"# wrote {out}/train.sbatch{' and convert.sbatch' if rendered.convert_sbatch else ''}; "
+                  f"submit with: sbatch {out}/train.sbatch", file=sys.stderr)
         return 0
     from .submit import SubmitError, submit_local, submit_slurm
 

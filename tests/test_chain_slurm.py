@@ -200,17 +200,20 @@ def test_preempted_twice_resumes_exactly_and_converts(tmp_path, cleanup):
 
 
 def test_time_limit_checkpoints_on_the_warning_requeues_and_completes(tmp_path, cleanup):
-    job = submit(tmp_path, "timeout", "cluster.time=1", "cluster.requeue.signal_lead_s=30", "train.max_steps=200",
-                 "train.checkpoint_steps=1000", "train.save_steps=1000", "convert.enabled=false")
+    # Slurm sends the warning 30-60 s before the 2-minute limit: attempt 1 cannot reach step 400 by then.
+    job = submit(tmp_path, "timeout", "cluster.time=2", "cluster.requeue.signal_lead_s=30", "train.max_steps=400",
+                 "cluster.requeue.max_requeues=10", "train.checkpoint_steps=1000", "train.save_steps=1000",
+                 "convert.enabled=false")
     cleanup.append(job["train"])
     run = job["run"]
-    assert wait_until(lambda: finished(run, "train"), 420, "training to finish across time limits") == "COMPLETED"
+    assert wait_until(lambda: finished(run, "train"), 720, "training to finish across time limits") == "COMPLETED"
     st = status(run)
     stopped = [a for a in st["attempts"] if a["reason"] == "stopped"]
     assert stopped and all(a["cause"] == "timeout" and a["action"] == "requeue" for a in stopped), st["attempts"]
-    assert st["attempts"][-1]["reason"] == "completed" and st["checkpoint"]["step"] == 200
+    assert st["attempts"][-1]["reason"] == "completed" and st["checkpoint"]["step"] == 400
     # checkpoint_steps=1000 never fired: every resume came from the checkpoint written on the warning signal
-    assert all(a["step"] < 200 for a in stopped)
+    steps = [a["step"] for a in stopped]
+    assert steps == sorted(steps) and steps[0] > 0 and steps[-1] < 400
 
 
 def test_plain_sbatch_path_behaves_like_submitit(tmp_path, cleanup):

@@ -50,15 +50,23 @@ def _batch(seed=0):
     }
 
 
-@pytest.fixture
-def static_mode():
-    import paddle
+def _in_fresh_process(fn) -> None:
+    """Run fn in a spawned interpreter: fleet.init / static mode must not leak into the pytest process
+    (paddlenlp's from_pretrained consults fleet's global state)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    yield
-    paddle.disable_static()
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(fn).result(timeout=300)
 
 
-def test_amp_recompute_gradient_merge_program_and_loss_scaling_state(static_mode):
+def test_amp_recompute_gradient_merge_program_and_loss_scaling_state():
+    _in_fresh_process(_check_amp_recompute_gradient_merge)
+
+
+def _check_amp_recompute_gradient_merge():
+    import numpy  # noqa: F401 - before paddle
+
     from ernie_cluster.train.dist_env import DistEnv
     from ernie_cluster.train.engine_static import StaticEngine
     from ernie_cluster.train.model import model_config

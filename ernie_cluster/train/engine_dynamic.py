@@ -2,9 +2,10 @@
 
 Same model, criterion, LR schedule and data stream as the static engine. One step =
 `accumulate_steps` micro-batches: backward of loss/k under `no_sync()` for all but the
-last, then one optimizer step. With world size > 1 the model and optimizer go through
-`fleet.distributed_model` / `fleet.distributed_optimizer` (gradients all-reduced and
-averaged over ranks); at world size 1 nothing is wrapped.
+last, then one optimizer step. With world size > 1 the model is wrapped in
+`paddle.DataParallel` after `init_parallel_env()` (gradients all-reduced and averaged over
+ranks); at world size 1 nothing is wrapped. Fleet's hybrid init is avoided on purpose: it
+builds a gloo group per parallel axis, and under load one of those connects could be refused.
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ class DynamicEngine:
 
     def __init__(self, spec, dist, config: Dict[str, Any], schedule):
         import paddle
-        from paddle.distributed import fleet
 
         self.spec = spec
         self.dist = dist
@@ -79,9 +79,7 @@ class DynamicEngine:
         else:
             paddle.set_device("cpu")
         if dist.world_size > 1:
-            strategy = fleet.DistributedStrategy()
-            strategy.hybrid_configs = {"dp_degree": dist.world_size, "mp_degree": 1, "pp_degree": 1, "sharding_degree": 1}
-            fleet.init(is_collective=True, strategy=strategy)
+            paddle.distributed.init_parallel_env()  # one global group: data parallel is all this engine does
         paddle.seed(t.seed)  # identical initialisation on every rank (DataParallel also broadcasts)
         self.model = create_model(config)
         self.model.train()
@@ -110,8 +108,7 @@ class DynamicEngine:
         self.dp_model = self.model
         self.dp_optimizer = self.optimizer
         if dist.world_size > 1:
-            self.dp_model = fleet.distributed_model(self.model)
-            self.dp_optimizer = fleet.distributed_optimizer(self.optimizer)
+            self.dp_model = paddle.DataParallel(self.model)
         self.collective = DynamicCollective(dist.world_size)
 
     # -- state ------------------------------------------------------------------

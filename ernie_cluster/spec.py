@@ -259,6 +259,8 @@ class TrainSection(_Section):
     max_steps: int = Field(..., ge=1)
     save_steps: int = Field(10000, ge=1)
     checkpoint_steps: int = Field(500, ge=1)
+    checkpoint_on_signal: bool = Field(
+        True, description="save at the next step boundary when warned; false reproduces the reference (benchmarks)")
     keep_checkpoints: int = Field(2, ge=2, le=100, description="complete checkpoints kept; the newest two at least")
     logging_freq: int = Field(20, ge=1)
     eval_freq: int = Field(1000, ge=1)

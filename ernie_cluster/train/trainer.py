@@ -284,7 +284,7 @@ class Trainer:
                 if code == CODE_STOP:
                     signal_name = self.stop.signal_name or "peer"
                     log.info("stop requested (%s): checkpoint at step %d, then exit", signal_name, step)
-                    if step > 0:
+                    if step > 0 and t.checkpoint_on_signal:
                         save(step)
                     control.write_exit(dist.rank, "stopped", step, signal=signal_name if self.stop else "peer",
                                        param_digest=param_digest(engine))

@@ -194,3 +194,23 @@ def test_frozen_spec_round_trips(tmp_path):
     s = load_spec(REPO / "jobs" / "ernie_dapt.yaml", check_paths=False)
     (tmp_path / "spec.yaml").write_text(s.to_yaml())
     assert load_frozen(tmp_path / "spec.yaml") == s
+
+
+def test_every_spec_key_is_documented_in_the_readme():
+    from pydantic import BaseModel
+
+    from ernie_cluster.spec import JobSpec
+
+    readme = (REPO / "README.md").read_text()
+    missing = []
+
+    def walk(model, prefix=""):
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+            elif f"`{prefix}{name}`" not in readme and f"`{name}`" not in readme and f" `{name}`," not in readme:
+                missing.append(prefix + name)
+
+    walk(JobSpec)
+    assert not missing, f"README's spec table lacks: {missing}"

@@ -350,8 +350,6 @@ class JobSpec(_Section):
         lead = self.cluster.requeue.signal_lead_s
         if lead >= slurm_time_to_seconds(self.cluster.time):
             errors.append(("cluster.requeue.signal_lead_s", f"{lead}s is not shorter than cluster.time {self.cluster.time}"))
-        if self.data.raw_corpus is None and self.data.vocab_file is None and not _looks_builtin(self.model.model_name_or_path):
-            pass  # tokenizer then comes from the model directory
         if self.data.raw_corpus is not None and self.data.vocab_file is None:
             errors.append(("data.vocab_file", "tokenizing data.raw_corpus needs a local vocab file (nothing is downloaded)"))
         return errors
@@ -459,7 +457,6 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
         seen.add(key)
         mapping[key] = loader.construct_object(value_node, deep=True)
         loader.key_lines[id(mapping), key] = key_node.start_mark.line + 1
-    loader.mappings.append(mapping)
     return mapping
 
 
@@ -481,7 +478,7 @@ _LineLoader.add_implicit_resolver(
 
 def _load_scalar(text: str) -> Any:
     loader = _LineLoader(text)
-    loader.key_lines, loader.mappings = {}, []
+    loader.key_lines = {}
     try:
         return loader.get_single_data()
     finally:
@@ -491,7 +488,6 @@ def _load_scalar(text: str) -> Any:
 def _parse_yaml(text: str, source: str) -> Tuple[Any, Dict[str, int]]:
     loader = _LineLoader(text)
     loader.key_lines = {}
-    loader.mappings = []
     try:
         data = loader.get_single_data()
     except yaml.YAMLError as exc:
@@ -601,10 +597,11 @@ def load_spec(path: str | Path, overrides: Optional[List[str]] = None, *, check_
         raise SpecError(source, [SpecProblem("", "file not found; pass the path of a job spec such as jobs/ernie_tiny_local.yaml")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(source, [SpecProblem("", f"cannot read: {exc}")]) from None
-    return validate_text(text, source, overrides or [], base_dir=Path(path).resolve().parent, check_paths=check_paths)
+    return validate_text(text, source, overrides or [], check_paths=check_paths)
 
 
-def validate_text(text: str, source: str, overrides: List[str], *, base_dir: Optional[Path] = None, check_paths: bool = True) -> JobSpec:
+def validate_text(text: str, source: str, overrides: List[str], *, check_paths: bool = True) -> JobSpec:
+    """Validate spec text; relative paths are resolved against the current directory and frozen."""
     data, lines = _parse_yaml(text, source)
     if data is None:
         data = {}
@@ -619,11 +616,11 @@ def validate_text(text: str, source: str, overrides: List[str], *, base_dir: Opt
     if spec is not None:
         problems += [SpecProblem(p, m, _line_for(p, lines)) for p, m in spec.cross_field_errors()]
         if check_paths:
-            problems += _path_problems(spec, lines, base_dir)
+            problems += _path_problems(spec, lines)
     if problems:
         raise SpecError(source, problems)
     assert spec is not None
-    return _resolve_paths(spec, base_dir)
+    return _resolve_paths(spec)
 
 
 def _line_for(path: str, lines: Dict[str, int]) -> Optional[int]:
@@ -634,47 +631,47 @@ def _line_for(path: str, lines: Dict[str, int]) -> Optional[int]:
     return None
 
 
-def _abs(value: str, base_dir: Optional[Path]) -> Path:
+def _abs(value: str) -> Path:
     p = Path(value).expanduser()
     if not p.is_absolute():
         p = Path.cwd() / p
     return p
 
 
-def _path_problems(spec: JobSpec, lines: Dict[str, int], base_dir: Optional[Path]) -> List[SpecProblem]:
+def _path_problems(spec: JobSpec, lines: Dict[str, int]) -> List[SpecProblem]:
     problems = []
     d = spec.data
-    prefix = _abs(d.input_prefix, base_dir)
+    prefix = _abs(d.input_prefix)
     has_ids = Path(f"{prefix}_ids.npy").exists() and Path(f"{prefix}_idx.npz").exists()
     if d.raw_corpus is not None:
-        if not _abs(d.raw_corpus, base_dir).exists():
+        if not _abs(d.raw_corpus).exists():
             problems.append(SpecProblem("data.raw_corpus", f"{d.raw_corpus} does not exist; fix the path (relative paths are from the current directory)", _line_for("data.raw_corpus", lines)))
     elif not has_ids:
         problems.append(SpecProblem("data.input_prefix", f"{prefix}_ids.npy / _idx.npz not found; run data_tools.create_pretraining_data or set data.raw_corpus", _line_for("data.input_prefix", lines)))
-    if d.vocab_file is not None and not _abs(d.vocab_file, base_dir).is_file():
+    if d.vocab_file is not None and not _abs(d.vocab_file).is_file():
         problems.append(SpecProblem("data.vocab_file", f"{d.vocab_file} is not a file", _line_for("data.vocab_file", lines)))
     name = spec.model.model_name_or_path
     if not _looks_builtin(name):
-        if not _abs(name, base_dir).is_dir():
+        if not _abs(name).is_dir():
             problems.append(SpecProblem("model.model_name_or_path", f"{name!r} is neither a built-in config ({', '.join(BUILTIN_MODELS)}) nor a local directory", _line_for("model.model_name_or_path", lines)))
     elif d.vocab_file is None:
         problems.append(SpecProblem("data.vocab_file", f"built-in model {name!r} needs a local vocab file (nothing is downloaded)", _line_for("data", lines)))
     return problems
 
 
-def _resolve_paths(spec: JobSpec, base_dir: Optional[Path]) -> JobSpec:
+def _resolve_paths(spec: JobSpec) -> JobSpec:
     """Freeze relative paths against the submitting directory, so compute nodes see the same files."""
-    updates: Dict[str, Any] = {"output_dir": str(_abs(spec.output_dir, base_dir))}
-    data_updates = {"input_prefix": str(_abs(spec.data.input_prefix, base_dir))}
+    updates: Dict[str, Any] = {"output_dir": str(_abs(spec.output_dir))}
+    data_updates = {"input_prefix": str(_abs(spec.data.input_prefix))}
     for key in ("raw_corpus", "vocab_file"):
         value = getattr(spec.data, key)
         if value is not None:
-            data_updates[key] = str(_abs(value, base_dir))
+            data_updates[key] = str(_abs(value))
     updates["data"] = spec.data.model_copy(update=data_updates)
     if not _looks_builtin(spec.model.model_name_or_path):
-        updates["model"] = spec.model.model_copy(update={"model_name_or_path": str(_abs(spec.model.model_name_or_path, base_dir))})
+        updates["model"] = spec.model.model_copy(update={"model_name_or_path": str(_abs(spec.model.model_name_or_path))})
     if spec.convert.output_dir:
-        updates["convert"] = spec.convert.model_copy(update={"output_dir": str(_abs(spec.convert.output_dir, base_dir))})
+        updates["convert"] = spec.convert.model_copy(update={"output_dir": str(_abs(spec.convert.output_dir))})
     return spec.model_copy(update=updates)
 
 

@@ -148,3 +148,12 @@ def test_training_can_start_from_the_converted_directory(trained, tmp_path, toy_
     warm, cold = by_step(t.losses()), by_step(fresh.losses())
     assert warm[1]["data"] == cold[1]["data"]
     assert warm[1]["loss"] < cold[1]["loss"]  # 8 steps of training show
+
+
+@pytest.mark.parametrize("first_line", ["from paddlenlp.transformers import ErnieModel",
+                                         "import paddle; from paddlenlp.transformers import ErnieModel"])
+def test_readme_snippet_loads_in_a_plain_interpreter(trained, first_line):
+    # The README's two lines, as a user types them: paddle 2.6 shadows zlib unless the venv loads it first.
+    code = f"{first_line}; m = ErnieModel.from_pretrained({str(trained['run'] / 'converted')!r}); print('loaded')"
+    r = subprocess.run([PY, "-c", code], cwd="/", capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-2000:]

@@ -115,6 +115,17 @@ def test_two_process_data_parallel_keeps_ranks_identical(two_node_full):
     assert state["world_size"] == 2 and state["engine"] == "dynamic" and state["consumed_samples"] == STEPS * 16
 
 
+def test_two_process_evaluation_is_averaged_over_ranks(two_node_full):
+    job = two_node_full["job"]
+    (t0,) = [r for r in read_jsonl(Path(f"{job.loss_log}.eval")) if r["split"] == "test"]
+    (t1,) = [r for r in read_jsonl(Path(f"{job.loss_log}.rank1.eval")) if r["split"] == "test"]
+    assert (t0["rank"], t1["rank"]) == (0, 1) and t0["micro_batches"] == t1["micro_batches"] > 0
+    assert t0["local_loss"] != t1["local_loss"]  # each rank evaluated its own share
+    assert t0["loss"] == t1["loss"] == pytest.approx((t0["local_loss"] + t1["local_loss"]) / 2, rel=1e-12)
+    log0 = (job.run / "launch-full" / "node0" / "workerlog.0").read_text()
+    assert f"test at step {STEPS} | loss {t0['loss']:.6f}" in log0
+
+
 def test_two_process_stop_on_one_rank_and_exact_resume(two_node_full, tmp_path):
     spec = dict(two_node_full["spec"], output_dir=str(tmp_path / "run"))
     run = make_run(tmp_path, spec)

@@ -89,6 +89,9 @@ class Collective:
     def max_int(self, value: int) -> int:
         return int(value)
 
+    def sum_floats(self, values):
+        return [float(v) for v in values]
+
 
 # ---------------------------------------------------------------------------
 # small file-system helpers

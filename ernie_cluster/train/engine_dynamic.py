@@ -48,15 +48,15 @@ class DynamicCollective(Collective):
 
             pdist.barrier()
 
-    def mean_float(self, value: float) -> float:
+    def sum_floats(self, values: List[float]) -> List[float]:
         if self.world_size == 1:
-            return float(value)
+            return [float(v) for v in values]
         import paddle
         import paddle.distributed as pdist
 
-        t = paddle.to_tensor([float(value)], dtype="float64")
+        t = paddle.to_tensor(np.asarray(values, dtype="float64"))
         pdist.all_reduce(t)
-        return float(t.numpy()[0]) / self.world_size
+        return [float(v) for v in t.numpy()]
 
 
 class DynamicEngine:

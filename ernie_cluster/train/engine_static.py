@@ -102,11 +102,12 @@ def fleet_strategy(spec, recompute_checkpoints: List[str]):
 
 
 class StaticCollective(Collective):
-    """Stop-flag agreement and barriers for static multi-GPU runs: one c_allreduce_max on ring 0."""
+    """Stop-flag agreement, barriers and eval sums for static multi-GPU runs: all-reduces on ring 0."""
 
     def __init__(self, engine: "StaticEngine"):
         self.engine = engine
         self._prog = None
+        self._sum_progs: Dict[int, Any] = {}
 
     def _build(self):
         import paddle
@@ -130,6 +131,24 @@ class StaticCollective(Collective):
     def barrier(self) -> None:
         if self.engine.dist.world_size > 1:
             self.max_int(0)
+
+    def sum_floats(self, values: List[float]) -> List[float]:
+        if self.engine.dist.world_size == 1:
+            return [float(v) for v in values]
+        import paddle
+
+        n = len(values)
+        if n not in self._sum_progs:
+            prog, startup = paddle.static.Program(), paddle.static.Program()
+            with paddle.utils.unique_name.guard("ernie_cluster_sum_"), paddle.static.program_guard(prog, startup):
+                x = paddle.static.data("ernie_cluster_sum", [n], "float64")
+                y = paddle.scale(x, scale=1.0)
+                paddle.distributed.all_reduce(y)
+            self._sum_progs[n] = (prog, y)
+        prog, y = self._sum_progs[n]
+        (out,) = self.engine.exe.run(prog, feed={"ernie_cluster_sum": np.asarray(values, dtype="float64")},
+                                      fetch_list=[y], use_program_cache=True)
+        return [float(v) for v in np.asarray(out).reshape(-1)]
 
 
 class StaticEngine:

@@ -1,5 +1,6 @@
 """Rank 0's progress output: one log line per `logging_freq`, VisualDL scalars, and the
-per-step jsonl loss log (`ERNIE_CLUSTER_LOSS_LOG=path`) tests use to compare losses bit for bit."""
+per-step jsonl loss log (`ERNIE_CLUSTER_LOSS_LOG=path`, evaluations in `path.eval`) tests use to compare
+losses bit for bit."""
 
 from __future__ import annotations
 
@@ -81,6 +82,12 @@ class Metrics:
         self._window_start = time.time()
         self._window_steps = 0
         self._excluded = 0.0
+
+    def eval_record(self, split: str, step: int, **values: float) -> None:
+        """Evaluation results go beside the loss log, in `<loss log>.eval`, one line per rank and evaluation."""
+        if self.loss_log is not None:
+            with open(f"{self.loss_log.name}.eval", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"split": split, "step": step, "rank": self.rank, **values}) + "\n")
 
     def scalars(self, prefix: str, step: int, values: Dict[str, float]) -> None:
         if self.writer is None:

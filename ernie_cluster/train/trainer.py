@@ -259,14 +259,17 @@ class Trainer:
             t0 = time.time()
             mbs = eval_micro_batches(spec, ds, dist, index, n)
             res = [engine.eval_batch(mb) for mb in mbs]
-            if res and dist.rank == 0:
-                loss = sum(r.loss for r in res) / len(res)
-                lm = sum(r.lm_loss for r in res) / len(res)
-                sop = sum(r.sop_loss for r in res) / len(res)
+            # Every rank evaluates its own share; the logged figure is the mean over all ranks' micro-batches.
+            local = [sum(r.loss for r in res), sum(r.lm_loss for r in res), sum(r.sop_loss for r in res), len(res)]
+            total = collective.sum_floats(local)
+            n_total = max(1.0, total[3])
+            loss, lm, sop = total[0] / n_total, total[1] / n_total, total[2] / n_total
+            metrics.eval_record(split, at, loss=loss, local_loss=local[0] / max(1, len(res)), micro_batches=len(res))
+            if dist.rank == 0:
                 dt = time.time() - t0
-                samples = len(res) * t.micro_batch_size * dist.world_size
+                samples = int(total[3]) * t.micro_batch_size
                 log.info("%s at step %d | loss %.6f | lm_loss %.6f | sop_loss %.6f | %d micro-batches | %.1f samples/s",
-                         split, at, loss, lm, sop, len(res), samples / max(dt, 1e-9))
+                         split, at, loss, lm, sop, int(total[3]), samples / max(dt, 1e-9))
                 metrics.scalars(split, at, {"loss": loss, "lm_loss": lm, "sop_loss": sop,
                                             "samples_per_s": samples / max(dt, 1e-9)})
             metrics.exclude(time.time() - t0)

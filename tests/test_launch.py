@@ -30,7 +30,8 @@ from ernie_cluster.launch.cluster_env import (
 )
 from ernie_cluster.launch.command import CommandError, build_launch_command, paddle_job_id, select_devices
 from ernie_cluster.launch.node import NodeLauncher
-from ernie_cluster.launch.prepare import DataPrepError, marker, run_preparation, tokenize_command, wait_for_data
+from ernie_cluster.launch.prepare import (DataPrepError, marker, run_preparation, tokenize_command, tokenize_corpus,
+                                          wait_for_data)
 from ernie_cluster.rundir import RunDir
 from ernie_cluster.spec import JobSpec, RequeuePolicy
 
@@ -377,11 +378,11 @@ def test_requeue_policy() -> None:
 # ---------------------------------------------------------------------------
 
 
-def _noop_prepare(spec, run, log=print):  # noqa: ARG001
+def _noop_prepare(spec, run, log=print, **kw):  # noqa: ARG001
     (run.data_cache / "index.npy").write_text("x")
 
 
-def _failing_prepare(spec, run, log=print):  # noqa: ARG001
+def _failing_prepare(spec, run, log=print, **kw):  # noqa: ARG001
     raise ValueError("corpus is empty")
 
 
@@ -422,6 +423,41 @@ def test_tokenize_command(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, data={"input_prefix": "/d/c", "raw_corpus": "/d/raw", "vocab_file": "/v",
                                      "chinese": False})
     assert "--chinese" not in tokenize_command(spec, "/x", python="py")
+
+
+def _dead(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+def test_tokenizing_stops_at_once_on_a_stop_signal_and_leaves_nothing(tmp_path: Path) -> None:
+    # A stand-in "python" that writes partial output, then tokenizes "forever" (with a child, like a worker pool).
+    slow = tmp_path / "slow-python"
+    slow.write_text("#!/bin/sh\nfor a; do case $a in --output-prefix) p=1;; *) [ -n \"$p\" ] && out=$a && p=;; esac; done\n"
+                    f"touch \"${{out}}_ids.npy\"\necho tokenizing; sleep 300 & echo $! > {tmp_path}/child.pid; wait\n")
+    slow.chmod(0o755)
+    spec = make_spec(tmp_path, data={"input_prefix": str(tmp_path / "corpus" / "c"), "raw_corpus": "/d/raw.jsonl",
+                                     "vocab_file": "/d/v.txt"})
+    started = time.time()
+    asked: List[float] = []
+
+    def should_abort() -> Optional[str]:
+        asked.append(time.time())
+        return "stop signal" if time.time() - started > 1.0 else None
+
+    lines: List[str] = []
+    with pytest.raises(DataPrepError, match="tokenizing stopped \\(stop signal\\)"):
+        tokenize_corpus(spec, python=str(slow), workers=1, should_abort=should_abort, poll_s=0.05, log=lines.append)
+    assert time.time() - started < 8 and len(asked) > 5
+    assert any("tokenizing" in line for line in lines)
+    assert sorted(p.name for p in (tmp_path / "corpus").iterdir()) == []  # no partial corpus, no log left
+    child = int((tmp_path / "child.pid").read_text())  # the tokenizer's own child went with its process group
+    deadline = time.time() + 5
+    while not _dead(child):
+        assert time.time() < deadline, "the tokenizer's child outlived the stop"
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------
@@ -490,9 +526,14 @@ FAKE_LAUNCHER = textwrap.dedent('''
 DRIVER = textwrap.dedent('''
     import json, signal, sys
     from ernie_cluster.launch.node import NodeLauncher
-    def prep(spec, run, log=print):
-        pass
     cfg = json.loads(sys.argv[1])
+    def prep(spec, run, log=print, should_abort=lambda: None):
+        if cfg.get("slow_prep"):  # a long tokenization: it must end soon after a stop signal
+            import time
+            while not should_abort():
+                time.sleep(0.05)
+            from ernie_cluster.launch.prepare import DataPrepError
+            raise DataPrepError("tokenizing stopped")
     if cfg.get("submitit_like"):
         # what submitit does before calling the function: its own USR2/TERM handlers
         def boom(n, f):
@@ -584,10 +625,10 @@ def fakes(tmp_path: Path):
 
 def start_node(fakes: Dict[str, Path], run: RunDir, env: Dict[str, str], *, mode: str = "stop", nproc: int = 2,
                rank0: int = 0, local: Optional[bool] = None, grace: Optional[float] = None, call: bool = False,
-               submitit_like: bool = False, node: int = 0) -> Node:
+               submitit_like: bool = False, node: int = 0, slow_prep: bool = False) -> Node:
     argv = [PY, str(fakes["dir"] / "launcher.py"), str(fakes["dir"] / "trainer.py"), mode, str(nproc), str(rank0)]
     cfg = {"run_dir": str(run.root), "argv": argv, "local": local, "grace": grace, "call": call, "kill_after": 2,
-           "submitit_like": submitit_like}
+           "submitit_like": submitit_like, "slow_prep": slow_prep}
     full_env = {"PATH": f"{fakes['bin']}:{os.environ.get('PATH', '/usr/bin:/bin')}",
                 "PYTHONPATH": str(REPO), "HOME": os.environ.get("HOME", "/tmp"), **env}
     proc = subprocess.Popen([PY, str(fakes["dir"] / "driver.py"), json.dumps(cfg)], env=full_env,
@@ -658,8 +699,23 @@ def test_escalation_when_trainers_ignore_the_stop(tmp_path: Path, fakes) -> None
     code, result, out = node.finish()
     assert code == 1 and result["reason"] == "failed", out  # no exit records: never a clean stop
     assert "SIGTERM to the paddle launcher" in out and "SIGKILL" in out
-    assert all(not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
-               for pid in (int(p.read_text()) for p in node.control.glob("trainer.*.pid")))
+    assert all(_dead(pid) for pid in (int(p.read_text()) for p in node.control.glob("trainer.*.pid")))
+
+
+def test_stop_signal_during_data_preparation_requeues_at_once(tmp_path: Path, fakes) -> None:
+    run = make_run(tmp_path)
+    node = start_node(fakes, run, _slurm_node_env(FAKE_SQUEUE_LEFT="2:00:00"), slow_prep=True)
+    deadline = time.time() + 20
+    while not list(run.data_cache.glob("PREPARING.*")) and time.time() < deadline:
+        time.sleep(0.05)
+    assert list(run.data_cache.glob("PREPARING.*")), "node 0 never started preparing"
+    t0 = time.time()
+    node.proc.send_signal(signal.SIGUSR1)
+    code, result, out = node.finish()
+    assert time.time() - t0 < 10, out
+    assert code == 75 and result["reason"] == "stopped" and result["action"] == "requeue", out
+    assert "tokenizing stopped" in result["message"] and "requeue 4242" in fakes["scontrol_log"].read_text()
+    assert not list(node.control.glob("trainer.*.pid"))  # training never started
 
 
 def _slurm_node_env(n: int = 1, rank: int = 0, nodelist: str = "localhost", **extra) -> Dict[str, str]:

@@ -351,7 +351,8 @@ class NodeLauncher:
         # Data: node 0 prepares, the others wait for it.
         try:
             if cenv.node_rank == 0:
-                run_preparation(spec, run, cenv.attempt, prepare=self.prepare or prepare_data, log=self._log)
+                run_preparation(spec, run, cenv.attempt, prepare=self.prepare or prepare_data, log=self._log,
+                                should_abort=lambda: "stop signal" if self._signals else None)
             else:
                 wait_for_data(run, cenv.attempt, log=self._log,
                               timeout_s=self.data_timeout_s or _env_float(env, "ERNIE_CLUSTER_DATA_TIMEOUT_S", 6 * 3600.0),

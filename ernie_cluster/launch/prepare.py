@@ -3,7 +3,8 @@
 Node 0 (`run_preparation`):
   1. tokenizes `data.raw_corpus` into `<input_prefix>_ids.npy/_idx.npz` when those are missing
      (`python -m data_tools.create_pretraining_data` as a subprocess, written under a temporary
-     prefix and renamed into place, so a killed attempt never leaves half a corpus behind);
+     prefix and renamed into place, so a killed attempt never leaves half a corpus behind; a stop
+     signal ends the tokenizer at once, so the job requeues within Slurm's grace time);
   2. builds the sample index maps into `RUN/data_cache` (`data_tools.dataset.build_pretraining_datasets`
      with `is_builder=True`), so the trainers only read them;
   3. writes `data_cache/READY.<attempt>` or `data_cache/FAILED.<attempt>` (with the error), and
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -72,31 +74,66 @@ def tokenize_command(spec: JobSpec, output_prefix: str, *, python: Optional[str]
 
 
 def tokenize_corpus(spec: JobSpec, *, log: Callable[[str], None] = print, python: Optional[str] = None,
-                    workers: Optional[int] = None, env: Optional[Dict[str, str]] = None) -> bool:
-    """Tokenize the raw corpus when the prefix files are missing; True when it ran."""
+                    workers: Optional[int] = None, env: Optional[Dict[str, str]] = None,
+                    should_abort: Callable[[], Optional[str]] = lambda: None, poll_s: float = 0.2) -> bool:
+    """Tokenize the raw corpus when the prefix files are missing; True when it ran.
+
+    Polls `should_abort` while the tokenizer runs: a stop signal (preemption, time limit) ends it at
+    once (its whole process group), removes the partial output and raises DataPrepError, so the job
+    can requeue inside Slurm's grace time instead of being killed mid-way.
+    """
     prefix = spec.data.input_prefix
     if not spec.data.raw_corpus or all(p.exists() for p in corpus_files(prefix)):
         return False
     final = Path(prefix)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp_prefix = final.parent / f".tmp-{socket.gethostname()}-{os.getpid()}-{final.name}"
+    tmp_files = corpus_files(str(tmp_prefix))
     cmd = tokenize_command(spec, str(tmp_prefix), python=python, workers=workers or available_cpus(env))
     log(f"tokenizing {spec.data.raw_corpus}: {' '.join(cmd)}")
     run_env = dict(env if env is not None else os.environ)
     run_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_project_root()), run_env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.run(cmd, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in (proc.stdout or "").splitlines()[-40:]:
-        log(f"  | {line}")
-    tmp_files = corpus_files(str(tmp_prefix))
-    if proc.returncode != 0 or not all(p.exists() for p in tmp_files):
-        for p in tmp_files:
+    out_path = final.parent / f"{tmp_prefix.name}.log"
+    try:
+        with open(out_path, "w+", encoding="utf-8", errors="replace") as out:
+            proc = subprocess.Popen(cmd, env=run_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            reason = None
+            while proc.poll() is None:
+                reason = should_abort()
+                if reason:
+                    _stop_group(proc)
+                    break
+                time.sleep(poll_s)
+            out.seek(0)
+            lines = out.read().splitlines()
+        for line in lines[-40:]:
+            log(f"  | {line}")
+        if reason:
+            raise DataPrepError(f"tokenizing stopped ({reason}); the partial output was removed")
+        if proc.returncode != 0 or not all(p.exists() for p in tmp_files):
+            tail = "\n".join(lines[-10:])
+            raise DataPrepError(f"tokenizing {spec.data.raw_corpus} failed (exit {proc.returncode}):\n{tail}")
+        # ids first, idx last: the pair counts as present only when both exist.
+        for src, dst in zip(tmp_files, corpus_files(prefix)):
+            os.replace(src, dst)
+    finally:
+        for p in (*tmp_files, out_path):
             p.unlink(missing_ok=True)
-        tail = "\n".join((proc.stdout or "").splitlines()[-10:])
-        raise DataPrepError(f"tokenizing {spec.data.raw_corpus} failed (exit {proc.returncode}):\n{tail}")
-    # ids first, idx last: the pair counts as present only when both exist.
-    for src, dst in zip(tmp_files, corpus_files(prefix)):
-        os.replace(src, dst)
     return True
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the tokenizer's process group (its worker pool too), SIGKILL what outlives the grace."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def build_index_maps(spec: JobSpec, run: RunDir, *, log: Callable[[str], None] = print) -> Any:
@@ -122,12 +159,16 @@ def build_index_maps(spec: JobSpec, run: RunDir, *, log: Callable[[str], None] =
     return datasets
 
 
-def prepare_data(spec: JobSpec, run: RunDir, *, log: Callable[[str], None] = print) -> None:
+def prepare_data(spec: JobSpec, run: RunDir, *, log: Callable[[str], None] = print,
+                 should_abort: Callable[[], Optional[str]] = lambda: None) -> None:
     """Everything the trainers need on disk before they start (node 0 only)."""
-    tokenize_corpus(spec, log=log)
+    tokenize_corpus(spec, log=log, should_abort=should_abort)
     missing = [str(p) for p in corpus_files(spec.data.input_prefix) if not p.exists()]
     if missing:
         raise DataPrepError(f"{', '.join(missing)} missing; set data.raw_corpus or run data_tools.create_pretraining_data")
+    reason = should_abort()
+    if reason:
+        raise DataPrepError(f"stopped before building the sample index maps ({reason})")
     build_index_maps(spec, run, log=log)
 
 
@@ -167,13 +208,16 @@ class _Heartbeat:
 
 def run_preparation(spec: JobSpec, run: RunDir, attempt: str, *,
                     prepare: Callable[..., Any] = prepare_data, log: Callable[[str], None] = print,
-                    heartbeat_s: float = HEARTBEAT_S) -> None:
-    """Node 0: prepare, then publish READY.<attempt> or FAILED.<attempt>; failures raise DataPrepError."""
+                    heartbeat_s: float = HEARTBEAT_S,
+                    should_abort: Callable[[], Optional[str]] = lambda: None) -> None:
+    """Node 0: prepare, then publish READY.<attempt> or FAILED.<attempt>; failures raise DataPrepError.
+
+    `prepare(spec, run, log=..., should_abort=...)` must return soon after `should_abort()` gives a reason."""
     run.data_cache.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with _Heartbeat(marker(run, "PREPARING", attempt), heartbeat_s):
         try:
-            prepare(spec, run, log=log)
+            prepare(spec, run, log=log, should_abort=should_abort)
         except BaseException as exc:
             message = f"{type(exc).__name__}: {exc}"
             write_atomic(marker(run, "FAILED", attempt), json.dumps({

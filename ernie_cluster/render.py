@@ -112,6 +112,7 @@ def train_executor_params(spec: JobSpec) -> Dict[str, Any]:
     extra: Dict[str, Any] = dict(c.extra_sbatch)
     # submitit sends the warning to every srun task (no B:), i.e. to each node's launcher.
     extra["requeue" if c.requeue.enabled else "no-requeue"] = True
+    extra["signal"] = f"{c.requeue.signal}@{c.requeue.signal_lead_s}"  # replaces submitit's fixed USR2
     params: Dict[str, Any] = {
         "job_name": spec.name,
         "nodes": r.nodes,

@@ -110,17 +110,20 @@ class RunDir:
             os.fsync(f.fileno())
 
     def read_attempts(self) -> List[Dict[str, Any]]:
+        """One record per attempt (job id, restart), in order; a later line for an attempt replaces it."""
         try:
             lines = self.attempts.read_text().splitlines()
         except FileNotFoundError:
             return []
-        out = []
-        for line in lines:
+        out: Dict[Any, Dict[str, Any]] = {}
+        for n, line in enumerate(lines):
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a torn last line from a killed writer
-        return out
+            key = (str(record["job_id"]), record.get("restart")) if "job_id" in record else n
+            out[key] = record
+        return list(out.values())
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -68,7 +68,8 @@ class RequeuePolicy(_Section):
     max_timeout_requeues: Optional[int] = Field(
         None, ge=0, description="separate cap for time-limit requeues; default: max_requeues"
     )
-    signal: Literal["USR1", "USR2", "TERM", "INT"] = "USR2"
+    # USR1/USR2 only: srun turns a TERM into SIGKILL of its tasks, and does not forward a lone INT.
+    signal: Literal["USR1", "USR2"] = "USR2"
     signal_lead_s: int = Field(120, ge=10, le=3600, description="seconds before the end Slurm sends the signal")
 
 

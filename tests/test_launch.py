@@ -350,6 +350,16 @@ def test_stop_cause_uses_remaining_time_not_signal_order() -> None:
     assert att.stop_cause(3 * 3600, 120) == "preempted"
     assert att.stop_cause(None, 120) == "preempted"
     assert att.stop_cause(-5, 120) == "timeout"
+    assert att.stop_cause(10, 120, preempted=True) == "preempted"
+    assert att.stop_cause(10, 120, preempted=False) == att.stop_cause(10, 120, preempted=None) == "timeout"
+
+
+def test_query_preempted() -> None:
+    e = SlurmEnvironment.from_env(slurm_env(1, 0, "n1"), resolver=fake_resolver, use_scontrol=False)
+    show = "JobId=4242 JobState=RUNNING PreemptEligibleTime=2026-11-25T14:35:17 PreemptTime={} EndTime=2026-11-25T14:45:17"
+    assert e.query_preempted(lambda args: show.format("2026-11-25T14:35:32")) is True
+    assert e.query_preempted(lambda args: show.format("None")) is False
+    assert e.query_preempted(lambda args: None) is None
 
 
 def test_requeue_policy() -> None:
@@ -615,6 +625,8 @@ def fakes(tmp_path: Path):
     (bindir / "squeue").write_text('#!/bin/sh\necho "${FAKE_SQUEUE_LEFT:-UNLIMITED}"\n')
     (bindir / "scontrol").write_text(
         f'#!/bin/sh\necho "$@" >> {log}\nif [ -n "$FAKE_SCONTROL_FAIL" ]; then echo "$FAKE_SCONTROL_FAIL" >&2; exit 1; fi\n'
+        'if [ "$1" = show ] && [ -n "$FAKE_PREEMPT_TIME" ]; then '
+        'echo "JobId=4242 JobState=RUNNING PreemptTime=$FAKE_PREEMPT_TIME EndTime=2026-01-01T00:00:10"; exit 0; fi\n'
         'if [ "$1" = show ]; then exit 1; fi\nexit 0\n')
     for f in bindir.iterdir():
         f.chmod(0o755)
@@ -718,14 +730,26 @@ def test_stop_signal_during_data_preparation_requeues_at_once(tmp_path: Path, fa
     assert not list(node.control.glob("trainer.*.pid"))  # training never started
 
 
+def test_warning_before_the_launcher_started_stops_before_training(tmp_path: Path, fakes) -> None:
+    run = make_run(tmp_path)
+    code, result, out = start_node(fakes, run, _slurm_node_env(FAKE_SQUEUE_LEFT="2:00:00",
+                                                               ERNIE_CLUSTER_STOP_REQUESTED="USR2")).finish()
+    assert code == 75 and result["reason"] == "stopped" and result["action"] == "requeue", out
+    assert result["signal"] == "SIGUSR2" and "before training started" in result["message"], out
+    assert not list(run.logs.rglob("trainer.*.pid"))
+
+
 def _slurm_node_env(n: int = 1, rank: int = 0, nodelist: str = "localhost", **extra) -> Dict[str, str]:
     return slurm_env(n, rank, nodelist, **extra)
 
 
-@pytest.mark.parametrize("left, cause", [("1:30", "timeout"), ("2:00:00", "preempted")])
-def test_slurm_stop_requeues_and_tells_timeout_from_preemption(tmp_path: Path, fakes, left: str, cause: str) -> None:
+@pytest.mark.parametrize("left, preempt_time, cause", [("1:30", "", "timeout"), ("2:00:00", "", "preempted"),
+                                                       ("0:10", "2026-01-01T00:00:00", "preempted")])
+def test_slurm_stop_requeues_and_tells_timeout_from_preemption(tmp_path: Path, fakes, left: str, preempt_time: str,
+                                                               cause: str) -> None:
+    # Slurm moves a preempted job's end to now + GraceTime: little time is left, but PreemptTime says why.
     run = make_run(tmp_path)
-    node = start_node(fakes, run, _slurm_node_env(FAKE_SQUEUE_LEFT=left))
+    node = start_node(fakes, run, _slurm_node_env(FAKE_SQUEUE_LEFT=left, FAKE_PREEMPT_TIME=preempt_time))
     node.wait_trainers(2)
     node.proc.send_signal(signal.SIGUSR2)
     code, result, out = node.finish()
@@ -763,6 +787,10 @@ def test_slurm_scontrol_failure_is_logged_not_fatal(tmp_path: Path, fakes) -> No
     node.proc.send_signal(signal.SIGUSR2)
     code, result, out = node.finish()
     assert code == 75 and result["action"] == "requeue-failed" and "presently disabled" in result["message"], out
+    # the record was written before the requeue was tried, then replaced: one attempt, with the final word
+    assert run.attempts.read_text().count('"job_id"') == 2
+    (record,) = run.read_attempts()
+    assert record["action"] == "requeue-failed" and "presently disabled" in record["message"]
 
 
 def test_slurm_failed_attempt_is_never_requeued(tmp_path: Path, fakes) -> None:
@@ -825,7 +853,7 @@ def test_two_nodes_share_node0_verdict_when_requeue_is_denied(tmp_path: Path, fa
     (c0, r0, o0), (c1, r1, o1) = n0.finish(), n1.finish()
     assert (c0, r0["action"], r0["cause"]) == (5, "requeue-denied", "timeout"), o0
     assert (c1, r1["action"]) == (5, "requeue-denied"), o1  # srun reports the highest task status: 5, not 75
-    assert not fakes["scontrol_log"].exists()
+    assert "requeue" not in (fakes["scontrol_log"].read_text() if fakes["scontrol_log"].exists() else "")
 
 
 def test_lock_held_by_a_live_run_touches_nothing(tmp_path: Path, fakes) -> None:

@@ -119,3 +119,40 @@ def test_sbatch_scripts_are_valid_bash(tmp_path):
         script = tmp_path / "s.sh"
         script.write_text(text)
         assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def _run_train_script(tmp_path, srun_body: str, setup: list, signal_after_s: float, sig: str):
+    """Run the rendered train.sbatch with bash and a stand-in srun; send `sig` to the batch shell once."""
+    spec = base_spec(tmp_path, environment={"setup": setup})
+    rendered = render(validate_text(yaml.safe_dump(spec), "s.yaml", []))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "srun").write_text("#!/bin/bash\n" + srun_body)
+    (bin_dir / "srun").chmod(0o755)
+    script = tmp_path / "train.sbatch"
+    script.write_text(rendered.train_sbatch)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "n1"}
+    env.pop("ERNIE_CLUSTER_STOP_REQUESTED", None)
+    proc = subprocess.Popen(["bash", str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    time.sleep(signal_after_s)
+    proc.send_signal(getattr(__import__("signal"), f"SIG{sig}"))
+    out, _ = proc.communicate(timeout=30)
+    return proc.returncode, out
+
+
+def test_batch_shell_passes_a_term_on_as_the_checkpoint_signal_and_keeps_srun_status(tmp_path):
+    # srun stand-in: wait for USR2 (what the launchers treat as "checkpoint and stop"), then exit 75.
+    body = f"trap 'echo got-usr2 > {tmp_path}/srun.sig; exit 75' USR2\necho started > {tmp_path}/srun.up\n" \
+           "for i in $(seq 200); do sleep 0.1; done\nexit 3\n"
+    code, out = _run_train_script(tmp_path, body, [], 1.5, "TERM")
+    assert (tmp_path / "srun.up").exists(), out
+    assert (tmp_path / "srun.sig").read_text().strip() == "got-usr2", out
+    assert code == 75, out  # srun's status, not the shell's 128+15
+
+
+def test_warning_during_setup_reaches_the_launchers_through_the_environment(tmp_path):
+    body = f"printf '%s' \"${{ERNIE_CLUSTER_STOP_REQUESTED:-}}\" > {tmp_path}/srun.env\nexit 75\n"
+    code, out = _run_train_script(tmp_path, body, ["sleep 2"], 0.7, "USR2")
+    assert code == 75, out
+    assert (tmp_path / "srun.env").read_text() == "USR2", out

@@ -142,8 +142,12 @@ def combine_nodes(outcomes: Mapping[int, NodeOutcome]) -> NodeOutcome:
                        signal=sigs[0] if sigs else None, stopped_at=min(times) if times else None)
 
 
-def stop_cause(remaining_s: Optional[float], signal_lead_s: int, margin_s: float = TIMEOUT_MARGIN_S) -> str:
-    """'timeout' when the allocation was about to end when the stop signal came, else 'preempted'."""
+def stop_cause(remaining_s: Optional[float], signal_lead_s: int, margin_s: float = TIMEOUT_MARGIN_S,
+               preempted: Optional[bool] = None) -> str:
+    """'preempted' when Slurm says so (PreemptTime set); else 'timeout' when the time limit was about to
+    end when the stop signal came (squeue's time left = limit - elapsed), else 'preempted'."""
+    if preempted:
+        return "preempted"
     if remaining_s is None:
         return "preempted"
     return "timeout" if remaining_s <= signal_lead_s + margin_s else "preempted"

@@ -401,6 +401,19 @@ class SlurmEnvironment(ClusterEnvironment):
                     pass
         return None
 
+    def query_preempted(self, runner: Optional[Runner] = None) -> Optional[bool]:
+        """True when Slurm has started preempting this job (scontrol's PreemptTime is set); None if unknown.
+
+        The reliable way to tell a preemption from a time limit: preemption also moves EndTime to
+        now + GraceTime, so the end time alone would make every preemption look like a timeout.
+        """
+        runner = runner or _run_text(self.env)
+        out = runner(["scontrol", "show", "job", "-o", self.job_id])
+        match = re.search(r"\bPreemptTime=(\S+)", out or "")
+        if not match:
+            return None
+        return match.group(1) not in ("None", "Unknown", "(null)", "")
+
     def refresh_end_time(self, runner: Optional[Runner] = None) -> Optional[float]:
         end = self.query_end_time(runner)
         if end is not None:
@@ -423,6 +436,19 @@ class LocalEnvironment(ClusterEnvironment):
                   main_port=derive_port(job_id, master_port), end_time=None, env=dict(env))
         obj.validate()
         return obj
+
+    def query_preempted(self, runner: Optional[Runner] = None) -> Optional[bool]:
+        """True when Slurm has started preempting this job (scontrol's PreemptTime is set); None if unknown.
+
+        The reliable way to tell a preemption from a time limit: preemption also moves EndTime to
+        now + GraceTime, so the end time alone would make every preemption look like a timeout.
+        """
+        runner = runner or _run_text(self.env)
+        out = runner(["scontrol", "show", "job", "-o", self.job_id])
+        match = re.search(r"\bPreemptTime=(\S+)", out or "")
+        if not match:
+            return None
+        return match.group(1) not in ("None", "Unknown", "(null)", "")
 
     def refresh_end_time(self, runner: Optional[Runner] = None) -> Optional[float]:
         return None

@@ -49,6 +49,7 @@ from .prepare import DataPrepError, marker, prepare_data, run_preparation, wait_
 CONTROL_DIR_ENV = "ERNIE_CLUSTER_CONTROL_DIR"
 TRAIN_MODULE_ENV = "ERNIE_CLUSTER_TRAIN_MODULE"  # test hook: run another module in place of ernie_cluster.train
 STOP_SIGNAL = signal.SIGUSR2  # what trainers receive for every stop request
+STOP_REQUESTED_ENV = "ERNIE_CLUSTER_STOP_REQUESTED"  # set by train.sbatch when the warning came before srun
 HANDLED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 NODE_RESULT = "node_result.json"
 ATTEMPT_DECISION = "attempt.json"  # node 0's verdict for the attempt, next to the node<k> directories
@@ -175,6 +176,7 @@ class NodeLauncher:
         self._logfile: Optional[Path] = None
         self._prefix = "[ernie_cluster.launch]"
         self._remaining_at_signal: Optional[float] = None
+        self._preempted_at_signal: Optional[bool] = None
         self._on_slurm = False
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -296,6 +298,10 @@ class NodeLauncher:
         self._on_slurm = cenv.is_slurm
         self._prefix = f"[ernie_cluster.launch node {cenv.node_rank}/{cenv.num_nodes}]"
         started = time.time()
+        early = env.get(STOP_REQUESTED_ENV, "")
+        if early:  # the batch shell was warned before srun started (during the setup lines)
+            self._log(f"{STOP_REQUESTED_ENV}={early}: the job was warned before this launcher started")
+            self._signals.insert(0, (getattr(signal, f"SIG{early}", STOP_SIGNAL), started))
 
         # Node 0 owns the run directory for this attempt. Nothing is written before the lock is held.
         if cenv.node_rank == 0:
@@ -461,8 +467,10 @@ class NodeLauncher:
                         end = cenv.refresh_end_time()
                         remaining = None if end is None else end - when
                         self._remaining_at_signal = remaining
+                        self._preempted_at_signal = cenv.query_preempted()
                         self._log(f"time left in the allocation when {name} arrived: "
-                                  f"{'unknown' if remaining is None else f'{remaining:.0f}s'}")
+                                  f"{'unknown' if remaining is None else f'{remaining:.0f}s'}; "
+                                  f"being preempted: {self._preempted_at_signal}")
                     elif cenv.is_slurm and cenv.end_time is not None:
                         remaining = cenv.end_time - when
                     grace = self._grace(env, spec, remaining, not cenv.is_slurm)
@@ -602,11 +610,15 @@ class NodeLauncher:
         remaining = self._remaining_at_signal
         if total.reason == "stopped":
             if cenv.is_slurm:
+                preempted = self._preempted_at_signal
                 if remaining is None:
                     when = self._signals[0][1] if self._signals else (total.stopped_at or time.time())
                     end = cenv.refresh_end_time()
                     remaining = None if end is None else end - when
-                cause = att.stop_cause(remaining, spec.cluster.requeue.signal_lead_s, self.timeout_margin_s)
+                if preempted is None:
+                    preempted = cenv.query_preempted()
+                cause = att.stop_cause(remaining, spec.cluster.requeue.signal_lead_s, self.timeout_margin_s,
+                                       preempted=preempted)
             else:
                 cause = "signal"
         decision = att.decide_requeue(total.reason, cause, cenv.restart_count, spec.cluster.requeue,
@@ -618,16 +630,6 @@ class NodeLauncher:
             left = "" if not cenv.is_slurm else \
                 f"; time left at the signal: {'unknown' if remaining is None else f'{remaining:.0f}s'}"
             self._log(f"attempt stopped ({cause}{left}): {decision.action} - {decision.why}")
-        if decision.requeue and cenv.is_slurm:
-            ok, detail = self._scontrol_requeue(cenv)
-            if ok:
-                self._log(f"requeued job {cenv.job_id} (scontrol requeue)")
-            else:
-                action = "requeue-failed"
-                message = f"{message}; scontrol requeue failed: {detail}"
-                self._log(f"scontrol requeue {cenv.job_id} failed ({detail}); if Slurm is requeuing the job "
-                          f"itself (preemption with PreemptMode=REQUEUE) this is expected")
-        code = att.exit_code_for(total.reason, action)
         record = {
             "job_id": cenv.job_id, "restart": cenv.restart_count, "node": cenv.node_name, "nodes": cenv.num_nodes,
             "reason": total.reason, "cause": cause, "step": total.step,
@@ -636,8 +638,26 @@ class NodeLauncher:
             "remaining_s": None if remaining is None else round(remaining, 1),
             "backend": "slurm" if cenv.is_slurm else "local",
         }
-        run.record_attempt(record)
-        write_atomic(node_dir.parent / ATTEMPT_DECISION, json.dumps(dict(record, exit_code_node=code), sort_keys=True) + "\n")
+
+        def publish() -> int:
+            # Before `scontrol requeue`: the requeue SIGTERMs this job's processes, srun kills its tasks.
+            run.record_attempt(record)
+            exit_code = att.exit_code_for(total.reason, record["action"])
+            write_atomic(node_dir.parent / ATTEMPT_DECISION,
+                         json.dumps(dict(record, exit_code_node=exit_code), sort_keys=True) + "\n")
+            return exit_code
+
+        code = publish()
+        if decision.requeue and cenv.is_slurm:
+            ok, detail = self._scontrol_requeue(cenv)
+            if ok:
+                self._log(f"requeued job {cenv.job_id} (scontrol requeue)")
+            else:
+                record.update(action="requeue-failed", message=f"{message}; scontrol requeue failed: {detail}")
+                code = publish()  # replaces the record above (read_attempts keeps the last per attempt)
+                self._log(f"scontrol requeue {cenv.job_id} failed ({detail}); if Slurm is requeuing the job "
+                          f"itself (preemption with PreemptMode=REQUEUE) this is expected")
+        action, message = record["action"], record["message"]
         self._log(f"attempt {cenv.attempt}: {total.reason}{' (' + cause + ')' if cause else ''}, step {total.step}, "
                   f"action {action}, exit code {code}")
         return self._result(cenv, total.reason, code, message, step=total.step, cause=cause, action=action,

@@ -3,7 +3,8 @@
 ``IndexedDataset(prefix)`` reads what ``create_pretraining_data`` wrote:
 ``<prefix>_ids.npy`` (memory-mapped token ids) and ``<prefix>_idx.npz``
 (``lens``: sentence lengths, ``sents``: token offsets, ``docs``: sentence
-offsets per document).
+offsets per document). ``open_indexed(directory)`` reads every such pair in a
+directory as one corpus (``IndexedCorpora``).
 
 ``ErnieDataset`` has one epoch of samples (``len``) and answers
 ``ds[i]`` for ANY ``i >= 0``: sample ``i`` is row ``perm_e[i % n]`` of the
@@ -91,6 +92,75 @@ class IndexedDataset:
 
     def __setstate__(self, state):
         self.__init__(state["prefix"])
+
+
+def corpus_prefixes(path: str) -> List[str]:
+    """A prefix as given, or for a directory every ``<prefix>_idx.npz`` + ``_ids.npy`` pair in it, in name order
+    (the reference's ``input_dir``: a directory means all the corpora in it)."""
+    if not os.path.isdir(path):
+        return [path]
+    names = sorted(f[: -len("_idx.npz")] for f in os.listdir(path) if f.endswith("_idx.npz"))
+    prefixes = [os.path.join(path, n) for n in names if os.path.isfile(os.path.join(path, n + "_ids.npy"))]
+    if not prefixes:
+        raise DataError(f"{path} is a directory with no <name>_ids.npy + <name>_idx.npz pair in it")
+    return prefixes
+
+
+class _ChainedIds:
+    """Token ids of several corpora read as one array; a slice may not cross two files (samples never
+    cross documents, and documents never cross files), except from the start (the vocab probe)."""
+
+    def __init__(self, parts: List[np.ndarray]):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [p.shape[0] for p in parts]).astype(np.int64)
+        self.shape = (int(self.starts[-1]),)
+        self.ndim = 1
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("chained corpora support contiguous slices only")
+        start = 0 if key.start is None else int(key.start)
+        stop = self.shape[0] if key.stop is None else min(int(key.stop), self.shape[0])
+        if stop <= start:
+            return self.parts[0][0:0]
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        last = int(np.searchsorted(self.starts, stop - 1, side="right")) - 1
+        pieces = [self.parts[f][max(start, int(self.starts[f])) - int(self.starts[f]):
+                                min(stop, int(self.starts[f + 1])) - int(self.starts[f])]
+                  for f in range(first, last + 1)]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+class IndexedCorpora(IndexedDataset):
+    """Several indexed corpora as one: documents in file order, ids memory-mapped per file."""
+
+    def __init__(self, prefixes: Sequence[str], name: Optional[str] = None):
+        parts = [IndexedDataset(p) for p in prefixes]
+        if len({p.ids.dtype for p in parts}) != 1:
+            raise DataError(f"the corpora {list(prefixes)} hold ids of different types; tokenize them with one vocab")
+        self.prefixes = list(prefixes)
+        self.prefix = name or os.path.commonpath(self.prefixes)
+        self.ids = _ChainedIds([p.ids for p in parts])
+        self.lens = np.concatenate([p.lens for p in parts])
+        tok = np.cumsum([0] + [p.n_tokens for p in parts]).astype(np.int64)
+        sen = np.cumsum([0] + [p.n_sentences for p in parts]).astype(np.int64)
+        self.sents = np.concatenate([np.asarray(parts[0].sents[:1], np.int64)]
+                                    + [np.asarray(p.sents[1:], np.int64) + tok[k] for k, p in enumerate(parts)])
+        self.docs = np.concatenate([np.asarray(parts[0].docs[:1], np.int64)]
+                                   + [np.asarray(p.docs[1:], np.int64) + sen[k] for k, p in enumerate(parts)])
+        self._validate()
+
+    def __getstate__(self):
+        return {"prefixes": self.prefixes, "prefix": self.prefix}
+
+    def __setstate__(self, state):
+        self.__init__(state["prefixes"], state["prefix"])
+
+
+def open_indexed(path: str) -> IndexedDataset:
+    """`IndexedDataset` for a prefix, `IndexedCorpora` for a directory of several."""
+    prefixes = corpus_prefixes(path)
+    return IndexedDataset(prefixes[0]) if len(prefixes) == 1 and prefixes[0] == path else IndexedCorpora(prefixes, path)
 
 
 def parse_split(split: Union[str, Sequence[float]]) -> Tuple[float, float, float]:
@@ -202,7 +272,7 @@ def build_pretraining_datasets(prefix: str, vocab_file: str, split: Union[str, S
                                masking: Optional[MaskingConfig] = None, seed: int = 1234,
                                cache_dir: Optional[str] = None, is_builder: bool = True, timeout_s: float = 600.0,
                                run_id: Optional[str] = None) -> Dict[str, Optional[ErnieDataset]]:
-    """``{"train": ErnieDataset, "valid": ..., "test": ...}`` for one corpus prefix.
+    """``{"train": ErnieDataset, "valid": ..., "test": ...}`` for one corpus prefix, or a directory of them.
 
     A split whose weight is 0 is ``None``; a split with a positive weight but
     no documents or no usable samples raises :class:`DataError`.  The sample
@@ -214,12 +284,12 @@ def build_pretraining_datasets(prefix: str, vocab_file: str, split: Union[str, S
         raise DataError(f"max_seq_len must be >= 8, got {max_seq_len}")
     if masking.predictions_per_seq(max_seq_len) > max_seq_len:
         raise DataError("max_predictions_per_seq cannot exceed max_seq_len")
-    indexed = IndexedDataset(prefix)
+    indexed = open_indexed(prefix)
     vocab = load_vocab(vocab_file)
     if indexed.n_tokens:
         probe = np.asarray(indexed.ids[: min(indexed.n_tokens, 1 << 20)])
         if int(probe.max()) >= vocab.size:
-            raise DataError(f"{prefix}_ids.npy holds id {int(probe.max())} but {vocab_file} has only {vocab.size} "
+            raise DataError(f"{prefix} holds token id {int(probe.max())} but {vocab_file} has only {vocab.size} "
                             f"ids (base+##CJK extension): was the corpus built with another vocab?")
     tables = MaskingTables(vocab, masking.to_chinese_char)
     weights = parse_split(split)
@@ -254,6 +324,6 @@ def build_pretraining_datasets(prefix: str, vocab_file: str, split: Union[str, S
     return out
 
 
-__all__ = ["IndexedDataset", "ErnieDataset", "DataError", "MappingBuildError", "build_pretraining_datasets",
+__all__ = ["IndexedDataset", "IndexedCorpora", "open_indexed", "corpus_prefixes", "ErnieDataset", "DataError", "MappingBuildError", "build_pretraining_datasets",
            "parse_split", "split_doc_ranges", "get_or_build_mapping", "build_mapping", "build_mapping_py",
            "helpers_available"]

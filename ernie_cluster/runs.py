@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .rundir import RunDir
-from .submit import slurm_job_states
+from .submit import slurm_jobs
 
 
 class RunNotFound(Exception):
@@ -95,11 +95,12 @@ def collect_status(run: RunDir) -> RunStatus:
         pass
     if status.backend == "slurm":
         ids = {"train": state.get("train_job_id"), "convert": state.get("convert_job_id")}
-        states = slurm_job_states([i for i in ids.values() if i])
+        found = slurm_jobs([i for i in ids.values() if i])
         for kind, jid in ids.items():
             if not jid:
                 continue
-            row: Dict[str, Any] = {"kind": kind, "job_id": jid, "state": states.get(jid, "UNKNOWN")}
+            job_state, reason = found.get(jid, ("UNKNOWN", ""))
+            row: Dict[str, Any] = {"kind": kind, "job_id": jid, "state": job_state, "reason": reason}
             history = slurm_attempts(jid)
             row["slurm_attempts"] = history
             restarts = restart_count(jid)
@@ -136,7 +137,8 @@ def print_status(status: RunStatus, *, as_json: bool = False) -> None:
     for col in ("job", "id", "state", "restarts", "logs"):
         jobs.add_column(col)
     for j in status.jobs:
-        jobs.add_row(j["kind"], str(j["job_id"]), j["state"], str(j.get("restarts", "")), j.get("logs", ""))
+        state = f"{j['state']} ({j['reason']})" if j.get("reason") else j["state"]
+        jobs.add_row(j["kind"], str(j["job_id"]), state, str(j.get("restarts", "")), j.get("logs", ""))
     console.print(jobs)
     if status.attempts:
         attempts = Table(title="training attempts")
@@ -165,10 +167,12 @@ def _fmt_time(value: Any) -> str:
 
 
 def log_files(run: RunDir) -> List[Path]:
-    """Slurm outputs of every job, then each node's trainer logs of every attempt, oldest first."""
+    """Slurm outputs of every job, then each node's launcher and trainer logs of every attempt, oldest first.
+
+    Not paddle's own pod log, envlog.N or backup_env.N.json: they hold the launcher's whole environment."""
     files = sorted(p for p in run.slurm.rglob("*") if p.is_file() and p.suffix in (".out", ".err"))
     files += sorted(p for p in run.logs.rglob("workerlog.*") if p.is_file())
-    files += sorted(p for p in run.logs.rglob("*.log") if p.is_file())
+    files += sorted(p for p in run.logs.rglob("launcher.log") if p.is_file())
     return files
 
 

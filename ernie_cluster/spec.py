@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .envvars import PADDLE_LAUNCH_OVERRIDES, is_secret
+
 # ---------------------------------------------------------------------------
 # Schema
 # ---------------------------------------------------------------------------
@@ -174,6 +176,13 @@ class EnvironmentSection(_Section):
         for key in v:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
+            if is_secret(key):
+                raise ValueError(f"{key!r} looks like a secret: environment.env is written into spec.yaml and the sbatch "
+                                 f"scripts, and such variables are kept away from the trainers (paddle logs its "
+                                 f"environment); training and conversion need no credentials, so remove it")
+            if key in PADDLE_LAUNCH_OVERRIDES:
+                raise ValueError(f"{key!r} would override paddle.distributed.launch's flags, which ernie_cluster sets "
+                                 f"from the Slurm allocation; use resources.* / cluster.* instead")
         return {k: str(val) for k, val in v.items()}
 
 
@@ -191,7 +200,8 @@ class MaskingSection(_Section):
 
 
 class DataSection(_Section):
-    input_prefix: str = Field(..., description="<prefix>_ids.npy and <prefix>_idx.npz, or where to write them")
+    input_prefix: str = Field(..., description="<prefix>_ids.npy and <prefix>_idx.npz, or where to write them; "
+                                               "or a directory: all such pairs in it, as one corpus")
     raw_corpus: Optional[str] = Field(None, description="text/jsonl corpus; tokenized first when the prefix files are missing")
     vocab_file: Optional[str] = None
     split: str = "949,50,1"
@@ -332,7 +342,12 @@ class JobSpec(_Section):
             errors.append(("train.min_lr", f"min_lr {t.min_lr} is above max_lr {t.max_lr}; the reference's inverted default, swap them"))
         if t.resolved_engine == "static" and t.device == "cpu" and world > 1:
             errors.append(("train.engine", "the static engine has no CPU communicator for several processes; use engine: dynamic (or auto) on the CPU"))
-        if t.resolved_engine == "dynamic" and (t.mp_degree > 1 or t.pp_degree > 1 or t.sharding_degree > 1):
+        if t.sharding_degree > 1:
+            errors.append(("train.sharding_degree", "optimizer sharding is not supported yet: a sharded static program "
+                           "keeps each parameter on its owner rank only, and checkpoints, snapshots and conversion read "
+                           "them all from rank 0; set sharding_degree: 1 (ERNIE 1.0 base trains in data parallel on "
+                           "one V100 per rank)"))
+        elif t.resolved_engine == "dynamic" and (t.mp_degree > 1 or t.pp_degree > 1 or t.sharding_degree > 1):
             errors.append(("train.engine", "the dynamic engine does data parallel only; set mp/pp/sharding degrees to 1 or use engine: static"))
         if t.mp_degree > 1 or t.pp_degree > 1:
             errors.append(("train.mp_degree" if t.mp_degree > 1 else "train.pp_degree",
@@ -401,7 +416,9 @@ class JobSpec(_Section):
             "model": {k: getattr(m, k) for k in (
                 "model_name_or_path", "vocab_size", "hidden_size", "num_hidden_layers",
                 "num_attention_heads", "intermediate_size", "max_position_embeddings", "type_vocab_size")},
-            "data": {"input_prefix": self.data.input_prefix, "split": self.data.split},
+            # what the sample mapping depends on: change one and a consumed-samples count means other data
+            "data": {"input_prefix": self.data.input_prefix, "split": self.data.split,
+                     "short_seq_prob": self.data.masking.short_seq_prob, "binary_head": self.data.masking.binary_head},
             "seed": self.train.seed,
         }
 
@@ -644,7 +661,18 @@ def _path_problems(spec: JobSpec, lines: Dict[str, int]) -> List[SpecProblem]:
     d = spec.data
     prefix = _abs(d.input_prefix)
     has_ids = Path(f"{prefix}_ids.npy").exists() and Path(f"{prefix}_idx.npz").exists()
-    if d.raw_corpus is not None:
+    if prefix.is_dir():  # a directory of corpora: every <name>_ids.npy + <name>_idx.npz pair in it
+        pairs = [f for f in prefix.glob("*_idx.npz") if Path(str(f)[: -len("_idx.npz")] + "_ids.npy").exists()]
+        if d.raw_corpus is not None:
+            problems.append(SpecProblem("data.raw_corpus", "data.input_prefix is a directory of tokenized corpora; "
+                                        "tokenize raw text into a file prefix instead (or drop data.raw_corpus)",
+                                        _line_for("data.raw_corpus", lines)))
+        elif not pairs:
+            problems.append(SpecProblem("data.input_prefix", f"{prefix} is a directory without any <name>_ids.npy + "
+                                        f"<name>_idx.npz pair; point it at a corpus prefix or a directory of them",
+                                        _line_for("data.input_prefix", lines)))
+        has_ids = True
+    if d.raw_corpus is not None and not prefix.is_dir():
         if not _abs(d.raw_corpus).exists():
             problems.append(SpecProblem("data.raw_corpus", f"{d.raw_corpus} does not exist; fix the path (relative paths are from the current directory)", _line_for("data.raw_corpus", lines)))
     elif not has_ids:

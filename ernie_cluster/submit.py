@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from .render import RenderedRun, convert_executor_params, render, submitit_folder
 from .rundir import RunDir, write_atomic
@@ -37,32 +37,46 @@ class Submission:
     convert_job_id: Optional[str]
 
 
-def slurm_job_states(job_ids: List[str]) -> Dict[str, str]:
-    """State of each job: squeue for live jobs, sacct for finished ones."""
+def slurm_jobs(job_ids: List[str]) -> Dict[str, Tuple[str, str]]:
+    """(state, pending reason) of each job: squeue for live jobs, sacct for finished ones.
+
+    A job neither answers for is UNKNOWN when either command failed (Slurm unreachable), so that a
+    caller deciding "is this run alive?" never mistakes "could not ask" for "finished".
+    """
     ids = [j for j in job_ids if j]
     if not ids:
         return {}
-    states: Dict[str, str] = {}
+    jobs: Dict[str, Tuple[str, str]] = {}
+    answered = True
     try:
-        out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T|%r"], capture_output=True, text=True,
+                             timeout=30)
         for line in out.stdout.splitlines():
-            parts = line.split()
-            if len(parts) == 2:
-                states[parts[0]] = parts[1]
+            parts = line.split("|")
+            if len(parts) == 3:
+                jobs[parts[0]] = (parts[1], "" if parts[2] in ("None", "(null)") else parts[2])
     except (OSError, subprocess.TimeoutExpired):
-        pass
-    missing = [j for j in ids if j not in states]
+        answered = False  # squeue exits non-zero for purged job ids: only a crash or timeout means "no answer"
+    missing = [j for j in ids if j not in jobs]
     if missing:
         try:
             out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(missing), "-o", "JobID,State"],
                                  capture_output=True, text=True, timeout=30)
+            answered = answered and out.returncode == 0
             for line in out.stdout.splitlines():
                 parts = line.split("|")
                 if len(parts) == 2 and parts[0] in missing:
-                    states[parts[0]] = parts[1].split()[0]
+                    jobs[parts[0]] = (parts[1].split()[0], "")
         except (OSError, subprocess.TimeoutExpired):
-            pass
-    return states
+            answered = False
+        if not answered:
+            for j in missing:
+                jobs.setdefault(j, ("UNKNOWN", "squeue/sacct did not answer"))
+    return jobs
+
+
+def slurm_job_states(job_ids: List[str]) -> Dict[str, str]:
+    return {j: state for j, (state, _) in slurm_jobs(job_ids).items()}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -86,9 +100,33 @@ def live_jobs(run: RunDir) -> List[str]:
     if state.get("backend") == "local":
         pid = state.get("supervisor_pid")
         return [f"local supervisor pid {pid}"] if pid and _pid_alive(int(pid)) else []
+    alive = []
+    held = _train_lock_holder(run)
+    if held is not None:
+        alive.append(f"a node launcher holds {run.train_lock} ({held or 'no details'})")
     jobs = {k: state.get(k) for k in ("train_job_id", "convert_job_id") if state.get(k)}
-    states = slurm_job_states(list(jobs.values()))
-    return [f"{kind.split('_')[0]} job {jid} ({states[jid]})" for kind, jid in jobs.items() if states.get(jid) in ALIVE_STATES]
+    found = slurm_jobs(list(jobs.values()))
+    for kind, jid in jobs.items():
+        job_state, reason = found.get(jid, ("", ""))
+        if job_state in ALIVE_STATES or job_state == "UNKNOWN":
+            alive.append(f"{kind.split('_')[0]} job {jid} ({job_state}{', ' + reason if reason else ''})")
+    return alive
+
+
+def _train_lock_holder(run: RunDir) -> Optional[str]:
+    """The holder's note when a node launcher holds the run's train.lock right now; None when free."""
+    if not run.train_lock.exists():
+        return None
+    try:
+        with open(run.train_lock, "r+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return handle.read().strip().replace("\n", " ")[:200]
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError:
+        return None
+    return None
 
 
 @contextmanager

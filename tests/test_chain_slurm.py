@@ -118,7 +118,8 @@ def test_two_node_chain_completes_with_wiring_status_and_logs(tmp_path, cleanup)
     assert "step 60/60" in (run / "logs" / f"attempt-{job['train']}-0" / "node0" / "workerlog.0").read_text()
 
     shown = cli("logs", str(run)).stdout
-    assert "node0/workerlog.0" in shown and "node1/workerlog.0" in shown
+    assert "node0/workerlog.0" in shown and "node1/workerlog.0" in shown and "node1/launcher.log" in shown
+    assert "environ(" not in shown and "envlog" not in shown  # paddle's environment dumps are not shown
 
     # The converted model loads in PaddleNLP.
     probe = ("import numpy, sys; from paddlenlp.transformers import ErnieModel, ErnieForPretraining; "
@@ -188,6 +189,8 @@ def test_preempted_twice_resumes_exactly_and_converts(tmp_path, cleanup):
     assert train["restarts"] >= 2
     reasons = [a["reason"] for a in st["attempts"]]
     assert reasons.count("stopped") == 2 and reasons[-1] == "completed"
+    # preemptions, not timeouts (Slurm moves a preempted job's end to now + GraceTime): they use no timeout requeue
+    assert [a["cause"] for a in st["attempts"] if a["reason"] == "stopped"] == ["preempted", "preempted"]
     # Steps lost per preemption: none beyond the step in flight; every resume starts right after the stop.
     resumed = sorted(int(m) for m in re.findall(r"resumed from \S+: step (\d+)",
                                                 "\n".join(p.read_text() for p in run.glob("logs/attempt-*/node0/workerlog.0"))))

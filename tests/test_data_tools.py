@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -724,3 +725,44 @@ def test_toy_end_to_end(toy, tmp_path):
     assert not [t for t in toks if t.startswith("##") and "\u4e00" <= t[2:3] <= "\u9fa5"]
     labels = b["masked_lm_labels"][b["masked_lm_weights"] > 0, 0]
     assert labels.min() >= 0 and labels.max() < vocab.base_size
+
+
+def test_a_directory_of_corpora_reads_as_one(synth, synth_datasets, tmp_path):
+    """The reference's input_dir: the corpus cut in two files by documents gives exactly the same samples."""
+    from data_tools.dataset import IndexedCorpora, IndexedDataset, open_indexed
+
+    whole = IndexedDataset(synth["prefix"])
+    cut = whole.n_docs // 3
+    s_cut, t_cut = int(whole.docs[cut]), int(whole.sents[int(whole.docs[cut])])
+    corpora = tmp_path / "corpora"
+    corpora.mkdir()
+    parts = {"a_part": (0, cut), "b_part": (cut, whole.n_docs)}
+    for name, (d0, d1) in parts.items():
+        s0, s1 = int(whole.docs[d0]), int(whole.docs[d1])
+        t0, t1 = int(whole.sents[s0]), int(whole.sents[s1])
+        np.save(corpora / f"{name}_ids.npy", np.asarray(whole.ids[t0:t1]))
+        np.savez(corpora / f"{name}_idx.npz", lens=whole.lens[s0:s1], sents=np.asarray(whole.sents[s0:s1 + 1]) - t0,
+                 docs=np.asarray(whole.docs[d0:d1 + 1]) - s0)
+    (corpora / "notes.txt").write_text("not a corpus")
+    joined = open_indexed(str(corpora))
+    assert isinstance(joined, IndexedCorpora) and [p.rsplit("/", 1)[1] for p in joined.prefixes] == ["a_part", "b_part"]
+    assert (joined.n_docs, joined.n_sentences, joined.n_tokens) == (whole.n_docs, whole.n_sentences, whole.n_tokens)
+    assert np.array_equal(joined.sents, whole.sents) and np.array_equal(joined.docs, whole.docs)
+    for d in (0, cut - 1, cut, whole.n_docs - 1):  # documents on both sides of the file boundary
+        assert all(np.array_equal(a, b) for a, b in zip(joined.document(d), whole.document(d)))
+    assert np.array_equal(joined.ids[t_cut - 5:t_cut + 5], np.asarray(whole.ids[t_cut - 5:t_cut + 5]))
+    assert s_cut > 0
+    # the same sample mapping and the same masked samples, through the public entry point
+    got = build_pretraining_datasets(str(corpora), synth["vocab"], "90,8,2", 128, MaskingConfig(), seed=11,
+                                     cache_dir=str(tmp_path / "cache"), is_builder=True)
+    for split in ("train", "valid"):
+        ref, ds = synth_datasets[split], got[split]
+        assert len(ds) == len(ref)
+        for i in (0, 1, len(ref) // 2, len(ref) - 1, len(ref) + 3):
+            a, b = ds[i], ref[i]
+            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), (split, i)
+    # worker processes receive the dataset by pickling: still the joined corpus
+    again = pickle.loads(pickle.dumps(got["train"]))
+    assert np.array_equal(again[5]["input_ids"], got["train"][5]["input_ids"])
+    with pytest.raises(DataError, match="no <name>_ids.npy"):
+        open_indexed(str(tmp_path / "cache"))

@@ -149,7 +149,9 @@ def test_parse_slurm_duration() -> None:
 
 def test_port_derivation_is_deterministic_and_safe() -> None:
     assert derive_port("4242") == derive_port("4242") == 20000 + 4242 % 12000
-    assert derive_port("4242", 29500) == 29500
+    assert derive_port("4242", 29500) == 29500 == derive_port("4242", 29500, restart=3)
+    # a requeued attempt (same job id) moves to another port; every node computes the same one
+    assert len({derive_port("4242", restart=r) for r in range(5)}) == 5
     for job in ("1", "11999", "12000", "987654321", "local123", "abc"):
         assert 20000 <= derive_port(job) < 32000  # below the ephemeral and paddle's trainer port ranges
 
@@ -211,6 +213,20 @@ def test_main_address_from_scontrol_node_addr(tmp_path: Path) -> None:
     assert SlurmEnvironment.from_env(env, resolver=fake_resolver).main_address == "10.20.30.40"
 
 
+def test_loopback_host_entry_gives_way_to_slurm_node_addr(tmp_path: Path) -> None:
+    # Debian maps a machine's own name to 127.0.1.1; the other nodes must get its NodeAddr instead.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    env = {**slurm_env(2, 0, "gpu[1-2]"), "PATH": f"{bindir}:/usr/bin:/bin"}
+    loopback = lambda name: "127.0.1.1"  # noqa: E731
+    (bindir / "scontrol").write_text("#!/bin/sh\necho \"NodeName=$3 NodeAddr=10.20.30.41 NodeHostName=$3\"\n")
+    (bindir / "scontrol").chmod(0o755)
+    assert SlurmEnvironment.from_env(env, resolver=loopback).main_address == "10.20.30.41"
+    # all "nodes" on one machine (the local test cluster): Slurm says loopback too, so loopback stays
+    (bindir / "scontrol").write_text("#!/bin/sh\necho \"NodeName=$3 NodeAddr=127.0.0.1 NodeHostName=vm\"\n")
+    assert SlurmEnvironment.from_env(env, resolver=loopback).main_address == "127.0.1.1"
+
+
 def test_real_resolver_localhost() -> None:
     e = SlurmEnvironment.from_env(slurm_env(1, 0, "localhost"), use_scontrol=False)
     assert e.main_address.startswith("127.")
@@ -219,7 +235,7 @@ def test_real_resolver_localhost() -> None:
 def test_local_environment() -> None:
     e = LocalEnvironment.from_env({"ERNIE_CLUSTER_LOCAL_JOB_ID": "local77", "ERNIE_CLUSTER_LOCAL_RESTART": "2"})
     assert (e.job_id, e.restart_count, e.node_rank, e.num_nodes, e.main_address) == ("local77", 2, 0, 1, "127.0.0.1")
-    assert e.main_port == derive_port("local77") and not e.is_slurm and e.remaining_seconds() is None
+    assert e.main_port == derive_port("local77", restart=2) and not e.is_slurm and e.remaining_seconds() is None
     with pytest.raises(ClusterEnvError):
         LocalEnvironment.from_env({"ERNIE_CLUSTER_LOCAL_JOB_ID": "a b"})
 
@@ -489,6 +505,8 @@ FAKE_TRAINER = textwrap.dedent('''
     write("trainer.%d.pid" % rank, "%d\\n" % os.getpid())
     def exit_record(reason, step, **kw):
         write("exit.%d.json" % rank, json.dumps(dict(reason=reason, step=step, time=time.time(), **kw)))
+    if mode != "hang":  # "hang": stuck in the rendezvous, before the first collective
+        write("ready.%d" % rank, "1\\n")
     step = 0
     while True:
         if got and mode != "ignore":
@@ -552,7 +570,7 @@ DRIVER = textwrap.dedent('''
         signal.signal(signal.SIGTERM, boom)
     launcher = NodeLauncher(cfg["run_dir"], local=cfg.get("local"), launcher_argv=cfg["argv"], prepare=prep,
                             stop_grace_s=cfg.get("grace"), peer_wait_s=cfg.get("peer_wait", 10), poll_s=0.05,
-                            kill_after_s=cfg.get("kill_after", 45))
+                            kill_after_s=cfg.get("kill_after", 45), start_timeout_s=cfg.get("start_timeout"))
     if cfg.get("call"):
         try:
             out = launcher()
@@ -637,10 +655,11 @@ def fakes(tmp_path: Path):
 
 def start_node(fakes: Dict[str, Path], run: RunDir, env: Dict[str, str], *, mode: str = "stop", nproc: int = 2,
                rank0: int = 0, local: Optional[bool] = None, grace: Optional[float] = None, call: bool = False,
-               submitit_like: bool = False, node: int = 0, slow_prep: bool = False) -> Node:
+               submitit_like: bool = False, node: int = 0, slow_prep: bool = False,
+               start_timeout: Optional[float] = None) -> Node:
     argv = [PY, str(fakes["dir"] / "launcher.py"), str(fakes["dir"] / "trainer.py"), mode, str(nproc), str(rank0)]
     cfg = {"run_dir": str(run.root), "argv": argv, "local": local, "grace": grace, "call": call, "kill_after": 2,
-           "submitit_like": submitit_like, "slow_prep": slow_prep}
+           "submitit_like": submitit_like, "slow_prep": slow_prep, "start_timeout": start_timeout}
     full_env = {"PATH": f"{fakes['bin']}:{os.environ.get('PATH', '/usr/bin:/bin')}",
                 "PYTHONPATH": str(REPO), "HOME": os.environ.get("HOME", "/tmp"), **env}
     proc = subprocess.Popen([PY, str(fakes["dir"] / "driver.py"), json.dumps(cfg)], env=full_env,
@@ -701,6 +720,16 @@ def test_completed_and_failed_attempts(tmp_path: Path, fakes) -> None:
     assert [a["reason"] for a in run.read_attempts()] == ["completed", "failed", "failed"]
     # one log directory per attempt: nothing overwritten
     assert sorted(p.name for p in run.logs.iterdir()) == ["attempt-localA-0", "attempt-localA-1", "attempt-localA-2"]
+
+
+def test_a_rendezvous_that_hangs_is_stopped_by_the_start_watchdog(tmp_path: Path, fakes) -> None:
+    # The trainers started (pid files) but never got past their first collective: not waited out.
+    run = make_run(tmp_path, cluster={"backend": "local"})
+    node = start_node(fakes, run, local_env(), mode="hang", start_timeout=2.0)
+    node.wait_trainers(2)
+    code, result, out = node.finish(timeout=30)
+    assert code == 1 and result["reason"] == "failed", out
+    assert "not all past their first collective within 2s" in out
 
 
 def test_escalation_when_trainers_ignore_the_stop(tmp_path: Path, fakes) -> None:

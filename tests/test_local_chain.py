@@ -18,8 +18,16 @@ def test_local_chain_preempts_resumes_and_converts(tmp_path):
            f"data.input_prefix={tmp_path / 'data' / 'toy'}", "train.max_steps=150", "train.checkpoint_steps=40",
            "train.save_steps=150", "train.eval_freq=50", "--preempt-after", "20"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "ERNIE_CLUSTER_LOSS_LOG": str(loss_log)})
+                          env={**os.environ, "ERNIE_CLUSTER_LOSS_LOG": str(loss_log),
+                               "DOMAIN_HUB_TOKEN": "hunter2-do-not-log", "PADDLE_MASTER": "10.255.255.1:1"})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # a secret in the submitting shell reaches no file of the run (paddle's launcher logs its environment),
+    # and a stale PADDLE_MASTER did not override the launcher's own --master
+    for f in run.rglob("*"):
+        if f.is_file():
+            assert b"hunter2-do-not-log" not in f.read_bytes(), f
+    launcher_log = next(run.glob("logs/attempt-*-0/node0/launcher.log")).read_text()
+    assert "DOMAIN_HUB_TOKEN" in launcher_log and "PADDLE_MASTER" in launcher_log
 
     # data: the raw corpus was tokenized into the prefix
     assert (tmp_path / "data" / "toy_ids.npy").exists() and (tmp_path / "data" / "toy_idx.npz").exists()

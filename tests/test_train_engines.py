@@ -98,8 +98,11 @@ def _check_amp_recompute_gradient_merge():
 def test_sharding_strategy_replaces_gradient_merge():
     from ernie_cluster.train.engine_static import fleet_strategy
 
-    spec = _spec(sharding_degree=2, global_batch_size=8)
-    spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"nodes": 2})})
+    # Validation refuses sharding_degree > 1 until checkpoints gather sharded parameters; the strategy is built
+    # from a spec copied past validation.
+    spec = _spec(global_batch_size=8)
+    spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"nodes": 2}),
+                                   "train": spec.train.model_copy(update={"sharding_degree": 2, "dp_degree": 1})})
     st = fleet_strategy(spec, [])
     assert st.sharding and not st.gradient_merge
     cfg = st.sharding_configs

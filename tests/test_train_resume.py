@@ -170,3 +170,30 @@ def test_non_finite_loss_fails_without_requeue(baseline, tmp_path):
     assert t.proc.returncode == 4, t.output[-3000:]
     rec = t.exit_record()
     assert rec["reason"] == "failed" and "non-finite" in rec["error"]
+
+
+def test_resume_refuses_a_changed_corpus_under_the_same_prefix(toy_data, tmp_path):
+    # Re-tokenizing or editing the corpus in place would silently move the data position of a resume.
+    import shutil
+
+    import numpy as np
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for suffix in ("_ids.npy", "_idx.npz"):
+        shutil.copy(toy_data["input_prefix"] + suffix, corpus / f"toy{suffix}")
+    data = dict(toy_data, input_prefix=str(corpus / "toy"))
+    run = make_run(tmp_path, tiny_spec(tmp_path, data, max_steps=4, eval_iters=0))
+    first = run_trainer(run, "first")
+    assert first.proc.returncode == 0, first.output[-3000:]
+    with np.load(corpus / "toy_idx.npz") as z:
+        docs, lens, sents = z["docs"][:-1], z["lens"], z["sents"]
+    n_sent = int(docs[-1])
+    ids = np.load(corpus / "toy_ids.npy")[: int(sents[n_sent])]
+    np.save(corpus / "toy_ids.npy", ids)
+    np.savez(corpus / "toy_idx.npz", lens=lens[:n_sent], sents=sents[: n_sent + 1], docs=docs)
+    set_spec(run, max_steps=8)
+    again = run_trainer(run, "again")
+    assert again.proc.returncode == 3, again.output[-3000:]
+    assert f"corpus.documents: checkpoint {len(docs)}, spec {len(docs) - 1}" in again.output
+    assert not read_jsonl(again.loss_log)

@@ -34,6 +34,7 @@ EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped cleanly; Slurm requeues it / the local
 
 _PID_RE = re.compile(r"^trainer\.(\d+)\.pid$")
 _EXIT_RE = re.compile(r"^exit\.(\d+)\.json$")
+_READY_RE = re.compile(r"^ready\.(\d+)$")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class ControlState:
 
     pids: Dict[int, int] = field(default_factory=dict)  # global rank -> pid
     exits: Dict[int, Dict[str, Any]] = field(default_factory=dict)  # global rank -> exit record
+    ready: List[int] = field(default_factory=list)  # ranks past their first collective (the rendezvous worked)
     unreadable: List[str] = field(default_factory=list)
 
 
@@ -58,6 +60,10 @@ def read_control_dir(path: Path) -> ControlState:
                 state.pids[int(m.group(1))] = int(entry.read_text().split()[0])
             except (OSError, ValueError, IndexError):
                 state.unreadable.append(entry.name)
+            continue
+        m = _READY_RE.match(entry.name)
+        if m:
+            state.ready.append(int(m.group(1)))
             continue
         m = _EXIT_RE.match(entry.name)
         if m:

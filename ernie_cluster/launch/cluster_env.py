@@ -147,13 +147,14 @@ def expand_hostlist(expr: str) -> List[str]:
 # ---------------------------------------------------------------------------
 
 
-def derive_port(job_id: str, configured: int = 0) -> int:
-    """`configured` when non-zero; else a port in [20000, 32000) from the job id, the same on every node."""
+def derive_port(job_id: str, configured: int = 0, restart: int = 0) -> int:
+    """`configured` when non-zero; else a port in [20000, 32000) from the job id and restart count, the
+    same on every node. A requeued attempt gets another port: the last one may still be in TIME_WAIT."""
     if configured:
         return int(configured)
     text = str(job_id)
     number = int(text) if text.isdigit() else zlib.crc32(text.encode())
-    return PORT_BASE + number % PORT_SPAN
+    return PORT_BASE + (number + 7919 * int(restart)) % PORT_SPAN
 
 
 def _ipv4(value: str) -> Optional[str]:
@@ -188,6 +189,22 @@ def _scontrol_node_addr(name: str, env: Mapping[str, str]) -> Optional[str]:
     if not match:
         return None
     return default_resolver(match.group(1))
+
+
+def node_address(name: str, env: Mapping[str, str], *,
+                 resolver: Callable[[str], Optional[str]] = default_resolver, use_scontrol: bool = True) -> Optional[str]:
+    """A node's IPv4 address as the other nodes reach it.
+
+    A Debian-style /etc/hosts maps a machine's own name to 127.0.1.1: then Slurm's NodeAddr is
+    asked, and a non-loopback NodeAddr wins. Loopback stays only where Slurm says so too (all the
+    "nodes" on one machine, as in the local test cluster).
+    """
+    address = resolver(name)
+    if address and address.startswith("127.") and use_scontrol:
+        slurm_address = _scontrol_node_addr(name, env)
+        if slurm_address and not slurm_address.startswith("127."):
+            return slurm_address
+    return address
 
 
 def parse_slurm_duration(text: str) -> Optional[int]:
@@ -311,7 +328,7 @@ def resolve_main_address(first_node: str, env: Mapping[str, str], *,
     paddle.distributed.launch compares the master ip with each node's own ip to decide who starts
     its rendezvous server, so this must be an address, never a host name.
     """
-    address = resolver(first_node)
+    address = node_address(first_node, env, resolver=resolver, use_scontrol=use_scontrol)
     if address:
         return address
     configured = fallback or env.get(MASTER_ADDR_ENV)
@@ -371,7 +388,7 @@ class SlurmEnvironment(ClusterEnvironment):
         if end_text and end_text.strip().isdigit() and int(end_text) > 0:
             end_time = float(end_text)
         obj = cls(job_id=str(job_id), restart_count=restart or 0, node_rank=node_rank, num_nodes=num_nodes,
-                  node_list=node_list, main_address="", main_port=derive_port(job_id, master_port),
+                  node_list=node_list, main_address="", main_port=derive_port(job_id, master_port, restart or 0),
                   end_time=end_time, env=dict(env))
         obj.validate()
         self_name = env.get("SLURMD_NODENAME")
@@ -433,22 +450,9 @@ class LocalEnvironment(ClusterEnvironment):
         restart = _int(env, (LOCAL_RESTART_ENV,), 0) or 0
         obj = cls(job_id=job_id, restart_count=restart, node_rank=0, num_nodes=1,
                   node_list=[socket.gethostname() or "localhost"], main_address="127.0.0.1",
-                  main_port=derive_port(job_id, master_port), end_time=None, env=dict(env))
+                  main_port=derive_port(job_id, master_port, restart), end_time=None, env=dict(env))
         obj.validate()
         return obj
-
-    def query_preempted(self, runner: Optional[Runner] = None) -> Optional[bool]:
-        """True when Slurm has started preempting this job (scontrol's PreemptTime is set); None if unknown.
-
-        The reliable way to tell a preemption from a time limit: preemption also moves EndTime to
-        now + GraceTime, so the end time alone would make every preemption look like a timeout.
-        """
-        runner = runner or _run_text(self.env)
-        out = runner(["scontrol", "show", "job", "-o", self.job_id])
-        match = re.search(r"\bPreemptTime=(\S+)", out or "")
-        if not match:
-            return None
-        return match.group(1) not in ("None", "Unknown", "(null)", "")
 
     def refresh_end_time(self, runner: Optional[Runner] = None) -> Optional[float]:
         return None

@@ -42,8 +42,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from ..rundir import RunDir, write_atomic
 from ..spec import JobSpec, load_frozen
 from . import attempt as att
-from .cluster_env import ClusterEnvError, ClusterEnvironment, default_resolver, detect_environment
+from .cluster_env import ClusterEnvError, ClusterEnvironment, detect_environment, node_address
 from .command import TRAIN_MODULE, CommandError, build_launch_command
+from ..envvars import launcher_environment
 from .prepare import DataPrepError, marker, prepare_data, run_preparation, wait_for_data
 
 CONTROL_DIR_ENV = "ERNIE_CLUSTER_CONTROL_DIR"
@@ -177,6 +178,7 @@ class NodeLauncher:
         self._prefix = "[ernie_cluster.launch]"
         self._remaining_at_signal: Optional[float] = None
         self._preempted_at_signal: Optional[bool] = None
+        self._start_failed: Optional[str] = None
         self._on_slurm = False
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -247,9 +249,14 @@ class NodeLauncher:
         run.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(run.train_lock, os.O_RDWR | os.O_CREAT, 0o644)
         handle = os.fdopen(fd, "r+", encoding="utf-8")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        for tries_left in range(10, -1, -1):  # `submit` probes the lock for an instant: retry briefly
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if tries_left:
+                    time.sleep(0.2)
+        else:
             try:
                 holder = handle.read().strip() or "(no details)"
             except OSError:
@@ -333,7 +340,7 @@ class NodeLauncher:
         # The command line for this node.
         host = None
         if cenv.num_nodes > 1:
-            host = cenv.main_address if cenv.node_rank == 0 else default_resolver(cenv.node_name)
+            host = cenv.main_address if cenv.node_rank == 0 else node_address(cenv.node_name, env)
             if host and host.startswith("127.") and not cenv.main_address.startswith("127."):
                 self._log(f"WARNING: {cenv.node_name} resolves to {host} (loopback) here; other nodes cannot reach it")
         try:
@@ -377,7 +384,12 @@ class NodeLauncher:
             outcome = att.NodeOutcome("stopped", None, "stop signal before training started")
             return self._finish(spec, run, cenv, outcome, started, None, node_dir)
 
-        child_env = dict(env)
+        child_env, secrets, overrides = launcher_environment(env)
+        if secrets:
+            self._log(f"not passed to paddle.distributed.launch, which writes its environment into the logs: "
+                      f"{', '.join(secrets)}")
+        if overrides:
+            self._log(f"removed, since paddle.distributed.launch would let them override its flags: {', '.join(overrides)}")
         child_env.update({
             CONTROL_DIR_ENV: str(control),
             "ERNIE_CLUSTER_RUN_DIR": str(run.root),
@@ -393,6 +405,8 @@ class NodeLauncher:
         rc, note = self._supervise(argv, child_env, control, cenv, spec)
         outcome = att.classify_node(att.read_control_dir(control), spec.resources.trainers_per_node, rc,
                                     stop_requested=bool(self._signals), note=note)
+        if self._start_failed:  # whatever the trainers wrote when they were stopped: this attempt never trained
+            outcome = att.NodeOutcome("failed", outcome.step, self._start_failed)
         return self._finish(spec, run, cenv, outcome, started, rc, node_dir)
 
     # ------------------------------------------------------------------ supervising the paddle launcher
@@ -513,9 +527,11 @@ class NodeLauncher:
                 forward(trainer_pids(), only_new=True)  # trainers that registered after the signal
                 if escalate_at is not None and now >= escalate_at:
                     escalate(now)
-            elif now >= start_deadline and not att.read_control_dir(control).pids:
-                note = f"no trainer started within {start_timeout:.0f}s (rendezvous at {cenv.main_address}:{cenv.main_port}?)"
+            elif now >= start_deadline and len(att.read_control_dir(control).ready) < spec.resources.trainers_per_node:
+                note = (f"the trainers were not all past their first collective within {start_timeout:.0f}s "
+                        f"(rendezvous at {cenv.main_address}:{cenv.main_port}?)")
                 self._log(f"ERROR: {note}; stopping the launcher")
+                self._start_failed = note
                 start_deadline = float("inf")
                 escalate_at = now
                 escalate(now)

@@ -156,6 +156,11 @@ def build_index_maps(spec: JobSpec, run: RunDir, *, log: Callable[[str], None] =
         raise DataPrepError(f"building the sample index maps failed: {exc}") from exc
     sizes = {name: (len(ds) if ds is not None and hasattr(ds, "__len__") else None) for name, ds in dict(datasets).items()}
     log(f"sample index maps ready: {sizes}")
+    train_samples = sizes.get("train")
+    if train_samples:
+        epochs = spec.train.max_steps * spec.global_batch_size / train_samples
+        log(f"max_steps={spec.train.max_steps} x global batch {spec.global_batch_size} reads the training split "
+            f"{epochs:.2f} times{' (WARNING: a small corpus for this many steps: the model will memorise it)' if epochs > 20 else ''}")
     return datasets
 
 
@@ -163,7 +168,8 @@ def prepare_data(spec: JobSpec, run: RunDir, *, log: Callable[[str], None] = pri
                  should_abort: Callable[[], Optional[str]] = lambda: None) -> None:
     """Everything the trainers need on disk before they start (node 0 only)."""
     tokenize_corpus(spec, log=log, should_abort=should_abort)
-    missing = [str(p) for p in corpus_files(spec.data.input_prefix) if not p.exists()]
+    missing = [] if Path(spec.data.input_prefix).is_dir() else \
+        [str(p) for p in corpus_files(spec.data.input_prefix) if not p.exists()]
     if missing:
         raise DataPrepError(f"{', '.join(missing)} missing; set data.raw_corpus or run data_tools.create_pretraining_data")
     reason = should_abort()

@@ -307,7 +307,8 @@ def find_latest(ckpt_dir: Path, compat_key: Optional[Dict[str, Any]] = None, *, 
             continue
         assert info is not None
         if compat_key is not None:
-            saved = info.trainer_state.get("compat_key", {})
+            # Only the fields the caller names: the converter knows the spec, the trainer the corpus too.
+            saved = {k: v for k, v in info.trainer_state.get("compat_key", {}).items() if k in compat_key}
             saved_norm = json.loads(json.dumps(saved, sort_keys=True))
             cur_norm = json.loads(json.dumps(compat_key, sort_keys=True, default=_json_default))
             diffs = compat_differences(saved_norm, cur_norm)

@@ -8,7 +8,10 @@
 
   - ``trainer.<global_rank>.pid`` at start (the node launcher forwards signals to these
     pids: ``paddle.distributed.launch`` starts trainers with setsid and does not forward
-    SIGUSR1/2), and
+    SIGUSR1/2),
+  - ``ready.<global_rank>`` once its first collective with every other rank returned (the node
+    launcher's start watchdog waits for these: a rendezvous that hangs is stopped, not waited
+    out until the time limit), and
   - ``exit.<global_rank>.json`` at the end:
     ``{"reason": "stopped", "step": N, "signal": "SIGUSR2"}``,
     ``{"reason": "completed", "step": N}`` or
@@ -82,6 +85,12 @@ def write_pid(rank: int) -> None:
     tmp = d / f".trainer.{rank}.pid.tmp"
     tmp.write_text(f"{os.getpid()}\n")
     os.replace(tmp, d / f"trainer.{rank}.pid")
+
+
+def write_ready(rank: int) -> None:
+    d = control_dir()
+    if d is not None:
+        (d / f"ready.{rank}").write_text(f"{time.time()}\n")
 
 
 def write_exit(rank: int, reason: str, step: Optional[int], **extra: Any) -> None:

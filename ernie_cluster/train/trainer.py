@@ -150,6 +150,9 @@ class Trainer:
         config = model_config(spec)
         schedule = LRSchedule.from_spec(spec)
         datasets = open_datasets(spec, run.data_cache, is_builder=dist.rank == 0)
+        # A re-tokenized or edited corpus under the same prefix would silently shift the data position.
+        corpus = datasets["train"].indexed
+        compat_key = dict(spec.compat_key(), corpus={"documents": corpus.n_docs, "tokens": corpus.n_tokens})
         engine = create_engine(spec, dist, config, schedule)
         collective = engine.collective
         manager = CheckpointManager(run.checkpoints, dist.rank, dist.world_size, t.keep_checkpoints, collective,
@@ -161,7 +164,7 @@ class Trainer:
         chosen = None
         if dist.rank == 0:
             try:
-                chosen = find_latest(run.checkpoints, spec.compat_key())
+                chosen = find_latest(run.checkpoints, compat_key)
                 choice = chosen.step if chosen is not None else NO_CHECKPOINT
             except IncompatibleCheckpoint as exc:
                 refusal, choice = exc, REFUSED
@@ -226,7 +229,7 @@ class Trainer:
             return {
                 "format": 1, "step": at, "consumed_samples": at * spec.global_batch_size,
                 "global_batch_size": spec.global_batch_size, "lr_schedule": schedule.state(at),
-                "spec_sha256": spec.sha256(), "compat_key": spec.compat_key(), "engine": engine.name,
+                "spec_sha256": spec.sha256(), "compat_key": compat_key, "engine": engine.name,
                 "world_size": dist.world_size, "dp_degree": spec.dp_degree, "accumulate_steps": spec.accumulate_steps,
                 "paddle_version": paddle.__version__, "paddlenlp_version": nlp_version, "model_config": config,
                 "saved_at": time.time(), "max_steps": t.max_steps,
@@ -280,6 +283,7 @@ class Trainer:
         stream = train_stream(spec, datasets["train"], dist, step) if step < t.max_steps else None
         try:
             code = collective.max_int(CODE_STOP if self.stop else CODE_CONTINUE)
+            control.write_ready(dist.rank)  # every rank answered: the rendezvous worked
             while True:
                 if code == CODE_FAIL:
                     raise NonFiniteLoss(f"non-finite loss at step {step} (on at least one rank); "
@@ -315,7 +319,7 @@ class Trainer:
                 if code != CODE_CONTINUE:
                     continue
                 if t.eval_iters > 0 and step % t.eval_freq == 0 and step < t.max_steps:
-                    evaluate("valid", step, step // t.eval_freq, t.eval_iters)
+                    evaluate("valid", step, step // t.eval_freq, t.eval_iters * spec.accumulate_steps)
                 if step % t.checkpoint_steps == 0 and step < t.max_steps:
                     save(step)
                 if step % t.save_steps == 0 and step < t.max_steps:
@@ -326,7 +330,7 @@ class Trainer:
             save(step)
             snapshot(step)
             if t.eval_iters > 0:
-                evaluate("test", step, 0, t.eval_iters * 10)
+                evaluate("test", step, 0, t.eval_iters * 10 * spec.accumulate_steps)
             collective.barrier()
             control.write_exit(dist.rank, "completed", step, param_digest=param_digest(engine))
             log.info("training completed at step %d", step)

@@ -1,0 +1,44 @@
+"""Which environment variables may reach `paddle.distributed.launch` and its trainers.
+
+paddle.distributed.launch writes its whole environment into the run's logs (`envlog.N`,
+`backup_env.N.json` and the first line of its pod log), so secrets never reach it. And it takes
+some variables as defaults for its own flags, overriding the command line the node launcher
+computed from the Slurm allocation (a stale `PADDLE_MASTER` from an outer job would send every
+node to the wrong master), so those are removed too.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Mapping, Tuple
+
+SECRET_NAME = re.compile(
+    r"(?:^|_)(?:TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIALS?|AUTH)(?:_|$)", re.IGNORECASE)
+
+# paddle 2.6.2, paddle/distributed/launch/context/args_envs.py: env_args_mapping.
+PADDLE_LAUNCH_OVERRIDES = frozenset({
+    "POD_IP", "PADDLE_MASTER", "PADDLE_DEVICES", "PADDLE_NNODES", "PADDLE_RUN_MODE", "PADDLE_LOG_LEVEL",
+    "PADDLE_LOG_OVERWRITE", "PADDLE_SORT_IP", "PADDLE_NPROC_PER_NODE", "PADDLE_JOB_ID", "PADDLE_RANK",
+    "PADDLE_LOG_DIR", "PADDLE_MAX_RESTART", "PADDLE_ELASTIC_LEVEL", "PADDLE_ELASTIC_TIMEOUT", "PADDLE_SERVER_NUM",
+    "PADDLE_TRAINER_NUM", "PADDLE_SERVERS_ENDPOINTS", "PADDLE_TRAINERS_ENDPOINTS", "PADDLE_GLOO_PORT",
+    "PADDLE_WITH_GLOO", "PADDLE_START_PORT", "PADDLE_IPS", "PADDLE_AUTO_PARALLEL_CONFIG",
+})
+
+
+def is_secret(name: str) -> bool:
+    return bool(SECRET_NAME.search(name))
+
+
+def launcher_environment(env: Mapping[str, str]) -> Tuple[Dict[str, str], List[str], List[str]]:
+    """(the environment for paddle.distributed.launch, secret names dropped, paddle overrides dropped)."""
+    kept: Dict[str, str] = {}
+    secrets: List[str] = []
+    overrides: List[str] = []
+    for name, value in env.items():
+        if is_secret(name):
+            secrets.append(name)
+        elif name in PADDLE_LAUNCH_OVERRIDES:
+            overrides.append(name)
+        else:
+            kept[name] = value
+    return kept, sorted(secrets), sorted(overrides)

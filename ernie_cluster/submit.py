@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from .render import RenderedRun, convert_executor_params, render, submitit_folder
+from .procs import pid_alive
 from .rundir import RunDir, write_atomic
 from .spec import JobSpec
 
@@ -79,19 +80,6 @@ def slurm_job_states(job_ids: List[str]) -> Dict[str, str]:
     return {j: state for j, (state, _) in slurm_jobs(job_ids).items()}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return "ernie_cluster" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-
-
 def live_jobs(run: RunDir) -> List[str]:
     """Describe the jobs of the run in `run` that are still alive (empty: the directory is free)."""
     state = run.read_state()
@@ -99,7 +87,7 @@ def live_jobs(run: RunDir) -> List[str]:
         return []
     if state.get("backend") == "local":
         pid = state.get("supervisor_pid")
-        return [f"local supervisor pid {pid}"] if pid and _pid_alive(int(pid)) else []
+        return [f"local supervisor pid {pid}"] if pid and pid_alive(int(pid), cmdline_contains="ernie_cluster") else []
     alive = []
     held = _train_lock_holder(run)
     if held is not None:

@@ -60,3 +60,22 @@ def test_a_held_train_lock_counts_as_alive(slurm_run):
         (alive,) = live_jobs(run)
         assert "train.lock" in alive and "gpu7" in alive
     assert live_jobs(run) == []  # released with the handle
+
+
+def test_pid_checks_see_zombies_and_reused_pids():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from ernie_cluster.procs import pid_alive, start_ticks
+
+    assert pid_alive(os.getpid()) and pid_alive(os.getpid(), cmdline_contains="python")
+    assert not pid_alive(os.getpid(), cmdline_contains="no-such-program-xyz")  # a pid now used by another program
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 10
+    while pid_alive(child.pid) and time.time() < deadline:  # exited but not reaped: a zombie
+        time.sleep(0.05)
+    assert not pid_alive(child.pid) and os.path.exists(f"/proc/{child.pid}")
+    child.wait()
+    assert isinstance(start_ticks(os.getpid()), int) and start_ticks(child.pid) is None

@@ -45,6 +45,7 @@ from . import attempt as att
 from .cluster_env import ClusterEnvError, ClusterEnvironment, detect_environment, node_address
 from .command import TRAIN_MODULE, CommandError, build_launch_command
 from ..envvars import launcher_environment
+from ..procs import pid_alive, start_ticks
 from .prepare import DataPrepError, marker, prepare_data, run_preparation, wait_for_data
 
 CONTROL_DIR_ENV = "ERNIE_CLUSTER_CONTROL_DIR"
@@ -92,32 +93,6 @@ def _ignore_stop_signals() -> None:  # runs in the child between fork and exec
 def _ignore_all_stop_signals() -> None:
     for sig in HANDLED_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-
-
-def _start_ticks(pid: int) -> Optional[int]:
-    """Start time of a process in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    try:
-        return int(text.rsplit(")", 1)[1].split()[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
 
 
 def _project_root() -> Path:
@@ -432,7 +407,7 @@ class NodeLauncher:
         except OSError as exc:
             self._log(f"ERROR: cannot start {argv[0]}: {exc}")
             return None, f"cannot start the launcher: {exc}"
-        child_ticks = _start_ticks(child.pid) or 0
+        child_ticks = start_ticks(child.pid) or 0
         self._log(f"started launcher pid {child.pid}")
         signalled: set = set()
         handled = 0
@@ -450,8 +425,8 @@ class NodeLauncher:
             pids = att.read_control_dir(control).pids
             live = {}
             for rank, pid in pids.items():
-                ticks = _start_ticks(pid)
-                if _alive(pid) and (ticks is None or ticks >= child_ticks):
+                ticks = start_ticks(pid)
+                if pid_alive(pid) and (ticks is None or ticks >= child_ticks):
                     live[rank] = pid
             return live
 

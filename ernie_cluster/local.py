@@ -78,7 +78,8 @@ class LocalSupervisor:
             if reason == "completed" and record["exit_code"] == 0:
                 return True
             allowed = record.get("action") != "requeue-denied" and policy.enabled and restart < policy.max_requeues
-            if reason == "stopped" and not self._cancelled and allowed:
+            retry = reason == "stopped" or (reason == "failed" and record.get("action") == "requeue")
+            if retry and not self._cancelled and allowed:
                 restart += 1
                 self._log(f"requeued (restart {restart}/{policy.max_requeues})")
                 continue

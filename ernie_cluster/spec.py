@@ -73,6 +73,9 @@ class RequeuePolicy(_Section):
     # USR1/USR2 only: srun turns a TERM into SIGKILL of its tasks, and does not forward a lone INT.
     signal: Literal["USR1", "USR2"] = "USR2"
     signal_lead_s: int = Field(120, ge=10, le=3600, description="seconds before the end Slurm sends the signal")
+    max_failure_requeues: int = Field(
+        0, ge=0, le=100, description="requeues after a failure that may be transient (a trainer killed or crashed, "
+                                     "a rendezvous that hung); never after a non-finite loss or a setup error")
 
 
 class ClusterSection(_Section):

@@ -399,6 +399,27 @@ def test_requeue_policy() -> None:
     assert att.exit_code_for("failed", "none") == 1 and att.exit_code_for("completed", "none") == 0
 
 
+def test_failure_requeues_only_what_may_be_transient() -> None:
+    killed = att.classify_node(_state({0: 1, 1: 2}, {0: {"reason": "stopped", "step": 3}}), 2, -9)
+    crashed = att.classify_node(_state({0: 1}, {0: {"reason": "failed", "error": "NCCL error", "kind": "crash"}}), 1, 1)
+    nonfinite = att.classify_node(_state({0: 1}, {0: {"reason": "failed", "error": "NaN", "kind": "nonfinite"}}), 1, 4)
+    setup = att.classify_node(_state({0: 1}, {0: {"reason": "failed", "error": "incompatible", "kind": "setup"}}), 1, 3)
+    assert (killed.retryable, crashed.retryable, nonfinite.retryable, setup.retryable) == (True, True, False, False)
+    assert att.combine_nodes({0: crashed, 1: killed}).retryable is True
+    assert att.combine_nodes({0: crashed, 1: nonfinite}).retryable is False  # one deterministic failure decides
+    p = RequeuePolicy(max_requeues=5, max_failure_requeues=2)
+    assert att.decide_requeue("failed", None, 0, RequeuePolicy(), retryable=True).requeue is False  # default: 0
+    assert att.decide_requeue("failed", None, 0, p, retryable=False).requeue is False
+    d = att.decide_requeue("failed", None, 0, p, retryable=True)
+    assert (d.requeue, d.action) == (True, "requeue") and "retry 1 of at most 2" in d.why
+    history = [{"job_id": "7", "reason": "failed", "action": "requeue"}, {"job_id": "7", "reason": "stopped", "action": "requeue"},
+               {"job_id": "7", "reason": "failed", "action": "requeue"}]
+    d = att.decide_requeue("failed", None, 3, p, history, "7", retryable=True)
+    assert d.requeue is False and "max_failure_requeues=2" in d.why
+    assert att.decide_requeue("failed", None, 1, p, history[:2], "7", retryable=True).requeue is True
+    assert att.exit_code_for("failed", "requeue") == att.EXIT_STOPPED
+
+
 # ---------------------------------------------------------------------------
 # data preparation markers
 # ---------------------------------------------------------------------------
@@ -516,7 +537,7 @@ FAKE_TRAINER = textwrap.dedent('''
         if mode == "complete" and step >= 5:
             exit_record("completed", step); sys.exit(0)
         if mode == "nan" and step >= 3:
-            exit_record("failed", step, error="loss is NaN at step %d" % step); sys.exit(1)
+            exit_record("failed", step, error="loss is NaN at step %d" % step, kind="nonfinite"); sys.exit(1)
         if mode == "crash" and step >= 3 and rank == 1:
             sys.exit(7)
         time.sleep(0.05)
@@ -820,6 +841,25 @@ def test_slurm_scontrol_failure_is_logged_not_fatal(tmp_path: Path, fakes) -> No
     assert run.attempts.read_text().count('"job_id"') == 2
     (record,) = run.read_attempts()
     assert record["action"] == "requeue-failed" and "presently disabled" in record["message"]
+
+
+def test_slurm_transient_failure_is_requeued_when_allowed(tmp_path: Path, fakes) -> None:
+    run = make_run(tmp_path, cluster={"backend": "slurm", "time": "01:00:00",
+                                      "requeue": {"signal_lead_s": 30, "max_failure_requeues": 1}})
+    code, result, out = start_node(fakes, run, _slurm_node_env(), mode="crash").finish()  # rank 1 dies, no record
+    assert code == 75 and result["reason"] == "failed" and result["action"] == "requeue", out
+    assert result["cause"] == "failure" and "requeue 4242" in fakes["scontrol_log"].read_text()
+    (record,) = run.read_attempts()
+    assert record["cause"] == "failure" and record["action"] == "requeue"
+    # the cap is spent: the next failure of the same job ends it
+    code, result, out = start_node(fakes, run, _slurm_node_env(SLURM_RESTART_COUNT="1"), mode="crash").finish()
+    assert code == 1 and result["action"] == "none" and "max_failure_requeues=1" in result["message"], out
+    # a non-finite loss is never retried, whatever the cap
+    (tmp_path / "nan").mkdir()
+    run2 = make_run(tmp_path / "nan", cluster={"backend": "slurm", "time": "01:00:00",
+                                               "requeue": {"signal_lead_s": 30, "max_failure_requeues": 3}})
+    code, result, out = start_node(fakes, run2, _slurm_node_env(SLURM_JOB_ID="4343"), mode="nan").finish()
+    assert code == 1 and result["action"] == "none", out
 
 
 def test_slurm_failed_attempt_is_never_requeued(tmp_path: Path, fakes) -> None:

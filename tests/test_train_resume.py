@@ -159,7 +159,7 @@ def test_incompatible_spec_is_refused(baseline, tmp_path):
     assert "global_batch_size: checkpoint 8, spec 16" in t.output
     assert "new output_dir" in t.output
     rec = t.exit_record()
-    assert rec["reason"] == "failed" and "incompatible" in rec["error"]
+    assert rec["reason"] == "failed" and "incompatible" in rec["error"] and rec["kind"] == "setup"  # never retried
     assert not read_jsonl(t.loss_log)  # not a single step was trained
 
 
@@ -169,7 +169,7 @@ def test_non_finite_loss_fails_without_requeue(baseline, tmp_path):
     t = run_trainer(run, "nan")
     assert t.proc.returncode == 4, t.output[-3000:]
     rec = t.exit_record()
-    assert rec["reason"] == "failed" and "non-finite" in rec["error"]
+    assert rec["reason"] == "failed" and "non-finite" in rec["error"] and rec["kind"] == "nonfinite"
 
 
 def test_resume_refuses_a_changed_corpus_under_the_same_prefix(toy_data, tmp_path):

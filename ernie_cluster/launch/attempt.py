@@ -84,6 +84,7 @@ class NodeOutcome:
     message: str = ""
     signal: Optional[str] = None  # the signal the trainers reported stopping on
     stopped_at: Optional[float] = None  # earliest exit-record time among stopped trainers
+    retryable: bool = False  # failed in a way a new attempt may not repeat (killed, crashed, hung rendezvous)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -103,19 +104,21 @@ def classify_node(control: ControlState, expected: int, launcher_rc: Optional[in
     step = max(steps) if steps else None
     if not exits and not control.pids:
         why = note or "no trainer started"
-        return NodeOutcome("failed", None, f"{why}{rc_text}; see workerlog.* in the attempt's log directory")
+        return NodeOutcome("failed", None, f"{why}{rc_text}; see workerlog.* in the attempt's log directory",
+                           retryable=True)
     missing = sorted(set(control.pids) - set(exits))
     if len(exits) < expected or missing:
         missing_text = f"ranks {missing}" if missing else f"{expected - len(exits)} of {expected} trainers"
         why = f"{missing_text} ended without an exit record{rc_text}"
         if note:
             why = f"{note}; {why}"
-        return NodeOutcome("failed", step, why)
+        return NodeOutcome("failed", step, why, retryable=True)  # killed: OOM, a lost peer, NCCL abort
     reasons = {rank: str(r.get("reason")) for rank, r in exits.items()}
     failed = {rank: r for rank, r in exits.items() if reasons[rank] not in ("completed", "stopped")}
     if failed:
         details = "; ".join(f"rank {rank}: {r.get('error') or r.get('reason')}" for rank, r in sorted(failed.items()))
-        return NodeOutcome("failed", step, f"{details}{rc_text}")
+        return NodeOutcome("failed", step, f"{details}{rc_text}",
+                           retryable=all(r.get("kind") == "crash" for r in failed.values()))
     if all(r == "completed" for r in reasons.values()):
         extra = f"; note: launcher exit code {launcher_rc}" if launcher_rc not in (0, None) else ""
         return NodeOutcome("completed", step, f"all {len(exits)} trainers completed{extra}")
@@ -136,7 +139,7 @@ def combine_nodes(outcomes: Mapping[int, NodeOutcome]) -> NodeOutcome:
     failed = {k: o for k, o in outcomes.items() if o.reason == "failed"}
     if failed:
         msg = "; ".join(f"node {k}: {o.message}" for k, o in sorted(failed.items()))
-        return NodeOutcome("failed", step, msg)
+        return NodeOutcome("failed", step, msg, retryable=all(o.retryable for o in failed.values()))
     if all(o.reason == "completed" for o in outcomes.values()):
         return NodeOutcome("completed", step, next(iter(outcomes.values())).message if len(outcomes) == 1
                            else f"all {len(outcomes)} nodes completed")
@@ -171,9 +174,25 @@ def timeout_requeues_used(attempts: Iterable[Mapping[str, Any]], job_id: str) ->
                and a.get("action") in ("requeue", "requeue-failed"))
 
 
+def failure_requeues_used(attempts: Iterable[Mapping[str, Any]], job_id: str) -> int:
+    return sum(1 for a in attempts if str(a.get("job_id")) == str(job_id) and a.get("reason") == "failed"
+               and a.get("action") in ("requeue", "requeue-failed"))
+
+
 def decide_requeue(reason: str, cause: Optional[str], restart_count: int, policy: RequeuePolicy,
-                   attempts: Iterable[Mapping[str, Any]] = (), job_id: str = "") -> RequeueDecision:
-    """May a stopped attempt be requeued under `cluster.requeue`? Completed and failed ones never are."""
+                   attempts: Iterable[Mapping[str, Any]] = (), job_id: str = "", *,
+                   retryable: bool = False) -> RequeueDecision:
+    """May this attempt be requeued under `cluster.requeue`? A stopped one within the caps; a failed one only
+    when the failure may be transient and `max_failure_requeues` allows; a completed one never."""
+    if reason == "failed":
+        cap = policy.max_failure_requeues
+        if not (retryable and policy.enabled and cap > 0):
+            return RequeueDecision(False, "none", "")
+        used = failure_requeues_used(attempts, job_id)
+        if used >= cap or restart_count >= policy.max_requeues:
+            return RequeueDecision(False, "none", f"{used} failure requeue(s) of job {job_id} already reached "
+                                                  f"cluster.requeue.max_failure_requeues={cap} (or max_requeues)")
+        return RequeueDecision(True, "requeue", f"failure: retry {used + 1} of at most {cap}")
     if reason != "stopped":
         return RequeueDecision(False, "none", "")
     if not policy.enabled:
@@ -197,4 +216,4 @@ def exit_code_for(reason: str, action: str) -> int:
         return EXIT_OK
     if reason == "stopped":
         return EXIT_REQUEUE_DENIED if action == "requeue-denied" else EXIT_STOPPED
-    return EXIT_FAILED
+    return EXIT_STOPPED if action == "requeue" else EXIT_FAILED  # a failure being retried

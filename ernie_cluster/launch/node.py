@@ -381,7 +381,7 @@ class NodeLauncher:
         outcome = att.classify_node(att.read_control_dir(control), spec.resources.trainers_per_node, rc,
                                     stop_requested=bool(self._signals), note=note)
         if self._start_failed:  # whatever the trainers wrote when they were stopped: this attempt never trained
-            outcome = att.NodeOutcome("failed", outcome.step, self._start_failed)
+            outcome = att.NodeOutcome("failed", outcome.step, self._start_failed, retryable=True)
         return self._finish(spec, run, cenv, outcome, started, rc, node_dir)
 
     # ------------------------------------------------------------------ supervising the paddle launcher
@@ -613,7 +613,9 @@ class NodeLauncher:
             else:
                 cause = "signal"
         decision = att.decide_requeue(total.reason, cause, cenv.restart_count, spec.cluster.requeue,
-                                      run.read_attempts(), cenv.job_id)
+                                      run.read_attempts(), cenv.job_id, retryable=total.retryable)
+        if total.reason == "failed" and decision.requeue:
+            cause = "failure"
         action, message = decision.action, total.message
         if decision.why:
             message = f"{message}; {decision.why}"
@@ -621,6 +623,9 @@ class NodeLauncher:
             left = "" if not cenv.is_slurm else \
                 f"; time left at the signal: {'unknown' if remaining is None else f'{remaining:.0f}s'}"
             self._log(f"attempt stopped ({cause}{left}): {decision.action} - {decision.why}")
+        elif total.reason == "failed" and decision.why:
+            self._log(f"attempt failed ({'may be transient' if total.retryable else 'not retried'}): "
+                      f"{decision.action} - {decision.why}")
         record = {
             "job_id": cenv.job_id, "restart": cenv.restart_count, "node": cenv.node_name, "nodes": cenv.num_nodes,
             "reason": total.reason, "cause": cause, "step": total.step,
@@ -676,7 +681,8 @@ class NodeLauncher:
                 try:
                     data = json.loads((attempt_dir / f"node{k}" / NODE_RESULT).read_text())
                     found[k] = att.NodeOutcome(data.get("reason", "failed"), data.get("step"),
-                                               data.get("message", ""), data.get("signal"), data.get("stopped_at"))
+                                               data.get("message", ""), data.get("signal"), data.get("stopped_at"),
+                                               bool(data.get("retryable", False)))
                 except (OSError, ValueError):
                     pass
             if len(found) == cenv.num_nodes - 1 or time.monotonic() >= deadline:

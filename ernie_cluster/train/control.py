@@ -15,8 +15,9 @@
   - ``exit.<global_rank>.json`` at the end:
     ``{"reason": "stopped", "step": N, "signal": "SIGUSR2"}``,
     ``{"reason": "completed", "step": N}`` or
-    ``{"reason": "failed", "step": N, "error": "..."}`` (non-finite loss, an incompatible
-    checkpoint, any crash: never worth a requeue).
+    ``{"reason": "failed", "step": N, "error": "...", "kind": K}`` with K ``nonfinite`` or
+    ``setup`` (an incompatible checkpoint, bad data: never worth a requeue) or ``crash`` (an
+    exception, which `cluster.requeue.max_failure_requeues` may retry).
 """
 
 from __future__ import annotations

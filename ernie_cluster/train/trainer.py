@@ -110,15 +110,15 @@ class Trainer:
             return self._train()
         except NonFiniteLoss as exc:
             log.error("%s", exc)
-            control.write_exit(self.dist.rank, "failed", self.step, error=str(exc))
+            control.write_exit(self.dist.rank, "failed", self.step, error=str(exc), kind="nonfinite")
             return EXIT_NONFINITE
         except (CheckpointError, ModelSetupError, DataSetupError) as exc:
             log.error("%s", exc)
-            control.write_exit(self.dist.rank, "failed", self.step, error=str(exc))
+            control.write_exit(self.dist.rank, "failed", self.step, error=str(exc), kind="setup")
             return EXIT_SETUP
         except Exception as exc:  # noqa: BLE001 - report every crash in the exit file
             log.error("training failed:\n%s", traceback.format_exc())
-            control.write_exit(self.dist.rank, "failed", self.step, error=f"{type(exc).__name__}: {exc}")
+            control.write_exit(self.dist.rank, "failed", self.step, error=f"{type(exc).__name__}: {exc}", kind="crash")
             return EXIT_ERROR
 
     # ------------------------------------------------------------------

@@ -146,6 +146,27 @@ def test_failed_training_cancels_the_conversion_and_status_says_why(tmp_path, cl
     assert attempt["reason"] == "failed" and "data preparation" in attempt["message"]
 
 
+def test_transient_failure_is_requeued_resumes_and_converts(tmp_path, cleanup):
+    # Rank 0 crashes once after step 30 (a transient fault); max_failure_requeues=1 gives the job another attempt.
+    loss_log = tmp_path / "loss.jsonl"
+    job = submit(tmp_path, "transient", "train.max_steps=80", "train.checkpoint_steps=20", "train.save_steps=80",
+                 "cluster.requeue.max_failure_requeues=1",
+                 env={"ERNIE_CLUSTER_LOSS_LOG": str(loss_log),
+                      "ERNIE_CLUSTER_TEST_CRASH_ONCE": f"30:{tmp_path / 'crashed.marker'}"})
+    cleanup += [job["train"], job["convert"]]
+    run = job["run"]
+    assert wait_until(lambda: finished(run, "convert"), 420, "training and conversion to finish") == "COMPLETED"
+    assert (tmp_path / "crashed.marker").read_text().strip() == "30"
+    st = status(run)
+    failed, completed = st["attempts"]
+    assert (failed["reason"], failed["cause"], failed["action"]) == ("failed", "failure", "requeue"), failed
+    assert "simulated transient fault" in failed["message"] and completed["reason"] == "completed"
+    assert next(j for j in st["jobs"] if j["kind"] == "train")["restarts"] >= 1
+    worker = (run / "logs" / f"attempt-{job['train']}-1" / "node0" / "workerlog.0").read_text()
+    assert re.search(r"resumed from \S+: step 20\b", worker)
+    assert sorted(losses(loss_log)) == list(range(1, 81)) and st["conversion"]["passed"] is True
+
+
 def _preempt_nodes(cleanup: List[str]) -> str:
     """A high-priority job that needs every CPU of both nodes: the low job must make way."""
     out = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "2", "--exclusive", "-c", "4", "-o", "/dev/null",

@@ -42,8 +42,10 @@ REFUSED = -2
 NOT_RANK0 = -(2 ** 62)
 
 
-# Test hook: behave as if a stop signal arrived right after this step.
+# Test hooks: behave as if a stop signal arrived right after this step; crash rank 0 once after step N
+# (`N:<marker file>`: the marker makes it once per run, as a transient fault would be).
 STOP_AT_ENV = "ERNIE_CLUSTER_TEST_STOP_AT_STEP"
+CRASH_ONCE_ENV = "ERNIE_CLUSTER_TEST_CRASH_ONCE"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -279,6 +281,7 @@ class Trainer:
 
         stop_at = os.environ.get(STOP_AT_ENV)
         stop_at_step = int(stop_at) if stop_at else None
+        crash_step, _, crash_marker = os.environ.get(CRASH_ONCE_ENV, "").partition(":")
         log.info("start-up took %.1fs; training steps %d -> %d", time.time() - t_start, step, t.max_steps)
         stream = train_stream(spec, datasets["train"], dist, step) if step < t.max_steps else None
         try:
@@ -314,6 +317,9 @@ class Trainer:
                              data_digest=batch_digest(micro_batches) if metrics.loss_log is not None else None)
                 if stop_at_step is not None and step == stop_at_step:
                     self.stop.set("TEST_STOP_AT_STEP")
+                if crash_marker and dist.rank == 0 and step == int(crash_step) and not os.path.exists(crash_marker):
+                    Path(crash_marker).write_text(f"{step}\n")
+                    raise RuntimeError(f"{CRASH_ONCE_ENV}: simulated transient fault after step {step}")
                 local = CODE_FAIL if nonfinite_run > nonfinite_limit else (CODE_STOP if self.stop else CODE_CONTINUE)
                 code = collective.max_int(local)
                 if code != CODE_CONTINUE:

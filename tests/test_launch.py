@@ -783,10 +783,15 @@ def test_stop_signal_during_data_preparation_requeues_at_once(tmp_path: Path, fa
 def test_warning_before_the_launcher_started_stops_before_training(tmp_path: Path, fakes) -> None:
     run = make_run(tmp_path)
     code, result, out = start_node(fakes, run, _slurm_node_env(FAKE_SQUEUE_LEFT="2:00:00",
-                                                               ERNIE_CLUSTER_STOP_REQUESTED="USR2")).finish()
+                                                               ERNIE_CLUSTER_STOP_REQUESTED="USR2:4242:0")).finish()
     assert code == 75 and result["reason"] == "stopped" and result["action"] == "requeue", out
     assert result["signal"] == "SIGUSR2" and "before training started" in result["message"], out
     assert not list(run.logs.rglob("trainer.*.pid"))
+    # a value inherited from elsewhere (another job, an earlier attempt) stops nothing
+    node = start_node(fakes, run, _slurm_node_env(SLURM_RESTART_COUNT="1", ERNIE_CLUSTER_STOP_REQUESTED="USR2:4242:0"),
+                      mode="complete")
+    code, result, out = node.finish()
+    assert code == 0 and result["reason"] == "completed" and "is not for attempt 4242-1; ignored" in out, out
 
 
 def _slurm_node_env(n: int = 1, rank: int = 0, nodelist: str = "localhost", **extra) -> Dict[str, str]:

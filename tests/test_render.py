@@ -155,4 +155,4 @@ def test_warning_during_setup_reaches_the_launchers_through_the_environment(tmp_
     body = f"printf '%s' \"${{ERNIE_CLUSTER_STOP_REQUESTED:-}}\" > {tmp_path}/srun.env\nexit 75\n"
     code, out = _run_train_script(tmp_path, body, ["sleep 2"], 0.7, "USR2")
     assert code == 75, out
-    assert (tmp_path / "srun.env").read_text() == "USR2", out
+    assert (tmp_path / "srun.env").read_text() == "USR2:1:0", out  # signal:job id:restart count

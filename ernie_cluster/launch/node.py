@@ -280,10 +280,13 @@ class NodeLauncher:
         self._on_slurm = cenv.is_slurm
         self._prefix = f"[ernie_cluster.launch node {cenv.node_rank}/{cenv.num_nodes}]"
         started = time.time()
-        early = env.get(STOP_REQUESTED_ENV, "")
+        early, _, attempt = env.get(STOP_REQUESTED_ENV, "").partition(":")
         if early:  # the batch shell was warned before srun started (during the setup lines)
-            self._log(f"{STOP_REQUESTED_ENV}={early}: the job was warned before this launcher started")
-            self._signals.insert(0, (getattr(signal, f"SIG{early}", STOP_SIGNAL), started))
+            if attempt == f"{cenv.job_id}:{cenv.restart_count}":
+                self._log(f"{STOP_REQUESTED_ENV}: the job was warned ({early}) before this launcher started")
+                self._signals.insert(0, (getattr(signal, f"SIG{early}", STOP_SIGNAL), started))
+            else:  # inherited from elsewhere (a user's shell, an earlier attempt): not for this attempt
+                self._log(f"{STOP_REQUESTED_ENV}={early}:{attempt} is not for attempt {cenv.attempt}; ignored")
 
         # Node 0 owns the run directory for this attempt. Nothing is written before the lock is held.
         if cenv.node_rank == 0:

@@ -188,3 +188,32 @@ def test_report_prints_markdown(tmp_path: Path, capsys):
     lines = [line for line in out.splitlines() if line.startswith("|")]
     assert lines[0].startswith("| figure | value") and len(lines) == 2 + len(fake_rows())
     assert "skipped: needs Slurm" in out and "FAILED" in out
+
+
+def test_gpu_path_spec_is_valid_and_its_log_parser_reads_the_trainers_lines(tmp_path, caplog):
+    """The GPU benchmark cannot run here; what it feeds the trainer and reads back from it can be checked."""
+    import logging
+
+    from bench.bench_gpu import LOG_LINE, _spec
+    from ernie_cluster.spec import validate_text
+    from ernie_cluster.train.metrics import Metrics
+
+    data = tmp_path / "data"
+    r = subprocess.run([sys.executable, "-m", "data_tools.toy_corpus", "--out-dir", str(data), "--docs", "20"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    for seq, micro in ((128, 128), (512, 32)):
+        spec = validate_text(_spec(tmp_path / f"run{seq}", data, seq, micro, 150), f"gpu-seq{seq}", [])
+        t = spec.train
+        assert (t.device, t.engine, t.use_amp, t.max_seq_len, t.micro_batch_size) == ("gpu", "static", True, seq, micro)
+        m = spec.model  # the base shape: the built-in config with no shape override
+        assert (m.model_name_or_path, m.hidden_size, m.num_hidden_layers, m.vocab_size) == ("ernie-1.0-base-zh", None, None, 18000)
+        assert spec.global_batch_size == micro and spec.accumulate_steps == 1
+    metrics = Metrics(rank=0, visualdl_dir=None, global_batch_size=128, seq_len=128, max_steps=150, logging_freq=25,
+                      use_amp=True)
+    with caplog.at_level(logging.INFO, logger="ernie_cluster.train"):
+        for step in range(1, 51):
+            metrics.step(step, 7.5, 7.0, 0.5, 1e-4, 32768.0)
+    found = LOG_LINE.findall(caplog.text)
+    assert [int(s) for s, _, _ in found] == [25, 50]
+    assert all(float(sps) > 0 and abs(int(tps) - float(sps) * 128) <= 64 for _, sps, tps in found)

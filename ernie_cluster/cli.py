@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (("status", "show the jobs, attempts, checkpoint and converted model of a run"),
                        ("logs", "print the run's Slurm and trainer logs"),
-                       ("cancel", "cancel the run's jobs")):
+                       ("cancel", "stop the run: training checkpoints first, conversion never runs")):
         p = sub.add_parser(name, help=text)
         p.add_argument("run_dir", help="the run directory (the spec's output_dir)")
         if name == "status":
@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "logs":
             p.add_argument("--follow", "-f", action="store_true")
             p.add_argument("--lines", "-n", type=int, default=40)
+        if name == "cancel":
+            p.add_argument("--grace", type=float, default=180.0, metavar="SECONDS",
+                           help="how long running training may take to checkpoint before scancel (default 180)")
+            p.add_argument("--now", action="store_true", help="scancel at once, without a checkpoint")
     return parser
 
 
@@ -175,6 +179,6 @@ def _run_dir_command(args: argparse.Namespace) -> int:
     elif args.command == "logs":
         show_logs(run, follow=args.follow, lines=args.lines)
     elif args.command == "cancel":
-        cancelled = cancel_run(run)
+        cancelled = cancel_run(run, grace_s=0.0 if args.now else args.grace, log=print)
         print("cancelled: " + (", ".join(cancelled) if cancelled else "nothing was running"))
     return 0

@@ -198,7 +198,10 @@ def show_logs(run: RunDir, *, follow: bool = False, lines: int = 40, out=sys.std
                 positions[path] = size
 
 
-def cancel_run(run: RunDir) -> List[str]:
+def cancel_run(run: RunDir, *, grace_s: float = 180.0, log=lambda message: None) -> List[str]:
+    """Stop a run. Slurm: cancel the conversion; ask running training to checkpoint and stop (USR2 to its
+    steps, recorded as cancelled: no requeue), wait up to `grace_s` for that, then scancel what is left.
+    A plain scancel would not do: its TERM reaches paddle's launcher too, which kills the trainers at once."""
     state = run.read_state()
     done = []
     if state.get("backend") == "local":
@@ -210,8 +213,27 @@ def cancel_run(run: RunDir) -> List[str]:
             except ProcessLookupError:
                 pass
         return done
-    ids = [state.get(k) for k in ("convert_job_id", "train_job_id") if state.get(k)]
-    if ids:
-        subprocess.run(["scancel", *ids], check=False)
-        done += ids
+    train_id, convert_id = state.get("train_job_id"), state.get("convert_job_id")
+    if convert_id:
+        subprocess.run(["scancel", str(convert_id)], check=False)
+        done.append(str(convert_id))
+    if not train_id:
+        return done
+    train_id = str(train_id)
+    state["cancel_requested"] = {"job_id": train_id, "at": time.time()}  # the launchers read it: no requeue
+    run.write_state(state)
+    if grace_s > 0 and slurm_jobs([train_id]).get(train_id, ("", ""))[0] == "RUNNING":
+        before = len(run.read_attempts())
+        subprocess.run(["scancel", "--signal=USR2", train_id], check=False)
+        log(f"asked training job {train_id} to checkpoint and stop (up to {grace_s:.0f}s)")
+        deadline = time.time() + grace_s
+        while time.time() < deadline:
+            if len(run.read_attempts()) > before or slurm_jobs([train_id]).get(train_id, ("", ""))[0] != "RUNNING":
+                break
+            time.sleep(1.0)
+        attempts = run.read_attempts()[before:]
+        if attempts:
+            log(f"training stopped at step {attempts[-1].get('step')} ({attempts[-1].get('cause') or attempts[-1].get('reason')})")
+    subprocess.run(["scancel", train_id], check=False)
+    done.append(train_id)
     return done

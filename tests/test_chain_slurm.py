@@ -278,8 +278,10 @@ def test_plain_sbatch_path_behaves_like_submitit(tmp_path, cleanup):
     assert st["checkpoint"]["step"] == 60 and st["conversion"]["passed"] is True
 
 
-def test_second_submit_into_a_live_run_is_refused(tmp_path, cleanup):
-    job = submit(tmp_path, "busy", "train.max_steps=400", "convert.enabled=false")
+def test_second_submit_into_a_live_run_is_refused_and_cancel_checkpoints_without_requeue(tmp_path, cleanup):
+    loss_log = tmp_path / "loss.jsonl"
+    job = submit(tmp_path, "busy", "train.max_steps=400", "train.checkpoint_steps=1000", "convert.enabled=false",
+                 env={"ERNIE_CLUSTER_LOSS_LOG": str(loss_log)})
     cleanup.append(job["train"])
     proc = cli("submit", str(TINY), f"output_dir={job['run']}", "name=busy", check=False)
     assert proc.returncode == 2 and "live run" in proc.stderr
@@ -287,5 +289,11 @@ def test_second_submit_into_a_live_run_is_refused(tmp_path, cleanup):
     assert proc.returncode == 2 and "live run" in proc.stderr
     state = json.loads((job["run"] / "state.json").read_text())
     assert state["train_job_id"] == job["train"], "a refused submit must not touch the run"
+    wait_until(lambda: _progress(loss_log) >= 5, 180, "training to start")
     cli("cancel", str(job["run"]))
-    wait_until(lambda: finished(job["run"], "train"), 60, "the cancel")
+    assert wait_until(lambda: finished(job["run"], "train"), 90, "the cancel") == "CANCELLED"
+    # the trainers checkpointed first; the attempt is recorded as cancelled, not requeued
+    (attempt,) = status(job["run"])["attempts"]
+    assert (attempt["reason"], attempt["cause"], attempt["action"]) == ("stopped", "cancelled", "none"), attempt
+    assert (job["run"] / "checkpoints" / f"step_{attempt['step']:09d}" / "MANIFEST.json").exists()
+    assert sacct_states(job["train"]) == ["CANCELLED"]

@@ -617,6 +617,10 @@ class NodeLauncher:
                 cause = "signal"
         decision = att.decide_requeue(total.reason, cause, cenv.restart_count, spec.cluster.requeue,
                                       run.read_attempts(), cenv.job_id, retryable=total.retryable)
+        cancel = run.read_state().get("cancel_requested") or {}
+        if decision.requeue and str(cancel.get("job_id")) == cenv.job_id:
+            decision = att.RequeueDecision(False, "none", "cancelled by `python -m ernie_cluster cancel`")
+            cause = "cancelled"
         if total.reason == "failed" and decision.requeue:
             cause = "failure"
         action, message = decision.action, total.message
@@ -656,6 +660,9 @@ class NodeLauncher:
                 code = publish()  # replaces the record above (read_attempts keeps the last per attempt)
                 self._log(f"scontrol requeue {cenv.job_id} failed ({detail}); if Slurm is requeuing the job "
                           f"itself (preemption with PreemptMode=REQUEUE) this is expected")
+        if cause == "cancelled" and cenv.is_slurm:  # end the job as CANCELLED, not as a failed exit status
+            ok, detail = self._slurm_command(cenv, "scancel", cenv.job_id)
+            self._log(f"scancel {cenv.job_id}: {'done' if ok else detail}")
         action, message = record["action"], record["message"]
         self._log(f"attempt {cenv.attempt}: {total.reason}{' (' + cause + ')' if cause else ''}, step {total.step}, "
                   f"action {action}, exit code {code}")
@@ -700,14 +707,17 @@ class NodeLauncher:
         return found
 
     def _scontrol_requeue(self, cenv: ClusterEnvironment) -> tuple:
+        return self._slurm_command(cenv, "scontrol", "requeue", cenv.job_id)
+
+    def _slurm_command(self, cenv: ClusterEnvironment, program: str, *args: str) -> tuple:
         import shutil
 
-        exe = shutil.which("scontrol", path=cenv.env.get("PATH"))
+        exe = shutil.which(program, path=cenv.env.get("PATH"))
         if not exe:
-            return False, "scontrol not found on PATH"
+            return False, f"{program} not found on PATH"
         try:
             # Ignore TERM while it runs: Slurm may TERM the whole job at the same moment (preemption).
-            proc = subprocess.run([exe, "requeue", cenv.job_id], capture_output=True, text=True, timeout=60,
+            proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=60,
                                   env=dict(cenv.env), preexec_fn=_ignore_all_stop_signals)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return False, str(exc)

@@ -135,10 +135,12 @@ def _run_spec_command(args: argparse.Namespace, spec: JobSpec) -> int:
             (out / "train.sbatch").write_text(rendered.train_sbatch)
             if rendered.convert_sbatch:
                 (out / "convert.sbatch").write_text(rendered.convert_sbatch)
+            (out / "submit.sh").write_text(rendered.submit_sh)
+            (out / "submit.sh").chmod(0o755)
             # Slurm opens --output before the script runs, so its directory must exist already.
             (rendered.run_dir / "slurm").mkdir(parents=True, exist_ok=True)
-            print(f"# wrote {out}/train.sbatch{' and convert.sbatch' if rendered.convert_sbatch else ''}; "
-                  f"submit with: sbatch {out}/train.sbatch", file=sys.stderr)
+            print(f"# wrote {out}/train.sbatch{', convert.sbatch' if rendered.convert_sbatch else ''} and submit.sh; "
+                  f"submit with: {out}/submit.sh (or sbatch them yourself)", file=sys.stderr)
         return 0
     from .submit import SubmitError, submit_local, submit_slurm
 

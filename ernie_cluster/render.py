@@ -40,6 +40,7 @@ class RenderedRun:
     convert_sbatch: Optional[str]
     train: JobRequest
     convert: Optional[JobRequest]
+    submit_sh: str = ""  # plain-sbatch submission of both scripts (written by `render --out`)
     notes: List[str] = field(default_factory=list)
 
     def describe(self, *, sbatch_only: bool = False) -> str:
@@ -82,6 +83,7 @@ def resolve_python(spec: JobSpec) -> str:
 def render_sbatch(spec: JobSpec, template: str, *, script_path: Path) -> str:
     run_dir = spec.run_dir()
     return _environment().get_template(template).render(
+        convert=spec.convert.enabled,
         spec=spec,
         run_dir=str(run_dir),
         python=resolve_python(spec),
@@ -190,5 +192,6 @@ def render(spec: JobSpec) -> RenderedRun:
         convert_sbatch=convert_sbatch,
         train=train,
         convert=convert,
+        submit_sh=render_sbatch(spec, "submit.sh.j2", script_path=run_dir / "submit" / "submit.sh"),
         notes=notes,
     )

@@ -76,10 +76,6 @@ def slurm_jobs(job_ids: List[str]) -> Dict[str, Tuple[str, str]]:
     return jobs
 
 
-def slurm_job_states(job_ids: List[str]) -> Dict[str, str]:
-    return {j: state for j, (state, _) in slurm_jobs(job_ids).items()}
-
-
 def live_jobs(run: RunDir) -> List[str]:
     """Describe the jobs of the run in `run` that are still alive (empty: the directory is free)."""
     state = run.read_state()

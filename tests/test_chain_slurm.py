@@ -265,11 +265,13 @@ def test_plain_sbatch_path_behaves_like_submitit(tmp_path, cleanup):
     out_dir = tmp_path / "scripts"
     cli("render", str(TINY), "--sbatch", "--out", str(out_dir), f"output_dir={run}", "name=plain-sbatch")
     assert not (run / "spec.yaml").exists() and not (run / "state.json").exists(), "render must not start a run"
-    train_id = subprocess.run(["sbatch", "--parsable", str(out_dir / "train.sbatch")], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    convert_id = subprocess.run(["sbatch", "--parsable", f"--dependency=afterok:{train_id}", "--kill-on-invalid-dep=yes",
-                                 str(out_dir / "convert.sbatch")], capture_output=True, text=True, check=True).stdout.strip()
+    # the rendered submit.sh: plain sbatch of both scripts, each recorded in the run directory at once
+    out = subprocess.run(["bash", str(out_dir / "submit.sh")], capture_output=True, text=True, check=True).stdout
+    train_id = re.search(r"^training job: (\d+)", out, re.M).group(1)
+    convert_id = re.search(r"^conversion job: (\d+) \(afterok:(\d+)\)", out, re.M).group(1)
     cleanup += [train_id, convert_id]
+    listed = {j["kind"]: j["job_id"] for j in status(run)["jobs"]}  # before either job has started
+    assert listed == {"train": train_id, "convert": convert_id}
     wait_until(lambda: sacct_states(convert_id) and sacct_states(convert_id)[-1] in ("COMPLETED", "FAILED", "CANCELLED"),
                240, "the conversion job to end")
     assert sacct_states(train_id) == ["COMPLETED"] and sacct_states(convert_id) == ["COMPLETED"]

@@ -31,6 +31,7 @@ def _dapt():
     ("ernie_dapt.convert.sbatch", "convert_sbatch"),
     ("ernie_dapt.submitit.train.sbatch", "submitit_train"),
     ("ernie_dapt.submitit.convert.sbatch", "submitit_convert"),
+    ("ernie_dapt.submit.sh", "submit_sh"),
 ])
 def test_golden_render_of_the_seed_configuration(name, attr):
     rendered = _dapt()
@@ -39,6 +40,7 @@ def test_golden_render_of_the_seed_configuration(name, attr):
         "convert_sbatch": rendered.convert_sbatch,
         "submitit_train": rendered.train.sbatch_text,
         "submitit_convert": rendered.convert.sbatch_text,
+        "submit_sh": rendered.submit_sh,
     }[attr]
     golden = GOLDEN / name
     if os.environ.get("UPDATE_GOLDEN"):
@@ -156,3 +158,28 @@ def test_warning_during_setup_reaches_the_launchers_through_the_environment(tmp_
     code, out = _run_train_script(tmp_path, body, ["sleep 2"], 0.7, "USR2")
     assert code == 75, out
     assert (tmp_path / "srun.env").read_text() == "USR2:1:0", out  # signal:job id:restart count
+
+
+def test_rendered_submit_sh_chains_and_records_both_jobs(tmp_path):
+    run = tmp_path / "run dir"
+    out = tmp_path / "scripts"
+    spec = base_spec(tmp_path, name="x; touch pwned", output_dir=str(run))
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    assert main(["render", str(path), "--sbatch", "--out", str(out)]) == 0
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # stand-in sbatch: records its arguments, answers like --parsable (id;cluster)
+    (bin_dir / "sbatch").write_text(f"#!/bin/bash\nprintf '%s\\n' \"$*\" >> {tmp_path}/sbatch.log\n"
+                                    f"n=$(wc -l < {tmp_path}/sbatch.log); echo \"$((700 + n));cluster\"\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run([str(out / "submit.sh")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "training job: 701" in proc.stdout and "conversion job: 702 (afterok:701)" in proc.stdout
+    calls = (tmp_path / "sbatch.log").read_text().splitlines()
+    assert calls == [f"--parsable {out}/train.sbatch",
+                     f"--parsable --dependency=afterok:701 --kill-on-invalid-dep=yes {out}/convert.sbatch"]
+    import json
+    state = json.loads((run / "state.json").read_text())
+    assert (state["train_job_id"], state["convert_job_id"], state["name"]) == ("701", "702", "x; touch pwned")
+    assert not (tmp_path / "pwned").exists() and not (out / "pwned").exists()

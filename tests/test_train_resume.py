@@ -63,6 +63,8 @@ def test_uninterrupted_run_completes(baseline):
     assert {"train/loss", "train/lm_loss", "train/sop_loss", "train/learning_rate", "train/samples_per_s",
             "valid/loss", "test/loss"} <= tags
     assert [x.id for x in reader.get_data("scalar", "train/loss")] == [4, 8, 12, 16, 20, 24]
+    (spec_text,) = reader.get_data("text", "config/spec")  # the spec that produced these curves
+    assert "max_steps: 24" in spec_text.text.encoded_text_string
 
 
 def test_sigusr2_stop_and_exact_resume(baseline, tmp_path):

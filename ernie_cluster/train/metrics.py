@@ -89,6 +89,15 @@ class Metrics:
             with open(f"{self.loss_log.name}.eval", "a", encoding="utf-8") as f:
                 f.write(json.dumps({"split": split, "step": step, "rank": self.rank, **values}) + "\n")
 
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self.writer is None:
+            return
+        try:
+            self.writer.add_text(tag=tag, text_string=text, step=step)
+            self.writer.flush()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("VisualDL write failed: %s", exc)
+
     def scalars(self, prefix: str, step: int, values: Dict[str, float]) -> None:
         if self.writer is None:
             return

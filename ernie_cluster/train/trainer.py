@@ -213,6 +213,8 @@ class Trainer:
 
         metrics = Metrics(rank=dist.rank, visualdl_dir=run.visualdl, global_batch_size=spec.global_batch_size,
                           seq_len=t.max_seq_len, max_steps=t.max_steps, logging_freq=t.logging_freq, use_amp=t.use_amp)
+        # What produced these curves, beside them in VisualDL (per attempt: a resume may change max_steps).
+        metrics.text("config/spec", spec.to_yaml(), step)
         last_saved = step if resumed_from else None
         last_snapshot = None
         nonfinite_run = 0

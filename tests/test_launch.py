@@ -32,6 +32,7 @@ from ernie_cluster.launch.command import CommandError, build_launch_command, pad
 from ernie_cluster.launch.node import NodeLauncher
 from ernie_cluster.launch.prepare import (DataPrepError, marker, run_preparation, tokenize_command, tokenize_corpus,
                                           wait_for_data)
+from ernie_cluster.procs import pid_alive
 from ernie_cluster.rundir import RunDir
 from ernie_cluster.spec import JobSpec, RequeuePolicy
 
@@ -472,13 +473,6 @@ def test_tokenize_command(tmp_path: Path) -> None:
     assert "--chinese" not in tokenize_command(spec, "/x", python="py")
 
 
-def _dead(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
-    except OSError:
-        return True
-
-
 def test_tokenizing_stops_at_once_on_a_stop_signal_and_leaves_nothing(tmp_path: Path) -> None:
     # A stand-in "python" that writes partial output, then tokenizes "forever" (with a child, like a worker pool).
     slow = tmp_path / "slow-python"
@@ -502,7 +496,7 @@ def test_tokenizing_stops_at_once_on_a_stop_signal_and_leaves_nothing(tmp_path: 
     assert sorted(p.name for p in (tmp_path / "corpus").iterdir()) == []  # no partial corpus, no log left
     child = int((tmp_path / "child.pid").read_text())  # the tokenizer's own child went with its process group
     deadline = time.time() + 5
-    while not _dead(child):
+    while pid_alive(child):
         assert time.time() < deadline, "the tokenizer's child outlived the stop"
         time.sleep(0.05)
 
@@ -512,32 +506,24 @@ def test_tokenizing_stops_at_once_on_a_stop_signal_and_leaves_nothing(tmp_path: 
 # ---------------------------------------------------------------------------
 
 FAKE_TRAINER = textwrap.dedent('''
-    import json, os, signal, sys, time
+    # Stands in for a trainer: the real stop protocol (ernie_cluster.train.control), no paddle.
+    import sys, time
+    from ernie_cluster.train import control
     rank, mode = int(sys.argv[1]), sys.argv[2]
-    ctl = os.environ["ERNIE_CLUSTER_CONTROL_DIR"]
-    got = []
-    for name in ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT"):
-        signal.signal(getattr(signal, name), lambda n, f: got.append(signal.Signals(n).name))
-    def write(name, text):
-        tmp = os.path.join(ctl, "." + name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(ctl, name))
-    write("trainer.%d.pid" % rank, "%d\\n" % os.getpid())
-    def exit_record(reason, step, **kw):
-        write("exit.%d.json" % rank, json.dumps(dict(reason=reason, step=step, time=time.time(), **kw)))
+    stop = control.StopFlag().install()
+    control.write_pid(rank)
     if mode != "hang":  # "hang": stuck in the rendezvous, before the first collective
-        write("ready.%d" % rank, "1\\n")
+        control.write_ready(rank)
     step = 0
     while True:
-        if got and mode != "ignore":
+        if stop and mode != "ignore":
             time.sleep(0.2)  # "saving"
-            exit_record("stopped", step, signal=got[0])
+            control.write_exit(rank, "stopped", step, signal=stop.signal_name)
             sys.exit(0)
         if mode == "complete" and step >= 5:
-            exit_record("completed", step); sys.exit(0)
+            control.write_exit(rank, "completed", step); sys.exit(0)
         if mode == "nan" and step >= 3:
-            exit_record("failed", step, error="loss is NaN at step %d" % step, kind="nonfinite"); sys.exit(1)
+            control.write_exit(rank, "failed", step, error="loss is NaN at step %d" % step, kind="nonfinite"); sys.exit(1)
         if mode == "crash" and step >= 3 and rank == 1:
             sys.exit(7)
         time.sleep(0.05)
@@ -761,7 +747,7 @@ def test_escalation_when_trainers_ignore_the_stop(tmp_path: Path, fakes) -> None
     code, result, out = node.finish()
     assert code == 1 and result["reason"] == "failed", out  # no exit records: never a clean stop
     assert "SIGTERM to the paddle launcher" in out and "SIGKILL" in out
-    assert all(_dead(pid) for pid in (int(p.read_text()) for p in node.control.glob("trainer.*.pid")))
+    assert all(not pid_alive(pid) for pid in (int(p.read_text()) for p in node.control.glob("trainer.*.pid")))
 
 
 def test_stop_signal_during_data_preparation_requeues_at_once(tmp_path: Path, fakes) -> None:

@@ -24,27 +24,20 @@ REPO = Path(__file__).resolve().parent.parent
 FAKE_TRAINER_MODULE = textwrap.dedent('''
     """Stand-in trainer: pid file at start, exit record at the end; stops on a signal in the first
     attempt, completes in the next one."""
-    import json, os, signal, sys, time
+    import os, signal, time
+    from ernie_cluster.train import control
     rank = int(os.environ.get("PADDLE_GLOBAL_RANK", "0"))
-    ctl = os.environ["ERNIE_CLUSTER_CONTROL_DIR"]
-    got = []
-    for name in ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT"):
-        signal.signal(getattr(signal, name), lambda n, f: got.append(signal.Signals(n).name))
-    def write(name, text):
-        tmp = os.path.join(ctl, "." + name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(ctl, name))
-    write("trainer.%d.pid" % rank, "%d\\n" % os.getpid())
+    stop = control.StopFlag().install()
+    control.write_pid(rank)
     restart = int(os.environ.get("ERNIE_CLUSTER_RESTART_COUNT", "0"))
     print("fake trainer rank", rank, "world", os.environ.get("PADDLE_GLOBAL_SIZE"), "restart", restart, flush=True)
     step = 0
     while True:
-        if got:
-            write("exit.%d.json" % rank, json.dumps({"reason": "stopped", "step": step, "signal": got[0]}))
+        if stop:
+            control.write_exit(rank, "stopped", step, signal=stop.signal_name)
             break
         if restart >= 1 and step >= 20:
-            write("exit.%d.json" % rank, json.dumps({"reason": "completed", "step": step}))
+            control.write_exit(rank, "completed", step)
             break
         time.sleep(0.05)
         step += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from dataclasses import dataclass
@@ -22,6 +23,11 @@ class StepResult:
     sop_loss: float
     loss_scale: Optional[float] = None
     finite: bool = True
+
+
+def gpu_device_id(dist) -> int:
+    """The GPU this trainer drives: paddle.distributed.launch's FLAGS_selected_gpus, else its local rank."""
+    return int((os.environ.get("FLAGS_selected_gpus") or str(dist.local_rank)).split(",")[0])
 
 
 def step_seed(base_seed: int, rank: int, step: int) -> int:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from typing import Any, Dict, List
 
 import numpy as np
 
 from .checkpoint import Collective
-from .engine_common import ACC_KINDS, StepResult, empty_optimizer_state, mean_results, step_seed
+from .engine_common import ACC_KINDS, StepResult, empty_optimizer_state, gpu_device_id, mean_results, step_seed
 from .engine_static import make_lr_scheduler
 from .model import canonical_names, create_model, forward_losses, no_decay
 
@@ -32,15 +31,18 @@ class DynamicCollective(Collective):
     def __init__(self, world_size: int):
         self.world_size = world_size
 
-    def max_int(self, value: int) -> int:
-        if self.world_size == 1:
-            return int(value)
+    def _all_reduce(self, values: np.ndarray, op: str) -> np.ndarray:
         import paddle
         import paddle.distributed as pdist
 
-        t = paddle.to_tensor([int(value)], dtype="int64")
-        pdist.all_reduce(t, op=pdist.ReduceOp.MAX)
-        return int(t.numpy()[0])
+        t = paddle.to_tensor(values)
+        pdist.all_reduce(t, op=getattr(pdist.ReduceOp, op))
+        return t.numpy().reshape(-1)
+
+    def max_int(self, value: int) -> int:
+        if self.world_size == 1:
+            return int(value)
+        return int(self._all_reduce(np.array([int(value)], dtype="int64"), "MAX")[0])
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -51,12 +53,7 @@ class DynamicCollective(Collective):
     def sum_floats(self, values: List[float]) -> List[float]:
         if self.world_size == 1:
             return [float(v) for v in values]
-        import paddle
-        import paddle.distributed as pdist
-
-        t = paddle.to_tensor(np.asarray(values, dtype="float64"))
-        pdist.all_reduce(t)
-        return [float(v) for v in t.numpy()]
+        return [float(v) for v in self._all_reduce(np.asarray(values, dtype="float64"), "SUM")]
 
 
 class DynamicEngine:
@@ -74,8 +71,7 @@ class DynamicEngine:
         t = spec.train
         paddle.disable_static()
         if t.device == "gpu":
-            device_id = int((os.environ.get("FLAGS_selected_gpus") or str(dist.local_rank)).split(",")[0])
-            paddle.set_device(f"gpu:{device_id}")
+            paddle.set_device(f"gpu:{gpu_device_id(dist)}")
         else:
             paddle.set_device("cpu")
         if dist.world_size > 1:

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from .checkpoint import Collective
-from .engine_common import ACC_KINDS, ACC_RE, StepResult, empty_optimizer_state, mean_results, step_seed
+from .engine_common import ACC_KINDS, ACC_RE, StepResult, empty_optimizer_state, gpu_device_id, mean_results, step_seed
 from .model import FEED_SPECS, canonical_names, create_model, forward_losses, no_decay
 
 log = logging.getLogger("ernie_cluster.train")
@@ -106,27 +106,28 @@ class StaticCollective(Collective):
 
     def __init__(self, engine: "StaticEngine"):
         self.engine = engine
-        self._prog = None
-        self._sum_progs: Dict[int, Any] = {}
+        self._programs: Dict[tuple, tuple] = {}  # (op, shape, dtype) -> (program, output var)
 
-    def _build(self):
+    def _all_reduce(self, values: np.ndarray, op: str) -> np.ndarray:
         import paddle
 
-        prog, startup = paddle.static.Program(), paddle.static.Program()
-        with paddle.utils.unique_name.guard("ernie_cluster_flag_"), paddle.static.program_guard(prog, startup):
-            x = paddle.static.data("ernie_cluster_flag", [1], "int64")
-            y = paddle.scale(x, scale=1.0)
-            paddle.distributed.all_reduce(y, op=paddle.distributed.ReduceOp.MAX)
-        self._prog, self._out = prog, y
+        key = (op, values.shape, str(values.dtype))
+        if key not in self._programs:
+            prog, startup = paddle.static.Program(), paddle.static.Program()
+            with paddle.utils.unique_name.guard(f"ernie_cluster_{op.lower()}_"), \
+                    paddle.static.program_guard(prog, startup):
+                x = paddle.static.data("ernie_cluster_in", list(values.shape), str(values.dtype))
+                y = paddle.scale(x, scale=1.0)
+                paddle.distributed.all_reduce(y, op=getattr(paddle.distributed.ReduceOp, op))
+            self._programs[key] = (prog, y)
+        prog, y = self._programs[key]
+        (out,) = self.engine.exe.run(prog, feed={"ernie_cluster_in": values}, fetch_list=[y], use_program_cache=True)
+        return np.asarray(out).reshape(-1)
 
     def max_int(self, value: int) -> int:
         if self.engine.dist.world_size == 1:
             return int(value)
-        if self._prog is None:
-            self._build()
-        (out,) = self.engine.exe.run(self._prog, feed={"ernie_cluster_flag": np.array([value], dtype="int64")},
-                                      fetch_list=[self._out], use_program_cache=True)
-        return int(np.asarray(out).reshape(-1)[0])
+        return int(self._all_reduce(np.array([int(value)], dtype="int64"), "MAX")[0])
 
     def barrier(self) -> None:
         if self.engine.dist.world_size > 1:
@@ -135,20 +136,7 @@ class StaticCollective(Collective):
     def sum_floats(self, values: List[float]) -> List[float]:
         if self.engine.dist.world_size == 1:
             return [float(v) for v in values]
-        import paddle
-
-        n = len(values)
-        if n not in self._sum_progs:
-            prog, startup = paddle.static.Program(), paddle.static.Program()
-            with paddle.utils.unique_name.guard("ernie_cluster_sum_"), paddle.static.program_guard(prog, startup):
-                x = paddle.static.data("ernie_cluster_sum", [n], "float64")
-                y = paddle.scale(x, scale=1.0)
-                paddle.distributed.all_reduce(y)
-            self._sum_progs[n] = (prog, y)
-        prog, y = self._sum_progs[n]
-        (out,) = self.engine.exe.run(prog, feed={"ernie_cluster_sum": np.asarray(values, dtype="float64")},
-                                      fetch_list=[y], use_program_cache=True)
-        return [float(v) for v in np.asarray(out).reshape(-1)]
+        return [float(v) for v in self._all_reduce(np.asarray(values, dtype="float64"), "SUM")]
 
 
 class StaticEngine:
@@ -168,8 +156,7 @@ class StaticEngine:
         t = spec.train
         paddle.enable_static()
         if t.device == "gpu":
-            device_id = int((os.environ.get("FLAGS_selected_gpus") or str(dist.local_rank)).split(",")[0])
-            self.place = paddle.CUDAPlace(device_id)
+            self.place = paddle.CUDAPlace(gpu_device_id(dist))
         else:
             self.place = paddle.CPUPlace()
         fleet.init(is_collective=True)

@@ -169,14 +169,10 @@ class RequeueDecision:
     why: str = ""
 
 
-def timeout_requeues_used(attempts: Iterable[Mapping[str, Any]], job_id: str) -> int:
-    return sum(1 for a in attempts if str(a.get("job_id")) == str(job_id) and a.get("cause") == "timeout"
-               and a.get("action") in ("requeue", "requeue-failed"))
-
-
-def failure_requeues_used(attempts: Iterable[Mapping[str, Any]], job_id: str) -> int:
-    return sum(1 for a in attempts if str(a.get("job_id")) == str(job_id) and a.get("reason") == "failed"
-               and a.get("action") in ("requeue", "requeue-failed"))
+def requeues_used(attempts: Iterable[Mapping[str, Any]], job_id: str, **match: str) -> int:
+    """Requeues of `job_id` so far among the attempts whose fields equal `match` (e.g. cause="timeout")."""
+    return sum(1 for a in attempts if str(a.get("job_id")) == str(job_id) and a.get("action") in ("requeue", "requeue-failed")
+               and all(a.get(k) == v for k, v in match.items()))
 
 
 def decide_requeue(reason: str, cause: Optional[str], restart_count: int, policy: RequeuePolicy,
@@ -188,7 +184,7 @@ def decide_requeue(reason: str, cause: Optional[str], restart_count: int, policy
         cap = policy.max_failure_requeues
         if not (retryable and policy.enabled and cap > 0):
             return RequeueDecision(False, "none", "")
-        used = failure_requeues_used(attempts, job_id)
+        used = requeues_used(attempts, job_id, reason="failed")
         if used >= cap or restart_count >= policy.max_requeues:
             return RequeueDecision(False, "none", f"{used} failure requeue(s) of job {job_id} already reached "
                                                   f"cluster.requeue.max_failure_requeues={cap} (or max_requeues)")
@@ -202,7 +198,7 @@ def decide_requeue(reason: str, cause: Optional[str], restart_count: int, policy
                                f"restart {restart_count} reached cluster.requeue.max_requeues={policy.max_requeues}")
     if cause == "timeout":
         cap = policy.max_timeout_requeues if policy.max_timeout_requeues is not None else policy.max_requeues
-        used = timeout_requeues_used(attempts, job_id)
+        used = requeues_used(attempts, job_id, cause="timeout")
         if used >= cap:
             return RequeueDecision(False, "requeue-denied",
                                    f"{used} time-limit requeue(s) of job {job_id} already reached "

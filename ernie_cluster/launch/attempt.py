@@ -171,8 +171,8 @@ class RequeueDecision:
 
 def requeues_used(attempts: Iterable[Mapping[str, Any]], job_id: str, **match: str) -> int:
     """Requeues of `job_id` so far among the attempts whose fields equal `match` (e.g. cause="timeout")."""
-    return sum(1 for a in attempts if str(a.get("job_id")) == str(job_id) and a.get("action") in ("requeue", "requeue-failed")
-               and all(a.get(k) == v for k, v in match.items()))
+    return sum(1 for a in attempts if str(a.get("job_id")) == str(job_id)
+               and a.get("action") in ("requeue", "requeue-failed") and all(a.get(k) == v for k, v in match.items()))
 
 
 def decide_requeue(reason: str, cause: Optional[str], restart_count: int, policy: RequeuePolicy,

@@ -1,7 +1,7 @@
 """The local backend: the same chain as on Slurm, run on this machine by a small supervisor.
 
 It plays Slurm's part: starts the node launcher (attempt 0), optionally sends the preemption warning
-once (`--preempt-after`), requeues a stopped attempt like `scontrol requeue` would (same policy caps),
+once (`--preempt-after`, seconds after training started), requeues a stopped attempt like `scontrol requeue` would (same policy caps),
 then runs the conversion only if training completed (afterok).
 """
 
@@ -50,18 +50,29 @@ class LocalSupervisor:
         before = len(self.rundir.read_attempts())
         self._log(f"attempt {restart}: {' '.join(cmd)}")
         self._child = subprocess.Popen(cmd, env=env)
-        timer = None
+        warner = None
         if self.preempt_after_s is not None and restart == 0:
+            ready = self.rundir.attempt_log_dir(self.job_id, restart, 0) / "control" / "ready.0"
+            done = threading.Event()
+
             def warn() -> None:
+                # Count from training start, not from submit: tokenizing and start-up take a
+                # machine-dependent time, and a warning after the last step would demonstrate nothing.
+                while not ready.exists():
+                    if done.wait(0.2):
+                        return
+                if done.wait(self.preempt_after_s):
+                    return
                 if self._child is not None and self._child.poll() is None:
-                    self._log(f"simulated preemption: sending {self.spec.cluster.requeue.signal} to the job")
+                    self._log(f"simulated preemption after {self.preempt_after_s:g}s of training: "
+                              f"sending {self.spec.cluster.requeue.signal} to the job")
                     self._child.send_signal(getattr(signal, f"SIG{self.spec.cluster.requeue.signal}"))
-            timer = threading.Timer(self.preempt_after_s, warn)
-            timer.daemon = True
-            timer.start()
+            warner = threading.Thread(target=warn, daemon=True)
+            warner.start()
         code = self._child.wait()
-        if timer is not None:
-            timer.cancel()
+        if warner is not None:
+            done.set()
+            warner.join()
         attempts = self.rundir.read_attempts()[before:]
         record = attempts[-1] if attempts else {"reason": "failed", "error": "the launcher recorded no attempt"}
         record["exit_code"] = code

@@ -16,7 +16,7 @@ def test_local_chain_preempts_resumes_and_converts(tmp_path):
     loss_log = tmp_path / "loss.jsonl"
     cmd = [sys.executable, "-m", "ernie_cluster", "submit", "jobs/ernie_tiny_local.yaml", f"output_dir={run}",
            f"data.input_prefix={tmp_path / 'data' / 'toy'}", "train.max_steps=150", "train.checkpoint_steps=40",
-           "train.save_steps=150", "train.eval_freq=50", "--preempt-after", "20"]
+           "train.save_steps=150", "train.eval_freq=50", "--preempt-after", "4"]  # seconds of training
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "ERNIE_CLUSTER_LOSS_LOG": str(loss_log),
                                "DOMAIN_HUB_TOKEN": "hunter2-do-not-log", "PADDLE_MASTER": "10.255.255.1:1"})

@@ -35,6 +35,11 @@ def step_seed(base_seed: int, rank: int, step: int) -> int:
     return zlib.crc32(f"{base_seed}:{rank}:{step}".encode()) & 0x7FFFFFFF
 
 
+def dropout_seed(base_seed: int, rank: int, step: int, index: int) -> int:
+    """Seed of the static engine's `index`-th dropout seed generator (recompute) at `step`."""
+    return zlib.crc32(f"{base_seed}:{rank}:{step}:dropout{index}".encode()) & 0x7FFFFFFF
+
+
 def paddle_seed_scheme(base_seed: int, rank: int) -> Dict[str, Any]:
     return {"scheme": "crc32(seed:rank:step)", "seed": int(base_seed), "rank": int(rank)}
 

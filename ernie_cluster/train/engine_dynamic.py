@@ -6,6 +6,13 @@ last, then one optimizer step. With world size > 1 the model is wrapped in
 `paddle.DataParallel` after `init_parallel_env()` (gradients all-reduced and averaged over
 ranks); at world size 1 nothing is wrapped. Fleet's hybrid init is avoided on purpose: it
 builds a gloo group per parallel axis, and under load one of those connects could be refused.
+
+`train.use_recompute` recomputes each encoder layer in backward (paddlenlp's TransformerEncoder
+calls `fleet.utils.recompute`, whose `preserve_rng_state` replays the forward's RNG state, so
+the recomputed dropout masks are the forward's and the step's result is unchanged). Its
+backward re-enters autograd, which DataParallel's reducer refuses ("parameter ... has been
+ready before"), so with several ranks every micro-batch runs under `no_sync()` and the
+gradients are all-reduced (averaged) once after the last one.
 """
 
 from __future__ import annotations
@@ -79,6 +86,12 @@ class DynamicEngine:
         paddle.seed(t.seed)  # identical initialisation on every rank (DataParallel also broadcasts)
         self.model = create_model(config)
         self.model.train()
+        if t.use_recompute:
+            encoder = self.model.ernie.encoder
+            if not hasattr(encoder, "enable_recompute"):
+                raise RuntimeError("train.use_recompute: this paddlenlp's TransformerEncoder has no enable_recompute")
+            # Set directly: paddlenlp 2.8's recompute_disable() enables it too.
+            encoder.enable_recompute = True
         sd = self.model.state_dict()
         self.params = {k: v for k, v in sd.items()}
         self.names = {k: v.name for k, v in sd.items()}
@@ -105,6 +118,11 @@ class DynamicEngine:
         self.dp_optimizer = self.optimizer
         if dist.world_size > 1:
             self.dp_model = paddle.DataParallel(self.model)
+        self.manual_grad_sync = bool(t.use_recompute) and dist.world_size > 1
+        if t.use_recompute:
+            log.info("recompute: each of the %d encoder layers is recomputed in backward%s",
+                     len(self.model.ernie.encoder.layers),
+                     "; gradients all-reduced after the last micro-batch" if self.manual_grad_sync else "")
         self.collective = DynamicCollective(dist.world_size)
 
     # -- state ------------------------------------------------------------------
@@ -194,7 +212,7 @@ class DynamicEngine:
         k = len(micro_batches)
         results = []
         for i, mb in enumerate(micro_batches):
-            sync = i == k - 1 or self.dist.world_size == 1
+            sync = (i == k - 1 and not self.manual_grad_sync) or self.dist.world_size == 1
             ctx = contextlib.nullcontext() if sync else self.dp_model.no_sync()
             with ctx:
                 with self._autocast():
@@ -206,6 +224,10 @@ class DynamicEngine:
                     scaled.backward()
             vals = [float(loss.numpy()), float(lm.numpy()), float(sop.numpy())]
             results.append(StepResult(*vals, finite=bool(np.isfinite(vals).all())))
+        if self.manual_grad_sync:
+            from paddle.distributed.fleet.utils.hybrid_parallel_util import fused_allreduce_gradients_with_group
+
+            fused_allreduce_gradients_with_group(list(self.model.parameters()), None)  # sum of grads/world
         if self.scaler is not None:
             self.scaler.step(self.dp_optimizer)
             self.scaler.update()

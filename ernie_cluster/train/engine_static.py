@@ -12,6 +12,12 @@ white/black lists and dynamic loss scaling from `train.amp_init_loss_scaling`, r
 on the encoder layer outputs, sharding configs when `sharding_degree > 1`, and the
 reference's ExecutionStrategy/BuildStrategy settings.
 
+Recompute and dropout: Fleet's recompute pass gives every dropout a `seed` op so the
+recomputed forward draws the forward's mask, but that op's seed comes from
+std::random_device, so a step is not reproducible. Before `minimize` this engine gives each
+dropout its own `seed` op in deterministic mode reading a named generator, re-seeded at every
+step from (seed, rank, step, dropout index); the pass then keeps those seed ops.
+
 Across processes, static collectives need GPUs (NCCL). The stop flag and barriers then use
 a tiny separate program holding one `c_allreduce_max` on ring 0 (GPU only).
 """
@@ -25,7 +31,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from .checkpoint import Collective
-from .engine_common import ACC_KINDS, ACC_RE, StepResult, empty_optimizer_state, gpu_device_id, mean_results, step_seed
+from .engine_common import (ACC_KINDS, ACC_RE, StepResult, dropout_seed, empty_optimizer_state, gpu_device_id,
+                            mean_results, step_seed)
 from .model import FEED_SPECS, canonical_names, create_model, forward_losses, no_decay
 
 log = logging.getLogger("ernie_cluster.train")
@@ -99,6 +106,50 @@ def fleet_strategy(spec, recompute_checkpoints: List[str]):
         strategy.gradient_merge = True
         strategy.gradient_merge_configs = {"k_steps": acc, "avg": True}
     return strategy
+
+
+DROPOUT_RNG_PREFIX = "ernie_cluster_dropout_"
+
+
+def named_generator(name: str):
+    """Paddle's named seed generator `name` (what a deterministic `seed` op reads), created on first use."""
+    from paddle.base import core
+
+    try:
+        return core.get_random_seed_generator(name)
+    except RuntimeError:  # not registered yet
+        return core.set_random_seed_generator(name, 0)
+
+
+def seed_dropout_ops(block, rng_prefix: str = DROPOUT_RNG_PREFIX) -> List[str]:
+    """Give every dropout in `block` without one a Seed input from a deterministic `seed` op.
+
+    One named generator per dropout, so the values do not depend on the order in which the
+    executor runs these independent ops. Returns the generator names in program order.
+    """
+    from paddle.base import core, unique_name
+
+    device_attr = core.op_proto_and_checker_maker.kOpDeviceAttrName()
+    names: List[str] = []
+    idx = 0
+    while idx < len(block.ops):
+        op = block.ops[idx]
+        if op.type != "dropout" or op.input("Seed"):
+            idx += 1
+            continue
+        rng = f"{rng_prefix}{len(names)}"
+        named_generator(rng)
+        var = block.create_var(name=unique_name.generate("ernie_cluster_dropout_seed"), shape=[1], dtype="int32",
+                               type=core.VarDesc.VarType.LOD_TENSOR, persistable=False, stop_gradient=True)
+        attrs = {"seed": 0, "deterministic": True, "rng_name": rng, "force_cpu": True}
+        if op.desc.has_attr(device_attr):
+            attrs[device_attr] = op.desc.attr(device_attr)
+        block._insert_op(idx, type="seed", inputs={}, outputs={"Out": [var]}, attrs=attrs)
+        op.desc.set_input("Seed", [var.name])
+        names.append(rng)
+        idx += 2
+    block._sync_with_cpp()
+    return names
 
 
 class StaticCollective(Collective):
@@ -181,6 +232,8 @@ class StaticEngine:
             self.loss, self.lm_loss, self.sop_loss, self.logits, self.sop_logits = forward_losses(self.model, feeds, self.binary_head)
             self.names: Dict[str, str] = {k: v.name for k, v in self.model.state_dict().items()}
             self.eval_program = self.main.clone(for_test=True)
+            # After the clone: evaluation keeps its plain (is_test) dropouts.
+            self.dropout_rngs = seed_dropout_ops(self.main.global_block()) if t.use_recompute else []
             self.canonical, self.aliases = canonical_names(self.names)
             decay_vars = {self.names[n] for n in self.canonical if not no_decay(n)}
             self.lr = make_lr_scheduler(schedule)
@@ -191,6 +244,9 @@ class StaticEngine:
             self.strategy = fleet_strategy(spec, checkpoints)
             optimizer = fleet.distributed_optimizer(optimizer, strategy=self.strategy)
             optimizer.minimize(self.loss)
+        if t.use_recompute:
+            log.info("recompute: %d checkpoints (encoder layer outputs); %d dropouts seeded per (seed, rank, step)",
+                     len(checkpoints), len(self.dropout_rngs))
         self.feed_names = [n for n, _ in FEED_SPECS]
         self.exe = paddle.static.Executor(self.place)
         self.exe.run(self.startup)
@@ -312,7 +368,10 @@ class StaticEngine:
     def seed_step(self, step: int) -> None:
         import paddle
 
-        paddle.seed(step_seed(self.spec.train.seed, self.dist.rank, step))
+        t = self.spec.train
+        paddle.seed(step_seed(t.seed, self.dist.rank, step))
+        for i, rng in enumerate(self.dropout_rngs):
+            named_generator(rng).manual_seed(dropout_seed(t.seed, self.dist.rank, step, i))
 
     def train_step(self, step: int, micro_batches: List[Dict[str, np.ndarray]]) -> StepResult:
         """One optimizer step (completed_steps = step before it) over this rank's micro-batches."""

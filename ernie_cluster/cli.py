@@ -17,7 +17,7 @@ from typing import List, Optional
 # first model class (about 45 ms of each `render`). An explicit setting by the user still wins.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-from .spec import JobSpec, SpecError, load_spec  # noqa: E402
+from .spec import JobSpec, SpecError, SpecProblem, load_spec  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -27,7 +27,7 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides parsed as YAML scalars, e.g. train.max_steps=1000 resources.nodes=2")
     p.add_argument("--skip-path-checks", action="store_true",
-                   help="do not require data/model paths to exist here (rendering for another machine)")
+                   help="do not require data/model paths to exist here (render and submit --dry-run only warn)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,8 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace) -> JobSpec:
-    return load_spec(args.spec, args.overrides, check_paths=not args.skip_path_checks)
+def _previewing(args: argparse.Namespace) -> bool:
+    """render and submit --dry-run show what would be submitted, also from a machine without the spec's paths."""
+    return args.command == "render" or bool(getattr(args, "dry_run", False))
+
+
+def _load(args: argparse.Namespace, path_warnings: List[SpecProblem]) -> JobSpec:
+    return load_spec(args.spec, args.overrides, check_paths=not args.skip_path_checks,
+                     path_warnings=path_warnings if _previewing(args) else None)
+
+
+def _warn(args: argparse.Namespace, warnings: List[str], *, refused: bool = False) -> None:
+    for text in warnings:
+        print(f"warning: {text}", file=sys.stderr)
+    if warnings and not refused:
+        print(f"warning: {'render' if args.command == 'render' else 'submit --dry-run'} prints the scripts anyway; "
+              f"validate and submit refuse "
+              f"{'this' if len(warnings) == 1 else 'these'} (exit 2)", file=sys.stderr)
 
 
 def _check_partition(spec: JobSpec) -> Optional[str]:
@@ -104,11 +119,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.overrides = list(args.overrides) + extra
     try:
         if args.command in ("validate", "render", "submit"):
-            spec = _load(args)
+            path_warnings: List[SpecProblem] = []
+            try:
+                spec = _load(args, path_warnings)
+            except SpecError:
+                _warn(args, [w.render(args.spec) for w in path_warnings], refused=True)
+                raise
+            warnings = [w.render(args.spec) for w in path_warnings]
             problem = _check_partition(spec)
-            if problem:
+            if problem and _previewing(args):
+                warnings.append(f"{args.spec}: {problem}")
+            elif problem:
                 print(f"invalid job spec {args.spec}:\n  {args.spec}: {problem}", file=sys.stderr)
                 return EXIT_BAD_INPUT
+            _warn(args, warnings)
             return _run_spec_command(args, spec)
         return _run_dir_command(args)
     except SpecError as exc:
@@ -137,8 +161,13 @@ def _run_spec_command(args: argparse.Namespace, spec: JobSpec) -> int:
                 (out / "convert.sbatch").write_text(rendered.convert_sbatch)
             (out / "submit.sh").write_text(rendered.submit_sh)
             (out / "submit.sh").chmod(0o755)
-            # Slurm opens --output before the script runs, so its directory must exist already.
-            (rendered.run_dir / "slurm").mkdir(parents=True, exist_ok=True)
+            # Slurm opens --output before the script runs, so its directory must exist already (submit.sh
+            # creates it too: the run directory may not be writable from the machine that renders).
+            try:
+                (rendered.run_dir / "slurm").mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                print(f"warning: cannot create {rendered.run_dir}/slurm here ({exc.strerror}); submit.sh creates it",
+                      file=sys.stderr)
             print(f"# wrote {out}/train.sbatch{', convert.sbatch' if rendered.convert_sbatch else ''} and submit.sh; "
                   f"submit with: {out}/submit.sh (or sbatch them yourself)", file=sys.stderr)
         return 0

@@ -4,7 +4,9 @@ Two forms of the same request:
 - plain sbatch scripts from `templates/` (for people who run `sbatch` themselves), and
 - submitit executor parameters plus the sbatch text submitit will generate from them.
 
-Every value that reaches a shell line goes through `shlex.quote` (the `q` filter).
+Every value that reaches a shell line goes through `shlex.quote` (the `q` filter); every value on an
+#SBATCH line goes through `sbatch_quote` (the `sbq` filter), since sbatch's own parser reads those lines.
+The spec refuses control characters and line breaks in every string, so no value can start a new line.
 """
 
 from __future__ import annotations
@@ -67,7 +69,35 @@ def _environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["q"] = lambda value: shlex.quote(str(value))
+    env.filters["sbq"] = sbatch_quote
     return env
+
+
+def sbatch_escape(value: Any) -> str:
+    """sbatch's #SBATCH parser reads a backslash as an escape even inside single quotes (Slurm 22.05:
+    `'a\\b'` becomes `ab`, a trailing `\\` leaves the quote open and sbatch refuses the script); doubled, it
+    reads back as one backslash. submitit shlex-quotes its values itself, so its parameters get this alone."""
+    return str(value).replace("\\", "\\\\")
+
+
+def sbatch_quote(value: Any) -> str:
+    """One #SBATCH option value that sbatch reads back exactly (quotes as shlex, backslashes doubled)."""
+    return shlex.quote(sbatch_escape(value))
+
+
+# extra_sbatch options that shape the training allocation (GPUs, tasks, per-unit memory, placement):
+# the one-node conversion job keeps its own shape. Every other option (mail-*, reservation, comment,
+# wckey, exclude, licenses, ...) applies to both jobs.
+_TRAINING_ONLY_PREFIXES = ("gpu", "ntasks", "cpus-per-gpu", "mem-per-", "nodelist", "exclusive", "switches",
+                           "distribution", "array", "sockets-per-node", "cores-per-socket", "threads-per-core",
+                           "spread-job", "overcommit")
+# Set on the conversion job by ernie_cluster itself: the chain depends on it.
+_CONVERT_MANAGED = ("kill-on-invalid-dep",)
+
+
+def convert_extra_sbatch(spec: JobSpec) -> Dict[str, str]:
+    return {k: v for k, v in spec.cluster.extra_sbatch.items()
+            if not k.startswith(_TRAINING_ONLY_PREFIXES) and k not in _CONVERT_MANAGED}
 
 
 def resolve_python(spec: JobSpec) -> str:
@@ -90,11 +120,13 @@ def render_sbatch(spec: JobSpec, template: str, *, script_path: Path) -> str:
         script_path=str(script_path),
         spec_yaml=_heredoc_safe(spec.to_yaml()),
         convert_partition=spec.cluster.convert_partition or spec.cluster.partition,
+        convert_extra_sbatch=convert_extra_sbatch(spec),
     )
 
 
 def _heredoc_safe(text: str) -> str:
-    if any(line.strip() == "ERNIE_CLUSTER_SPEC_END" for line in text.splitlines()):
+    # bash ends the heredoc only at a line that is exactly the marker; YAML indents every nested line.
+    if any(line == "ERNIE_CLUSTER_SPEC_END" for line in text.split("\n")):
         raise ValueError("the spec contains the line ERNIE_CLUSTER_SPEC_END, which ends the embedded spec")
     return text if text.endswith("\n") else text + "\n"
 
@@ -111,12 +143,12 @@ def _setup_lines(spec: JobSpec) -> List[str]:
 
 def train_executor_params(spec: JobSpec) -> Dict[str, Any]:
     c, r = spec.cluster, spec.resources
-    extra: Dict[str, Any] = dict(c.extra_sbatch)
+    extra: Dict[str, Any] = {k: sbatch_escape(v) for k, v in c.extra_sbatch.items()}
     # submitit sends the warning to every srun task (no B:), i.e. to each node's launcher.
     extra["requeue" if c.requeue.enabled else "no-requeue"] = True
     extra["signal"] = f"{c.requeue.signal}@{c.requeue.signal_lead_s}"  # replaces submitit's fixed USR2
     params: Dict[str, Any] = {
-        "job_name": spec.name,
+        "job_name": sbatch_escape(spec.name),
         "nodes": r.nodes,
         "ntasks_per_node": 1,
         "cpus_per_task": r.cpus_per_task,
@@ -141,14 +173,15 @@ def train_executor_params(spec: JobSpec) -> Dict[str, Any]:
 def convert_executor_params(spec: JobSpec, train_job_id: str = "<train job id>") -> Dict[str, Any]:
     c = spec.cluster
     params: Dict[str, Any] = {
-        "job_name": f"{spec.name}-convert",
+        "job_name": sbatch_escape(f"{spec.name}-convert"),
         "nodes": 1,
         "ntasks_per_node": 1,
         "cpus_per_task": min(spec.resources.cpus_per_task, 4),
         "time": _time_minutes(c.convert_time),
         "setup": _setup_lines(spec),
         "stderr_to_stdout": True,
-        "additional_parameters": {"dependency": f"afterok:{train_job_id}", "kill-on-invalid-dep": "yes"},
+        "additional_parameters": {**{k: sbatch_escape(v) for k, v in convert_extra_sbatch(spec).items()},
+                                  "dependency": f"afterok:{train_job_id}", "kill-on-invalid-dep": "yes"},
     }
     partition = c.convert_partition or c.partition
     if partition:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from .envvars import PADDLE_LAUNCH_OVERRIDES, is_secret
 
@@ -58,8 +59,58 @@ def slurm_time_to_seconds(value: str) -> int:
     return (nums[0] * 60 + nums[1]) * 60 + nums[2]
 
 
+# C0 controls (tab too), DEL, C1 controls (NEL U+0085 among them) and the Unicode line/paragraph separators.
+# Each ends or breaks a line for some reader of the value: bash, sbatch's #SBATCH parser, YAML, a terminal.
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_NAMES = {"\n": "newline", "\r": "carriage return", "\t": "tab", "\x00": "NUL byte", "\x1b": "escape character",
+                  "\x7f": "DEL character", "\x85": "next-line character (U+0085)",
+                  "\u2028": "line separator (U+2028)", "\u2029": "paragraph separator (U+2029)"}
+
+
+def control_character_message(text: str, *, what: str = "") -> Optional[str]:
+    """Why `text` cannot go into a script or a command line, or None when it can."""
+    m = _CONTROL_CHARS.search(text)
+    if m is None:
+        return None
+    char = m.group()
+    name = _CONTROL_NAMES.get(char, f"control character {char!r}")
+    fix = ("use spaces instead" if char == "\t" else
+           "write each line as its own list item" if what == "item" and char in "\n\r\x85\u2028\u2029" else "")
+    return (f"{what + ' ' if what else ''}{text!r} contains a {name} at character {m.start() + 1}; control characters "
+            f"and line breaks are refused in every value, since one would start a new shell line or #SBATCH directive "
+            f"in the rendered scripts: remove the {name}{'; ' + fix if fix else ''}")
+
+
+def _strings_in(value: Any, entry: str = ""):
+    """(entry, role, text) for every string in a raw field value: the value, dict keys and values, list items."""
+    if isinstance(value, str):
+        yield entry, "item" if entry.endswith("]") else "value", value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                yield entry, "key", key
+            yield from _strings_in(item, f"{entry}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _strings_in(item, f"{entry}[{i}]")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    # One check for every string of every section, so a field added later is covered without a line here.
+    # `before`: it runs ahead of the field's own validators, so the message is about the character.
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_control_characters(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            return value  # a section: it checks its own fields
+        for entry, role, text in _strings_in(value):
+            message = control_character_message(text, what="key" if role == "key" else "item" if role == "item" else "")
+            if message:
+                raise PydanticCustomError("control_character", "{message}", {"message": message, "entry": entry})
+        return value
 
 
 class RequeuePolicy(_Section):
@@ -208,6 +259,11 @@ class DataSection(_Section):
     raw_corpus: Optional[str] = Field(None, description="text/jsonl corpus; tokenized first when the prefix files are missing")
     vocab_file: Optional[str] = None
     split: str = "949,50,1"
+    shuffle_documents: bool = Field(
+        True, description="documents go to train/valid/test by a seeded shuffle (train.seed); false: contiguous "
+                          "ranges in file order, as runs begun before this option")
+    split_sentences: Optional[Literal["auto", "all", "none"]] = Field(
+        None, description="sentence splitting when tokenizing data.raw_corpus; default the tokenizer's auto")
     chinese: bool = True
     whole_word_segment: bool = True
     masking: MaskingSection = Field(default_factory=MaskingSection)
@@ -236,14 +292,6 @@ class ModelSection(_Section):
     type_vocab_size: Optional[int] = Field(None, ge=1)
     hidden_dropout_prob: float = Field(0.1, ge=0, lt=1)
     attention_probs_dropout_prob: float = Field(0.1, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _heads_divide_hidden(self) -> "ModelSection":
-        if self.hidden_size and self.num_attention_heads and self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} must be divisible by num_attention_heads {self.num_attention_heads}"
-            )
-        return self
 
 
 class TrainSection(_Section):
@@ -313,9 +361,18 @@ class JobSpec(_Section):
     def _check_name(cls, v: str) -> str:
         if not v or len(v) > 64:
             raise ValueError("must be 1-64 characters")
-        if any(ord(c) < 32 or ord(c) == 127 for c in v):
-            raise ValueError("must not contain control characters or newlines")
-        return v  # any printable text: every shell use quotes it
+        return v  # any printable text: every shell use quotes it (control characters: _Section)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _check_output_dir(cls, v: str) -> str:
+        # The run directory reaches Slurm's --output (directly and through submitit's folder), where '%' starts
+        # a filename pattern and sbatch reads '\' as an escape even inside quotes: the logs would go elsewhere.
+        for char, why in (("%", "Slurm expands %-patterns (%j, %u, ...) in --output"),
+                          ("\\", "sbatch reads a backslash in an #SBATCH line as an escape")):
+            if char in v:
+                raise ValueError(f"{v!r} contains {char!r}, and {why}; choose a directory path without {char!r}")
+        return v
 
     # Cross-field checks. Each returns (field path, message) so all are reported together.
     def cross_field_errors(self) -> List[Tuple[str, str]]:
@@ -359,8 +416,6 @@ class JobSpec(_Section):
             errors.append(("train.use_amp", "AMP (fp16) needs a GPU; set use_amp: false for device: cpu"))
         if t.decay_steps is not None and t.decay_steps < t.warmup_rate * t.max_steps:
             errors.append(("train.decay_steps", f"decay_steps {t.decay_steps} ends before warmup ({t.warmup_rate}*{t.max_steps} steps)"))
-        if self.model.max_position_embeddings is not None and t.max_seq_len > self.model.max_position_embeddings:
-            errors.append(("train.max_seq_len", f"{t.max_seq_len} exceeds model.max_position_embeddings {self.model.max_position_embeddings}"))
         masking = self.data.masking
         if masking.max_predictions_per_seq is not None and masking.max_predictions_per_seq > t.max_seq_len:
             errors.append(("data.masking.max_predictions_per_seq", f"must not exceed train.max_seq_len {t.max_seq_len}"))
@@ -421,16 +476,191 @@ class JobSpec(_Section):
                 "num_attention_heads", "intermediate_size", "max_position_embeddings", "type_vocab_size")},
             # what the sample mapping depends on: change one and a consumed-samples count means other data
             "data": {"input_prefix": self.data.input_prefix, "split": self.data.split,
-                     "short_seq_prob": self.data.masking.short_seq_prob, "binary_head": self.data.masking.binary_head},
+                     "short_seq_prob": self.data.masking.short_seq_prob, "binary_head": self.data.masking.binary_head,
+                     # only when true: checkpoints from before the option lack the key, so they resume with
+                     # false and are refused under the new default (data.shuffle_documents: '<absent>' vs True)
+                     **({"shuffle_documents": True} if self.data.shuffle_documents else {})},
             "seed": self.train.seed,
         }
 
 
-BUILTIN_MODELS = ("ernie-1.0-base-zh", "ernie-1.0", "ernie-1.0-large-zh-cw")
+# ---------------------------------------------------------------------------
+# The model shape the trainer will build (without importing paddle)
+# ---------------------------------------------------------------------------
+
+_BASE_ZH = {"vocab_size": 18000, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+            "intermediate_size": 3072, "max_position_embeddings": 513, "type_vocab_size": 2,
+            "hidden_act": "relu", "pad_token_id": 0}
+# ErnieConfig(**ErnieModel.pretrained_init_configuration[name]) in paddlenlp 2.8.1, for the shape keys.
+# tests/test_spec.py compares this table with paddlenlp and with the trainer's model_config(), so they cannot drift.
+BUILTIN_CONFIGS: Dict[str, Dict[str, Any]] = {
+    "ernie-1.0-base-zh": _BASE_ZH,
+    "ernie-1.0": _BASE_ZH,  # paddlenlp's deprecated alias of ernie-1.0-base-zh
+    "ernie-1.0-large-zh-cw": {**_BASE_ZH, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                              "max_position_embeddings": 512},  # intermediate 3072 and vocab 18000: paddlenlp's values
+}
+BUILTIN_MODELS = tuple(BUILTIN_CONFIGS)
+# What a config file may leave out: the trainer's setdefaults (train/model.py), then ErnieConfig's own defaults.
+_TRAINER_DEFAULTS = {"hidden_act": "relu", "type_vocab_size": 2, "pad_token_id": 0}
+_ERNIE_CONFIG_DEFAULTS = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                          "intermediate_size": 3072, "max_position_embeddings": 512, "type_vocab_size": 16,
+                          "hidden_act": "gelu", "pad_token_id": 0}
+MODEL_SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                   "max_position_embeddings", "type_vocab_size")
+MODEL_CONFIG_FILES = ("config.json", "model_config.json")  # PaddleNLP's current and older names
+# paddle.nn.TransformerEncoderLayer looks hidden_act up in paddle.nn.functional; these names exist there
+# (tests/test_spec.py checks each against paddle).
+ACTIVATIONS = ("relu", "gelu", "silu", "swish", "mish", "elu", "selu", "celu", "leaky_relu", "relu6", "sigmoid",
+               "tanh", "hardswish", "hardsigmoid", "hardtanh", "softplus", "softsign", "tanhshrink", "log_sigmoid")
 
 
 def _looks_builtin(name: str) -> bool:
     return name in BUILTIN_MODELS
+
+
+def padded_vocab_size(n: int, multiple: int = 8) -> int:
+    """The trainer's vocab_size for a vocab file of n lines when model.vocab_size is not given."""
+    return -(-n // multiple) * multiple
+
+
+def count_vocab_lines(path: Path) -> int:
+    with open(path, encoding="utf-8") as f:  # counted as the trainer counts (train/model.py read_vocab_size)
+        return sum(1 for _ in f)
+
+
+def read_model_dir_config(path: Path) -> Dict[str, Any]:
+    """A model directory's config as the trainer reads it; ValueError when there is none or it is unreadable."""
+    for fname in MODEL_CONFIG_FILES:
+        f = path / fname
+        if f.is_file():
+            try:
+                data = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{f} is not readable JSON ({exc}); fix or regenerate it") from None
+            if isinstance(data, dict) and "init_args" in data:  # very old layout
+                data = (data.get("init_args") or [{}])[0]
+            if not isinstance(data, dict):
+                raise ValueError(f"{f} is not a JSON object; fix or regenerate it")
+            return data
+    raise ValueError(f"{path} has no {' or '.join(MODEL_CONFIG_FILES)}, so it is not a model directory; point "
+                     f"model.model_name_or_path at the conversion step's output or a save_pretrained directory")
+
+
+@dataclass
+class ModelShape:
+    """The effective model config (the keys known here) and the spec field each value comes from."""
+
+    config: Dict[str, Any]
+    origin: Dict[str, str]
+    vocab_file: Optional[Path] = None
+    vocab_lines: Optional[int] = None
+
+
+def effective_model_shape(spec: JobSpec) -> Tuple[ModelShape, List[Tuple[str, str]]]:
+    """What `ernie_cluster.train.model.model_config` will build, as far as the files here tell.
+
+    A built-in name: its table entry; a local directory that exists: its config file plus defaults; a
+    directory that does not exist here: only the spec's overrides are known. Returns (shape, problems).
+    """
+    m, problems = spec.model, []
+    name = m.model_name_or_path
+    config: Dict[str, Any] = {}
+    origin: Dict[str, str] = {}
+    model_dir: Optional[Path] = None
+    if _looks_builtin(name):
+        config = dict(BUILTIN_CONFIGS[name])
+        origin = {k: "model.model_name_or_path" for k in config}
+    elif _abs(name).is_dir():
+        model_dir = _abs(name)
+        try:
+            config = {**_ERNIE_CONFIG_DEFAULTS, **_TRAINER_DEFAULTS, **read_model_dir_config(model_dir)}
+            origin = {k: "model.model_name_or_path" for k in config}
+        except ValueError as exc:
+            problems.append(("model.model_name_or_path", str(exc)))
+    vocab_file = None
+    if spec.data.vocab_file is not None:
+        vocab_file = _abs(spec.data.vocab_file)
+    elif model_dir is not None and (model_dir / "vocab.txt").is_file():
+        vocab_file = model_dir / "vocab.txt"
+    vocab_lines = None
+    if vocab_file is not None and vocab_file.is_file():
+        try:
+            vocab_lines = count_vocab_lines(vocab_file)
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(("data.vocab_file", f"cannot read {vocab_file}: {exc}; the trainer reads it as UTF-8 text"))
+    if m.vocab_size is None and _looks_builtin(name) and vocab_lines is not None:
+        config["vocab_size"] = padded_vocab_size(vocab_lines)
+        origin["vocab_size"] = "data.vocab_file"
+    for key in MODEL_SIZE_KEYS:
+        if getattr(m, key) is not None:
+            config[key] = getattr(m, key)
+            origin[key] = f"model.{key}"
+    return ModelShape(config, origin, vocab_file, vocab_lines), problems
+
+
+def model_shape_problems(spec: JobSpec) -> List[Tuple[str, str]]:
+    """What Paddle or the trainer would refuse when building this model, as (field, message with the fix)."""
+    shape, problems = effective_model_shape(spec)
+    cfg, origin = shape.config, shape.origin
+
+    def where(key: str) -> str:
+        src = origin.get(key, "")
+        if src.startswith("model.") and src != "model.model_name_or_path":
+            return src
+        if src == "data.vocab_file":
+            return f"{shape.vocab_file} padded to a multiple of 8"
+        return f"{spec.model.model_name_or_path}'s config"
+
+    sizes_ok = True
+    for key in MODEL_SIZE_KEYS:
+        if key not in cfg:
+            continue
+        value = cfg[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            sizes_ok = False
+            problems.append((origin.get(key, "model.model_name_or_path"),
+                             f"{key} is {value!r} in {where(key)}; it must be a positive whole number: "
+                             f"set model.{key} to one"))
+    if not sizes_ok:
+        return problems
+    hidden, heads = cfg.get("hidden_size"), cfg.get("num_attention_heads")
+    if hidden is not None and heads is not None and hidden % heads:
+        field = next((f"model.{k}" for k in ("num_attention_heads", "hidden_size")
+                      if origin.get(k) == f"model.{k}"), "model.model_name_or_path")
+        divisors = sorted(sorted((d for d in range(1, hidden + 1) if hidden % d == 0), key=lambda d: abs(d - heads))[:3])
+        problems.append((field, f"hidden_size {hidden} ({where('hidden_size')}) is not divisible by num_attention_heads "
+                                f"{heads} ({where('num_attention_heads')}); set model.num_attention_heads to a divisor "
+                                f"of {hidden} such as {', '.join(map(str, divisors))}, or change model.hidden_size"))
+    max_pos = cfg.get("max_position_embeddings")
+    if max_pos is not None and spec.train.max_seq_len > max_pos:
+        problems.append(("train.max_seq_len", f"{spec.train.max_seq_len} exceeds max_position_embeddings {max_pos} "
+                                              f"({where('max_position_embeddings')}); lower train.max_seq_len to "
+                                              f"{max_pos} or less, or raise model.max_position_embeddings"))
+    vocab = cfg.get("vocab_size")
+    if vocab is not None and shape.vocab_lines is not None and shape.vocab_lines > vocab:
+        field = ("model.vocab_size" if origin.get("vocab_size") == "model.vocab_size" else
+                 "data.vocab_file" if spec.data.vocab_file is not None else "model.model_name_or_path")
+        problems.append((field,
+                         f"the vocab file {shape.vocab_file} has {shape.vocab_lines} tokens but vocab_size is {vocab} "
+                         f"({where('vocab_size')}); set model.vocab_size to {padded_vocab_size(shape.vocab_lines)} or "
+                         f"more, or use the model's own vocab"))
+    types = cfg.get("type_vocab_size")
+    if types is not None and types < 2 and spec.data.masking.binary_head:
+        problems.append((origin.get("type_vocab_size", "model.model_name_or_path"),
+                         f"type_vocab_size {types} ({where('type_vocab_size')}) has no token type 1, which the "
+                         f"sentence-order samples use for their second segment; set model.type_vocab_size: 2 or "
+                         f"data.masking.binary_head: false"))
+    act = cfg.get("hidden_act")
+    if act is not None and act not in ACTIVATIONS:
+        problems.append(("model.model_name_or_path",
+                         f"hidden_act {act!r} ({where('hidden_act')}) is not an activation paddle.nn.functional "
+                         f"provides; use one of {', '.join(ACTIVATIONS)} in the model's config"))
+    pad = cfg.get("pad_token_id")
+    if vocab is not None and pad is not None and (not isinstance(pad, int) or not -vocab <= pad < vocab):
+        problems.append(("model.model_name_or_path",
+                         f"pad_token_id {pad!r} ({where('pad_token_id')}) is outside the vocabulary of {vocab}; "
+                         f"paddle's embedding refuses it: fix the model's config or raise model.vocab_size"))
+    return problems
 
 
 # ---------------------------------------------------------------------------
@@ -446,7 +676,11 @@ class SpecProblem:
 
     def render(self, source: str) -> str:
         where = f"{source}:{self.line}" if self.line else source
-        return f"{where}: {self.path or '<top>'}: {self.message}"
+        return _printable(f"{where}: {self.path or '<top>'}: {self.message}")
+
+
+def _printable(text: str) -> str:
+    return _CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 class SpecError(Exception):
@@ -481,7 +715,15 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
     return mapping
 
 
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode, deep: bool = False) -> List[Any]:
+    items = [loader.construct_object(child, deep=True) for child in node.value]
+    for i, child in enumerate(node.value):
+        loader.key_lines[id(items), i] = child.start_mark.line + 1
+    return items
+
+
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 # YAML 1.1 number rules bite job specs: `24:00:00` is read as the base-60 integer 86400 and `1e-4`
 # as a string. Times stay strings and exponents are floats here.
 _LineLoader.yaml_implicit_resolvers = {
@@ -520,9 +762,9 @@ def _parse_yaml(text: str, source: str) -> Tuple[Any, Dict[str, int]]:
     lines: Dict[str, int] = {}
 
     def walk(obj: Any, prefix: str) -> None:
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                path = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(obj, (dict, list)):
+            for k, v in obj.items() if isinstance(obj, dict) else enumerate(obj):
+                path = f"{prefix}[{k}]" if isinstance(obj, list) else f"{prefix}.{k}" if prefix else str(k)
                 line = loader.key_lines.get((id(obj), k))
                 if line:
                     lines[path] = line
@@ -587,6 +829,9 @@ def _problem_from_pydantic(err: Dict[str, Any], lines: Dict[str, int]) -> SpecPr
     loc = tuple(err.get("loc", ()))
     path = ".".join(str(p) for p in loc)
     kind = err.get("type", "")
+    if kind == "control_character":  # the message says it all; the path names the dict entry or list item
+        path += err["ctx"]["entry"]
+        return SpecProblem(path, err["ctx"]["message"], _line_for(path, lines))
     if kind == "extra_forbidden":
         parent = _model_for(loc[:-1])
         choices = sorted(parent.model_fields) if parent is not None else []
@@ -601,16 +846,16 @@ def _problem_from_pydantic(err: Dict[str, Any], lines: Dict[str, int]) -> SpecPr
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         if "input" in err and kind not in ("model_type", "dict_type") and not isinstance(err["input"], dict):
             msg += f" (got {err['input']!r})"
-    line = None
-    for n in range(len(loc), 0, -1):
-        line = lines.get(".".join(str(p) for p in loc[:n]))
-        if line:
-            break
-    return SpecProblem(path, msg, line)
+    return SpecProblem(path, msg, _line_for(path, lines))
 
 
-def load_spec(path: str | Path, overrides: Optional[List[str]] = None, *, check_paths: bool = True) -> JobSpec:
-    """Read, override and validate a spec; raise SpecError listing every problem."""
+def load_spec(path: str | Path, overrides: Optional[List[str]] = None, *, check_paths: bool = True,
+              path_warnings: Optional[List[SpecProblem]] = None) -> JobSpec:
+    """Read, override and validate a spec; raise SpecError listing every problem.
+
+    With `path_warnings` (a list), missing data/model paths are appended there instead of refusing the spec:
+    `render` shows what would be submitted from any machine.
+    """
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -618,10 +863,11 @@ def load_spec(path: str | Path, overrides: Optional[List[str]] = None, *, check_
         raise SpecError(source, [SpecProblem("", "file not found; pass the path of a job spec such as jobs/ernie_tiny_local.yaml")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(source, [SpecProblem("", f"cannot read: {exc}")]) from None
-    return validate_text(text, source, overrides or [], check_paths=check_paths)
+    return validate_text(text, source, overrides or [], check_paths=check_paths, path_warnings=path_warnings)
 
 
-def validate_text(text: str, source: str, overrides: List[str], *, check_paths: bool = True) -> JobSpec:
+def validate_text(text: str, source: str, overrides: List[str], *, check_paths: bool = True,
+                  path_warnings: Optional[List[SpecProblem]] = None) -> JobSpec:
     """Validate spec text; relative paths are resolved against the current directory and frozen."""
     data, lines = _parse_yaml(text, source)
     if data is None:
@@ -636,19 +882,32 @@ def validate_text(text: str, source: str, overrides: List[str], *, check_paths: 
         problems += [_problem_from_pydantic(e, lines) for e in exc.errors()]
     if spec is not None:
         problems += [SpecProblem(p, m, _line_for(p, lines)) for p, m in spec.cross_field_errors()]
+        # Files that exist here are read (vocab, a model directory's config); missing ones are path problems.
+        problems += [SpecProblem(p, m, _line_for(p, lines)) for p, m in model_shape_problems(spec)]
         if check_paths:
-            problems += _path_problems(spec, lines)
+            found = _path_problems(spec, lines)
+            if path_warnings is not None:
+                path_warnings.extend(found)
+            else:
+                problems += found
     if problems:
         raise SpecError(source, problems)
     assert spec is not None
-    return _resolve_paths(spec)
+    resolved = _resolve_paths(spec)
+    # Resolving joins the current directory, which may hold a character the spec may not; validate the frozen form.
+    try:
+        JobSpec.model_validate(resolved.model_dump())
+    except ValidationError as exc:
+        raise SpecError(source, [_problem_from_pydantic(e, lines) for e in exc.errors()]) from None
+    return resolved
 
 
 def _line_for(path: str, lines: Dict[str, int]) -> Optional[int]:
-    parts = path.split(".")
-    for n in range(len(parts), 0, -1):
-        if ".".join(parts[:n]) in lines:
-            return lines[".".join(parts[:n])]
+    """The line of `path`, else of the nearest enclosing key ('environment.setup[1]' -> 'environment.setup')."""
+    while path:
+        if path in lines:
+            return lines[path]
+        path = re.sub(r"(?:\.[^.\[]*|\[\d+\])$", "", path) if re.search(r"[.\[]", path) else ""
     return None
 
 
@@ -681,7 +940,9 @@ def _path_problems(spec: JobSpec, lines: Dict[str, int]) -> List[SpecProblem]:
     elif not has_ids:
         problems.append(SpecProblem("data.input_prefix", f"{prefix}_ids.npy / _idx.npz not found; run data_tools.create_pretraining_data or set data.raw_corpus", _line_for("data.input_prefix", lines)))
     if d.vocab_file is not None and not _abs(d.vocab_file).is_file():
-        problems.append(SpecProblem("data.vocab_file", f"{d.vocab_file} is not a file", _line_for("data.vocab_file", lines)))
+        what = "is not a file" if _abs(d.vocab_file).exists() else "does not exist"
+        problems.append(SpecProblem("data.vocab_file", f"{d.vocab_file} {what}; fix the path (relative paths are from "
+                                    f"the current directory)", _line_for("data.vocab_file", lines)))
     name = spec.model.model_name_or_path
     if not _looks_builtin(name):
         if not _abs(name).is_dir():
@@ -709,4 +970,8 @@ def _resolve_paths(spec: JobSpec) -> JobSpec:
 
 def load_frozen(path: str | Path) -> JobSpec:
     """Load a spec frozen into a run directory (already validated and resolved)."""
-    return JobSpec.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if isinstance(data, dict) and isinstance(data.get("data"), dict):
+        # frozen before data.shuffle_documents existed: that run's splits are contiguous
+        data["data"].setdefault("shuffle_documents", False)
+    return JobSpec.model_validate(data)

@@ -84,7 +84,8 @@ def test_render_does_not_import_paddle_and_is_fast(tmp_path):
     assert wall < 2.0, f"render took {wall:.2f}s"
 
 
-HOSTILE = "x; rm -rf ~ $(touch pwned) `touch pwned2` 'q\" \\"
+# Never a payload that harms the machine if it runs: a broken quoting once ran these scripts' commands.
+HOSTILE = "x; rm -rf canary $(touch pwned) `touch pwned2` 'q\" \\"
 
 
 def test_hostile_values_stay_values_in_the_sbatch_script(tmp_path):
@@ -103,16 +104,22 @@ def test_hostile_values_stay_values_in_the_sbatch_script(tmp_path):
     script.write_text(rendered.train_sbatch)
     workdir = tmp_path / "work"
     workdir.mkdir()
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "n1"}
+    (workdir / "canary").mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "n1",
+           "HOME": str(tmp_path / "home")}
     proc = subprocess.run(["bash", str(script)], cwd=workdir, env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     args = record.read_text().splitlines()
     assert args[args.index("--run-dir") + 1] == str(tmp_path / "run dir; touch pwned3")
     assert (tmp_path / "srun.args.env").read_text() == HOSTILE
+    assert (workdir / "canary").is_dir()
     for leftover in ("pwned", "pwned2", "pwned3"):
         assert not (workdir / leftover).exists() and not (tmp_path / leftover).exists()
-    # the job name is one quoted sbatch value
-    assert f"#SBATCH --job-name={__import__('shlex').quote(HOSTILE)}" in rendered.train_sbatch
+    # the job name is one quoted sbatch value; its backslash doubled, since sbatch reads '\\' as an escape even
+    # inside single quotes (plain shlex.quote made sbatch refuse this script: "Unmatched `'`")
+    from ernie_cluster.render import sbatch_quote
+    assert f"#SBATCH --job-name={sbatch_quote(HOSTILE)}" in rendered.train_sbatch
+    assert sbatch_quote(HOSTILE) == __import__('shlex').quote(HOSTILE.replace("\\", "\\\\"))
 
 
 def test_sbatch_scripts_are_valid_bash(tmp_path):
@@ -183,3 +190,20 @@ def test_rendered_submit_sh_chains_and_records_both_jobs(tmp_path):
     state = json.loads((run / "state.json").read_text())
     assert (state["train_job_id"], state["convert_job_id"], state["name"]) == ("701", "702", "x; touch pwned")
     assert not (tmp_path / "pwned").exists() and not (out / "pwned").exists()
+
+
+def test_extra_sbatch_reaches_the_conversion_job_except_training_only_options(tmp_path):
+    extra = {"mail-type": "END", "reservation": "maint", "gpus-per-task": "1", "ntasks-per-socket": "2",
+             "kill-on-invalid-dep": "no"}
+    r = render(validate_text(yaml.safe_dump(base_spec(tmp_path, cluster={"extra_sbatch": extra})), "s.yaml", []))
+    for key, value in extra.items():  # training gets every option
+        assert f"#SBATCH --{key}={value}" in r.train_sbatch and f"#SBATCH --{key}={value}" in r.train.sbatch_text
+    shared = {"mail-type": "END", "reservation": "maint"}
+    assert r.convert.executor_params["additional_parameters"] == {
+        **shared, "dependency": "afterok:<train job id>", "kill-on-invalid-dep": "yes"}
+    for text in (r.convert_sbatch, r.convert.sbatch_text):
+        options = [l for l in text.splitlines() if l.startswith("#SBATCH --")]
+        assert all(f"#SBATCH --{k}={v}" in options for k, v in shared.items()), text
+        assert not any("gpus-per-task" in l or "ntasks-per-socket" in l for l in options), text
+        # the chain's own setting is kept: a failed training still cancels the conversion
+        assert [l for l in options if "kill-on-invalid-dep" in l] == ["#SBATCH --kill-on-invalid-dep=yes"], text

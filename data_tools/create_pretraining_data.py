@@ -3,12 +3,23 @@
     python -m data_tools.create_pretraining_data --input PATH [PATH ...] --vocab-file vocab.txt \\
         --output-prefix out/corpus [--workers N] [--json-key text] [--chinese] \\
         [--cn-whole-word-segment] [--cn-seg-func jieba|none] [--cn-splited --cn-split-dimer ' '] \\
-        [--append-eos] [--split-sentences] [--tokenizer builtin|paddlenlp]
+        [--append-eos] [--split-sentences [auto|all|none]] [--tokenizer builtin|paddlenlp]
 
 Input: files or directories (searched recursively for *.txt, *.text, *.jsonl,
 *.json and their .gz).  ``.jsonl``/``.json`` files hold one ``{"text": ...}``
-document per line, sentences separated by newlines; other files are raw text
-with documents separated by blank lines and one sentence per line.
+document per line; other files are raw text with documents separated by blank
+lines and one sentence per line.
+
+Sentences (``--split-sentences``, default ``auto``): the text of a jsonl
+document is split at its newlines and after sentence-ending punctuation
+(``。！？!?；;``, optionally followed by a closing quote or bracket, and ``.``
+followed by whitespace), because a jsonl document is usually a paragraph or
+a whole article on one line, and sentence-order prediction (binary_head)
+drops documents of one sentence.  Raw text files are taken as written, one
+sentence per line.  ``all`` splits raw text lines too (the former bare
+``--split-sentences``), ``none`` splits only at newlines (the former
+default).  The rule is deliberately simple: an abbreviation such as ``e.g. x``
+gets a spurious boundary, which only moves where a sample may be cut.
 
 Output (the reference layout): ``<P>_ids.npy`` (uint16 if the id space is below
 65535, else int32) and ``<P>_idx.npz`` with ``lens`` (int32 tokens per
@@ -92,6 +103,7 @@ def _is_json(path: str) -> bool:
 
 
 Doc = List[str]
+SPLIT_MODES = ("auto", "all", "none")
 
 
 def iter_documents(path: str, json_key: str = "text") -> Iterator[Tuple[Doc, int]]:
@@ -126,18 +138,31 @@ def iter_documents(path: str, json_key: str = "text") -> Iterator[Tuple[Doc, int
 
 
 def iter_batches(files: Sequence[str], json_key: str, max_docs: int = 256, max_bytes: int = 1 << 20
-                 ) -> Iterator[Tuple[List[Doc], int]]:
+                 ) -> Iterator[Tuple[List[Doc], List[bool], int]]:
+    """``(documents, from_json flags, n_bytes)`` batches over all files."""
     batch: List[Doc] = []
+    flags: List[bool] = []
     nbytes = 0
     for path in files:
+        is_json = _is_json(path)
         for doc, nb in iter_documents(path, json_key):
             batch.append(doc)
+            flags.append(is_json)
             nbytes += nb
             if len(batch) >= max_docs or nbytes >= max_bytes:
-                yield batch, nbytes
-                batch, nbytes = [], 0
+                yield batch, flags, nbytes
+                batch, flags, nbytes = [], [], 0
     if batch:
-        yield batch, nbytes
+        yield batch, flags, nbytes
+
+
+def split_mode(value) -> str:
+    """``auto``/``all``/``none``; True and False mean ``all`` and ``none`` (the former boolean option)."""
+    if value is True or value is False:
+        return "all" if value else "none"
+    if value not in SPLIT_MODES:
+        raise InputError(f"unknown sentence split mode {value!r} ({', '.join(SPLIT_MODES)})")
+    return value
 
 
 # ---------------------------------------------------------------------------
@@ -151,13 +176,13 @@ class Encoder:
 
     def __init__(self, vocab_file: str, whole_word: bool = False, seg_func: str = "jieba", splited: bool = False,
                  split_dimer: str = " ", max_word_length: int = 4, append_eos: bool = False,
-                 split_sentences: bool = False, tokenizer: str = "builtin"):
+                 split_sentences="auto", tokenizer: str = "builtin"):
         self.vocab = load_vocab(vocab_file)
         self.whole_word = whole_word
         self.splited = splited
         self.split_dimer = split_dimer
         self.max_word_length = max_word_length
-        self.split_sentences = split_sentences
+        self.split_sentences = split_mode(split_sentences)
         self.seg_func = seg_func
         self._segment = None
         if whole_word and not splited:
@@ -200,12 +225,17 @@ class Encoder:
                 apply_whole_word_marks(ids, cjk_pos, whole_word_flags(words, self.max_word_length), self.vocab)
         return ids
 
-    def sentences(self, lines: Doc) -> Iterable[str]:
+    def splits(self, from_json: bool) -> bool:
+        return self.split_sentences == "all" or (self.split_sentences == "auto" and from_json)
+
+    def sentences(self, lines: Doc, split: Optional[bool] = None) -> Iterable[str]:
+        if split is None:
+            split = self.split_sentences == "all"
         for line in lines:
             line = line.strip()
             if not line:
                 continue
-            if self.split_sentences:
+            if split:
                 for s in _SENT_SPLIT_RE.split(line):
                     s = s.strip()
                     if s:
@@ -213,15 +243,16 @@ class Encoder:
             else:
                 yield line
 
-    def encode_batch(self, docs: List[Doc], dtype: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def encode_batch(self, docs: List[Doc], dtype: str, from_json: Optional[List[bool]] = None
+                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """-> (ids, sentence lengths, sentences per document) for a batch of documents."""
         all_ids: List[int] = []
         lens: List[int] = []
         doc_counts: List[int] = []
-        for doc in docs:
+        for k, doc in enumerate(docs):
             n = 0
             last_len_index = -1
-            for sentence in self.sentences(doc):
+            for sentence in self.sentences(doc, self.splits(bool(from_json and from_json[k]))):
                 ids = self.encode_sentence(sentence)
                 if ids:
                     all_ids.extend(ids)
@@ -282,10 +313,10 @@ def _init_worker(kwargs: dict) -> None:
     _WORKER = Encoder(**kwargs)
 
 
-def _work(args: Tuple[List[Doc], int, str]):
-    docs, nbytes, dtype = args
+def _work(args: Tuple[List[Doc], List[bool], int, str]):
+    docs, flags, nbytes, dtype = args
     assert _WORKER is not None
-    ids, lens, counts = _WORKER.encode_batch(docs, dtype)
+    ids, lens, counts = _WORKER.encode_batch(docs, dtype, flags)
     return ids, lens, counts, nbytes
 
 
@@ -341,7 +372,7 @@ def _progress(total_bytes: int, enabled: Optional[bool]):
 def create_pretraining_data(inputs: Sequence[str], vocab_file: str, output_prefix: str, workers: int = 1,
                             json_key: str = "text", chinese: bool = False, cn_whole_word_segment: bool = False,
                             cn_seg_func: str = "jieba", cn_splited: bool = False, cn_split_dimer: str = " ",
-                            append_eos: bool = False, split_sentences: bool = False, max_word_length: int = 4,
+                            append_eos: bool = False, split_sentences="auto", max_word_length: int = 4,
                             tokenizer: str = "builtin", progress: Optional[bool] = None,
                             log_interval_s: float = 30.0) -> dict:
     """Run the conversion; returns a summary dict. Raises InputError/VocabError on bad input."""
@@ -352,6 +383,7 @@ def create_pretraining_data(inputs: Sequence[str], vocab_file: str, output_prefi
         raise InputError("the only input file is the vocab file")
     if cn_whole_word_segment and cn_seg_func not in ("jieba", "none") and not cn_splited:
         raise InputError(f"unknown --cn-seg-func {cn_seg_func!r} (jieba or none)")
+    split_sentences = split_mode(split_sentences)
     out_dir = os.path.dirname(os.path.abspath(output_prefix))
     os.makedirs(out_dir, exist_ok=True)
     dtype = vocab.ids_dtype_name()
@@ -367,7 +399,7 @@ def create_pretraining_data(inputs: Sequence[str], vocab_file: str, output_prefi
     done_bytes = 0
     pool = None
     try:
-        batches = ((docs, nb, dtype) for docs, nb in iter_batches(files, json_key))
+        batches = ((docs, flags, nb, dtype) for docs, flags, nb in iter_batches(files, json_key))
         if workers > 1:
             method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
             if method == "fork":  # load once here; the workers inherit it instead of each rebuilding it
@@ -422,7 +454,8 @@ def create_pretraining_data(inputs: Sequence[str], vocab_file: str, output_prefi
     summary = {"ids": ids_path, "idx": idx_path, "dtype": dtype, "documents": int(docs.shape[0] - 1),
                "sentences": int(lens_all.shape[0]), "tokens": int(sents[-1]), "input_bytes": total_bytes,
                "seconds": round(elapsed, 3), "mb_per_s": round(total_bytes / 1e6 / max(elapsed, 1e-9), 3),
-               "vocab_size": vocab.base_size, "id_space": vocab.size}
+               "vocab_size": vocab.base_size, "id_space": vocab.size, "split_sentences": split_sentences,
+               "single_sentence_documents": int(np.count_nonzero(counts_all == 1))}
     return summary
 
 
@@ -448,8 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-word-length", type=int, default=4, help="longest word (chars) that gets ## marks")
     p.add_argument("--append-eos", action="store_true",
                    help="append an end-of-document token ([EOS], </s> or else [SEP]) to each document")
-    p.add_argument("--split-sentences", action="store_true",
-                   help="also split lines into sentences at 。！？!?；; and '. '")
+    p.add_argument("--split-sentences", nargs="?", const="all", default="auto", choices=SPLIT_MODES,
+                   help="split text into sentences at 。！？!?；; and '. ' as well as at newlines: auto (default) "
+                        "for jsonl text only, all for every file (the bare flag), none: newlines only")
     p.add_argument("--tokenizer", default="builtin", choices=["builtin", "paddlenlp"],
                    help="builtin (fast, same tokens as ErnieTokenizer) or paddlenlp ErnieTokenizer")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -475,6 +509,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"wrote {s['ids']} ({s['dtype']}, {s['tokens']} tokens) and {s['idx']} ({s['documents']} documents, "
           f"{s['sentences']} sentences) from {s['input_bytes'] / 1e6:.2f} MB in {s['seconds']:.1f}s "
           f"({s['mb_per_s']:.2f} MB/s)", file=sys.stderr)
+    if s["single_sentence_documents"]:
+        print(f"note: {s['single_sentence_documents']} of {s['documents']} documents have a single sentence; "
+              f"training with sentence-order prediction (binary_head) skips them (sentence splitting: "
+              f"--split-sentences {s['split_sentences']})", file=sys.stderr)
     return 0
 
 

@@ -12,6 +12,16 @@ mapping with ``e = i // n`` and ``perm_e`` a permutation keyed on
 ``(seed, e)``; its masking randomness is keyed on ``(seed, i)``.  Nothing
 depends on how many samples a run will ask for, so changing ``max_steps``
 never reorders the data and resuming at a step is pure index arithmetic.
+
+Splits (``split_documents``): by default every document goes to train, valid
+or test by a seeded shuffle (``shuffle_documents=True``), so a corpus sorted
+by topic or date, or a directory of corpora, gets a representative
+validation set; the number of documents per split is the same as with the
+old contiguous ranges (``shuffle_documents=False``, kept for runs that began
+with them).  Documents that cannot give a sample stay in train while there
+are enough usable ones for valid and test.  The assignment depends only on
+the seed, the split and the corpus index (integer hashing): identical on
+every node, process and resume.
 """
 
 from __future__ import annotations
@@ -24,8 +34,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .masking import MaskingConfig, MaskingTables, SampleBuilder
-from .mapping import (LONG_SENTENCE_LEN, DataError, MappingBuildError, build_mapping, build_mapping_py,
-                      get_or_build_mapping, helpers_available)
+from .mapping import (_M64, LONG_SENTENCE_LEN, DataError, MappingBuildError, _mix64, build_mapping,
+                      build_mapping_for_docs, build_mapping_py, get_or_build_mapping, helpers_available,
+                      skipped_documents)
 from .vocab import load_vocab
 
 log = logging.getLogger(__name__)
@@ -192,6 +203,73 @@ def split_doc_ranges(n_docs: int, split: Union[str, Sequence[float]]) -> Dict[st
     return {name: (bounds[i], bounds[i + 1]) for i, name in enumerate(SPLIT_NAMES)}
 
 
+_SPLIT_SALT = 0x5B1D0C5E7A11D0C5  # keeps the split keys apart from the mapping's per-document keys
+
+
+def _doc_keys(n_docs: int, seed: int) -> np.ndarray:
+    """A distinct 64-bit key per document (splitmix64 finaliser of ``doc ^ f(seed)``: a bijection)."""
+    x = np.arange(n_docs, dtype=np.uint64) ^ np.uint64(_mix64((int(seed) ^ _SPLIT_SALT) & _M64))
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _smallest_keys(keys: np.ndarray, members: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` members with the smallest keys; keys are distinct, so this is one well-defined set."""
+    if k >= members.shape[0]:
+        return members
+    return members[np.argpartition(keys[members], k - 1)[:k]] if k > 0 else members[:0]
+
+
+def split_documents(n_docs: int, split: Union[str, Sequence[float]], seed: int, shuffle: bool = True,
+                    usable: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+    """Ascending document indices per split.
+
+    ``shuffle=False``: the contiguous ranges of :func:`split_doc_ranges`.
+    ``shuffle=True``: the same number of documents per split, chosen by a
+    seeded per-document key: valid takes the smallest keys, test the next,
+    train the rest.  Documents that give no sample (``usable`` False) go to
+    valid/test only when there are too few usable ones, so a small valid or
+    test split is not left without samples.  O(n_docs); no Python ``hash()``
+    and no numpy RNG stream, so it is the same on every machine and version.
+    """
+    ranges = split_doc_ranges(n_docs, split)
+    if not shuffle:
+        return {name: np.arange(lo, hi, dtype=np.int64) for name, (lo, hi) in ranges.items()}
+    keys = _doc_keys(n_docs, seed)
+    ok = np.ones(n_docs, dtype=bool) if usable is None else np.asarray(usable, dtype=bool)
+    labels = np.zeros(n_docs, dtype=np.int8)
+    free = np.ones(n_docs, dtype=bool)
+    for k, name in ((1, "valid"), (2, "test")):
+        want = ranges[name][1] - ranges[name][0]
+        for pool in (free & ok, free & ~ok):  # usable documents first
+            if want <= 0:
+                break
+            chosen = _smallest_keys(keys, np.flatnonzero(pool), want)
+            labels[chosen] = k
+            free[chosen] = False
+            want -= chosen.shape[0]
+    return {name: np.flatnonzero(labels == k).astype(np.int64) for k, name in enumerate(SPLIT_NAMES)}
+
+
+def dropped_warning(name: str, dropped: Dict[str, int]) -> Optional[str]:
+    """One line on the documents of a split that give no samples, or None when there are none."""
+    short, long_ = dropped.get("too_few_sentences", 0), dropped.get("long_sentence", 0)
+    if not short and not long_:
+        return None
+    why = []
+    if short:
+        need = dropped.get("min_sentences", 2)
+        why.append(f"{short} with fewer than {need} sentence{'s' if need > 1 else ''}"
+                   + (" (sentence-order prediction, binary_head, needs 2: tokenize with sentence splitting or "
+                      "turn binary_head off)" if need > 1 else ""))
+    if long_:
+        why.append(f"{long_} with a sentence longer than {dropped.get('long_sentence_len', LONG_SENTENCE_LEN)} "
+                   f"tokens")
+    return (f"split {name!r}: {short + long_} of {dropped.get('documents', '?')} documents dropped: "
+            + "; ".join(why))
+
+
 def _stream_id(name: str) -> int:
     return zlib.crc32(name.encode()) or 1
 
@@ -199,14 +277,17 @@ def _stream_id(name: str) -> int:
 class ErnieDataset:
     """Masked pretraining samples of one split; ``ds[i]`` works for any ``i >= 0``."""
 
-    def __init__(self, indexed: IndexedDataset, name: str, doc_range: Tuple[int, int], mapping: np.ndarray,
-                 tables: MaskingTables, masking: MaskingConfig, max_seq_len: int, seed: int,
-                 mapping_path: Optional[str] = None):
+    def __init__(self, indexed: IndexedDataset, name: str, doc_range: Optional[Tuple[int, int]],
+                 mapping: np.ndarray, tables: MaskingTables, masking: MaskingConfig, max_seq_len: int, seed: int,
+                 mapping_path: Optional[str] = None, n_docs: Optional[int] = None,
+                 dropped: Optional[Dict[str, int]] = None):
         if mapping.shape[0] == 0:
             raise DataError(f"split {name!r} has no samples")
         self.indexed = indexed
         self.name = name
-        self.doc_range = doc_range
+        self.doc_range = doc_range  # None for a shuffled split (its documents are not a range)
+        self.n_docs = n_docs if n_docs is not None else (doc_range[1] - doc_range[0] if doc_range else None)
+        self.dropped = dropped or {}  # documents of the split that give no sample, by reason
         self.mapping = mapping
         self.mapping_path = mapping_path
         self.tables = tables
@@ -271,13 +352,18 @@ class ErnieDataset:
 def build_pretraining_datasets(prefix: str, vocab_file: str, split: Union[str, Sequence[float]], max_seq_len: int,
                                masking: Optional[MaskingConfig] = None, seed: int = 1234,
                                cache_dir: Optional[str] = None, is_builder: bool = True, timeout_s: float = 600.0,
-                               run_id: Optional[str] = None) -> Dict[str, Optional[ErnieDataset]]:
+                               run_id: Optional[str] = None, shuffle_documents: bool = True,
+                               warn_dropped: bool = True) -> Dict[str, Optional[ErnieDataset]]:
     """``{"train": ErnieDataset, "valid": ..., "test": ...}`` for one corpus prefix, or a directory of them.
 
     A split whose weight is 0 is ``None``; a split with a positive weight but
     no documents or no usable samples raises :class:`DataError`.  The sample
     mapping of each split is cached in ``cache_dir`` (built by the caller with
     ``is_builder=True``, awaited by the others for at most ``timeout_s``).
+    Documents go to splits by a seeded shuffle unless ``shuffle_documents`` is
+    False (contiguous ranges in file order, the old behaviour).  Each dataset's
+    ``dropped`` counts the documents that give no sample; the builder logs a
+    warning for them unless ``warn_dropped`` is False (the caller reports them).
     """
     masking = masking or MaskingConfig()
     if max_seq_len < 8:
@@ -294,8 +380,12 @@ def build_pretraining_datasets(prefix: str, vocab_file: str, split: Union[str, S
     tables = MaskingTables(vocab, masking.to_chinese_char)
     weights = parse_split(split)
     ranges = split_doc_ranges(indexed.n_docs, split)
+    # The builders' skip rules per document: for the warnings, and to keep valid/test usable.
+    short, has_long = skipped_documents(indexed.docs, indexed.lens, masking.binary_head)
+    members = split_documents(indexed.n_docs, split, seed, usable=~(short | has_long)) if shuffle_documents else None
     split_str = split if isinstance(split, str) else ",".join(str(x) for x in split)
     max_num_tokens = masking.max_num_tokens(max_seq_len)
+    min_sent = 2 if masking.binary_head else 1
     out: Dict[str, Optional[ErnieDataset]] = {}
     for name, weight in zip(SPLIT_NAMES, weights):
         lo, hi = ranges[name]
@@ -305,25 +395,32 @@ def build_pretraining_datasets(prefix: str, vocab_file: str, split: Union[str, S
         if hi <= lo:
             raise DataError(f"split {name!r} has 0 documents (corpus has {indexed.n_docs} documents, split "
                             f"{split_str!r}): use more documents or change split")
+        index = members[name] if members is not None else None
         rows, info = get_or_build_mapping(
-            indexed.docs, indexed.lens, (lo, hi), prefix=prefix, split_name=name, split=split_str,
-            max_seq_len=max_seq_len, max_num_tokens=max_num_tokens, short_seq_prob=masking.short_seq_prob,
-            seed=seed, binary_head=masking.binary_head, n_tokens=indexed.n_tokens, cache_dir=cache_dir,
-            is_builder=is_builder, timeout_s=timeout_s, run_id=run_id)
+            indexed.docs, indexed.lens, None if index is not None else (lo, hi), prefix=prefix, split_name=name,
+            split=split_str, max_seq_len=max_seq_len, max_num_tokens=max_num_tokens,
+            short_seq_prob=masking.short_seq_prob, seed=seed, binary_head=masking.binary_head,
+            n_tokens=indexed.n_tokens, cache_dir=cache_dir, is_builder=is_builder, timeout_s=timeout_s,
+            run_id=run_id, doc_index=index)
+        sel = index if index is not None else slice(lo, hi)
+        dropped = {"documents": hi - lo, "too_few_sentences": int(np.count_nonzero(short[sel])),
+                   "long_sentence": int(np.count_nonzero(has_long[sel])), "min_sentences": min_sent,
+                   "long_sentence_len": LONG_SENTENCE_LEN}
         if rows.shape[0] == 0:
-            why = ""
-            if "skipped_short_docs" in info:
-                why = (f" ({info['skipped_short_docs']} docs with fewer than "
-                       f"{2 if masking.binary_head else 1} sentences, {info['skipped_long_docs']} docs with a "
-                       f"sentence > {LONG_SENTENCE_LEN} tokens)")
+            why = (f" ({dropped['too_few_sentences']} docs with fewer than {min_sent} sentences, "
+                   f"{dropped['long_sentence']} docs with a sentence > {LONG_SENTENCE_LEN} tokens)")
             raise DataError(f"split {name!r} has {hi - lo} documents but yields no samples{why}: use more/longer "
                             f"documents{' or binary_head=False' if masking.binary_head else ''}")
-        out[name] = ErnieDataset(indexed, name, (lo, hi), rows, tables, masking, max_seq_len, seed,
-                                 mapping_path=info.get("path"))
-        log.info("split %s: docs [%d, %d), %d samples per epoch", name, lo, hi, rows.shape[0])
+        out[name] = ErnieDataset(indexed, name, None if index is not None else (lo, hi), rows, tables, masking,
+                                 max_seq_len, seed, mapping_path=info.get("path"), n_docs=hi - lo, dropped=dropped)
+        where = f"{hi - lo} shuffled docs" if index is not None else f"docs [{lo}, {hi})"
+        log.info("split %s: %s, %d samples per epoch", name, where, rows.shape[0])
+        warning = dropped_warning(name, dropped)
+        if warning and warn_dropped and is_builder:
+            log.warning("%s", warning)
     return out
 
 
 __all__ = ["IndexedDataset", "IndexedCorpora", "open_indexed", "corpus_prefixes", "ErnieDataset", "DataError", "MappingBuildError", "build_pretraining_datasets",
-           "parse_split", "split_doc_ranges", "get_or_build_mapping", "build_mapping", "build_mapping_py",
-           "helpers_available"]
+           "parse_split", "split_doc_ranges", "split_documents", "dropped_warning", "get_or_build_mapping",
+           "build_mapping", "build_mapping_for_docs", "build_mapping_py", "helpers_available"]

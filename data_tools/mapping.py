@@ -7,6 +7,14 @@ slower).  The epoch order is applied later by the dataset, from a permutation
 keyed on ``(seed, epoch)``, so the sample stream never depends on ``max_steps``
 (the reference keyed its shuffled map on ``max_num_samples``).
 
+A split is either a contiguous document range ``[lo, hi)`` or an ascending
+array of document indices (``doc_index``, the shuffled splits).  For an index
+array :func:`build_mapping_for_docs` hands the builders a *virtual* corpus in
+which every unselected document has no sentences, so the builders (C++ and
+Python alike) still walk global document numbers: a document's rows, and its
+target lengths keyed on ``(seed, global doc index)``, are the same whichever
+split it lands in.
+
 :func:`get_or_build_mapping` caches the rows in ``cache_dir``: one rank builds
 (``is_builder=True``), writes atomically and on error leaves a failure marker;
 the others wait with a deadline instead of polling forever.
@@ -141,6 +149,90 @@ def build_mapping(docs: np.ndarray, lens: np.ndarray, doc_lo: int, doc_hi: int, 
     return rows, {"skipped_short_docs": int(sk_short), "skipped_long_docs": int(sk_long)}
 
 
+def _check_doc_index(doc_index, n_docs: int) -> np.ndarray:
+    idx = np.asarray(doc_index)
+    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+        raise ValueError(f"doc_index must be a 1-D integer array, got shape {idx.shape} dtype {idx.dtype}")
+    idx = idx.astype(np.int64, copy=False)
+    if idx.size and (int(idx[0]) < 0 or int(idx[-1]) >= n_docs or np.any(idx[1:] <= idx[:-1])):
+        raise ValueError(f"doc_index must be strictly increasing document indices in [0, {n_docs})")
+    return idx
+
+
+def _virtual_corpus(docs: np.ndarray, lens: np.ndarray, idx: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``(vdocs, vlens)`` over documents ``[0, idx[-1]]``: the documents in ``idx`` keep their sentences (in
+    order), every other one has none.  Costs one byte per sentence of the range plus the gathered lens."""
+    hi = int(idx[-1]) + 1
+    docs_r = np.asarray(docs[:hi + 1], dtype=np.int64)
+    counts = np.diff(docs_r)
+    keep = np.zeros(hi, dtype=bool)
+    keep[idx] = True
+    vdocs = np.zeros(hi + 1, dtype=np.int64)
+    np.cumsum(np.where(keep, counts, 0), out=vdocs[1:])
+    s_lo = int(docs_r[int(idx[0])])
+    sent_keep = np.repeat(keep[int(idx[0]):], counts[int(idx[0]):])
+    vlens = np.ascontiguousarray(np.asarray(lens[s_lo:int(docs_r[hi])])[sent_keep], dtype=np.int32)
+    return vdocs, vlens
+
+
+def build_mapping_for_docs(docs: np.ndarray, lens: np.ndarray, doc_index: np.ndarray, max_num_tokens: int,
+                           short_seq_prob: float, seed: int, binary_head: bool,
+                           long_sentence_len: int = LONG_SENTENCE_LEN, use_cpp: Optional[bool] = None
+                           ) -> Tuple[np.ndarray, dict]:
+    """Rows of one epoch for the documents in ``doc_index`` (ascending).
+
+    Equal to the rows of the whole corpus whose document is in ``doc_index``
+    (C++ or Python builder on a virtual corpus, see the module docstring).
+    """
+    n_docs = len(docs) - 1
+    idx = _check_doc_index(doc_index, n_docs)
+    dtype, _ = _mapping_dtype(int(docs[-1]) if len(docs) else 0, max_num_tokens)
+    if idx.size == 0:
+        return np.zeros((0, 4), dtype=dtype), {"skipped_short_docs": 0, "skipped_long_docs": 0}
+    vdocs, vlens = _virtual_corpus(docs, lens, idx)
+    lo, hi = int(idx[0]), int(idx[-1]) + 1
+    vrows, stats = build_mapping(vdocs, vlens, lo, hi, max_num_tokens, short_seq_prob, seed, binary_head,
+                                 long_sentence_len, use_cpp=use_cpp)
+    # The empty documents between the selected ones were counted as too short: never really skipped.
+    stats["skipped_short_docs"] -= (hi - lo) - int(idx.size)
+    rows = np.asarray(vrows, dtype=np.int64)
+    if rows.shape[0]:
+        shift = np.asarray(docs[:hi], dtype=np.int64) - vdocs[:hi]  # virtual -> global sentence number
+        s = shift[rows[:, 0]]
+        rows[:, 1] += s
+        rows[:, 2] += s
+    return rows.astype(dtype, copy=False), stats
+
+
+def skipped_documents(docs: np.ndarray, lens: np.ndarray, binary_head: bool,
+                      long_sentence_len: int = LONG_SENTENCE_LEN) -> Tuple[np.ndarray, np.ndarray]:
+    """Per document, the builders' two skip rules as boolean arrays ``(too_few_sentences, long_sentence)``
+    (a document is counted under the first rule it breaks); numpy, O(sentences)."""
+    docs = np.asarray(docs, dtype=np.int64)
+    counts = np.diff(docs)
+    short = counts < (2 if binary_head else 1)
+    has_long = np.zeros(counts.shape[0], dtype=bool)
+    nonempty = np.flatnonzero(counts > 0)
+    if nonempty.size:  # docs[-1] == len(lens), so each segment is exactly one document
+        has_long[nonempty] = np.maximum.reduceat(np.asarray(lens), docs[nonempty]) > long_sentence_len
+    return short, has_long & ~short
+
+
+def count_skipped_documents(docs: np.ndarray, lens: np.ndarray, doc_index: np.ndarray, binary_head: bool,
+                            long_sentence_len: int = LONG_SENTENCE_LEN) -> dict:
+    """The builders' skip counts for ``doc_index`` without building."""
+    idx = _check_doc_index(doc_index, len(docs) - 1)
+    short, has_long = skipped_documents(docs, lens, binary_head, long_sentence_len)
+    return {"skipped_short_docs": int(np.count_nonzero(short[idx])),
+            "skipped_long_docs": int(np.count_nonzero(has_long[idx]))}
+
+
+def doc_index_digest(doc_index: np.ndarray) -> str:
+    """Content hash of a document index (part of its mapping's cache name)."""
+    idx = np.ascontiguousarray(doc_index, dtype="<i8")
+    return hashlib.sha256(idx.tobytes()).hexdigest()[:20]
+
+
 # ---------------------------------------------------------------------------
 # cache
 
@@ -153,18 +245,27 @@ class MappingBuildError(DataError):
     """The builder rank failed to build a sample mapping (its failure marker was found)."""
 
 
-def mapping_cache_name(prefix: str, split_name: str, split: str, doc_range: Tuple[int, int], max_seq_len: int,
-                       short_seq_prob: float, seed: int, binary_head: bool, n_sentences: int, n_tokens: int,
-                       long_sentence_len: int = LONG_SENTENCE_LEN) -> str:
-    key = json.dumps({
+def mapping_cache_name(prefix: str, split_name: str, split: str, doc_range: Optional[Tuple[int, int]],
+                       max_seq_len: int, short_seq_prob: float, seed: int, binary_head: bool, n_sentences: int,
+                       n_tokens: int, long_sentence_len: int = LONG_SENTENCE_LEN,
+                       doc_index: Optional[Tuple[int, str]] = None) -> str:
+    """Cache file stem; ``doc_index=(count, digest)`` for an index split, which gets its own name pattern
+    (``..._docindex_mapping_...``) so a contiguous-range cache is never read for it, nor the reverse."""
+    fields = {
         "v": MAPPING_ALGORITHM_VERSION, "prefix": os.path.abspath(prefix), "split_name": split_name,
-        "split": split, "docs": list(map(int, doc_range)), "max_seq_len": int(max_seq_len),
+        "split": split, "max_seq_len": int(max_seq_len),
         "short_seq_prob": float(short_seq_prob), "seed": int(seed), "binary_head": bool(binary_head),
         "n_sentences": int(n_sentences), "n_tokens": int(n_tokens), "long": int(long_sentence_len),
-    }, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    }
+    if doc_index is None:
+        fields["docs"] = list(map(int, doc_range))  # unchanged key: existing caches keep their names
+        kind = "mapping"
+    else:
+        fields["doc_index"] = [int(doc_index[0]), str(doc_index[1])]
+        kind = "docindex_mapping"
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
     base = os.path.basename(os.path.abspath(prefix)) or "data"
-    return f"{base}_{split_name}_mapping_{digest}"
+    return f"{base}_{split_name}_{kind}_{digest}"
 
 
 def _atomic_write_bytes(path: str, data: bytes) -> None:
@@ -192,13 +293,26 @@ def _load_mapping(path: str) -> np.ndarray:
     return arr
 
 
-def get_or_build_mapping(docs: np.ndarray, lens: np.ndarray, doc_range: Tuple[int, int], *, prefix: str,
+def _cached_stats(path: str) -> dict:
+    """Skip counts from the ``.json`` written next to a cached mapping ({} when missing or unreadable)."""
+    try:
+        with open(path[:-len(".npy")] + ".json", encoding="utf-8") as f:
+            meta = json.load(f)
+        return {k: int(meta[k]) for k in ("skipped_short_docs", "skipped_long_docs")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def get_or_build_mapping(docs: np.ndarray, lens: np.ndarray, doc_range: Optional[Tuple[int, int]], *, prefix: str,
                          split_name: str, split: str, max_seq_len: int, max_num_tokens: int,
                          short_seq_prob: float, seed: int, binary_head: bool, n_tokens: int,
                          cache_dir: Optional[str], is_builder: bool, timeout_s: float = 600.0,
                          poll_s: float = 0.5, run_id: Optional[str] = None,
-                         long_sentence_len: int = LONG_SENTENCE_LEN) -> Tuple[np.ndarray, dict]:
+                         long_sentence_len: int = LONG_SENTENCE_LEN,
+                         doc_index: Optional[np.ndarray] = None) -> Tuple[np.ndarray, dict]:
     """Load the cached mapping for a split, or build it (builder) / wait for it (others).
+
+    The split is ``doc_range=(lo, hi)``, or ``doc_range=None`` and ``doc_index`` (ascending document indices).
 
     * ``cache_dir=None``: build in memory, no file (every caller builds).
     * builder: loads a valid cached file, else builds, writes ``<name>.npy`` via
@@ -209,18 +323,37 @@ def get_or_build_mapping(docs: np.ndarray, lens: np.ndarray, doc_range: Tuple[in
       this call started when ``run_id`` is None) and ``TimeoutError`` after
       ``timeout_s``.
 
-    Returns ``(rows, info)``; rows are memory-mapped when read from the cache.
+    Returns ``(rows, info)``; rows are memory-mapped when read from the cache.  ``info`` holds the skip
+    counts (``skipped_short_docs``, ``skipped_long_docs``) when built, or read from the cache's ``.json``.
     """
-    lo, hi = int(doc_range[0]), int(doc_range[1])
+    if (doc_range is None) == (doc_index is None):
+        raise ValueError("pass exactly one of doc_range and doc_index")
+    if doc_index is not None:
+        doc_index = _check_doc_index(doc_index, len(docs) - 1)
+        lo, hi = 0, 0
+        where = f"{doc_index.size} indexed docs"
+        index_key: Optional[Tuple[int, str]] = (int(doc_index.size), doc_index_digest(doc_index))
+    else:
+        lo, hi = int(doc_range[0]), int(doc_range[1])
+        where = f"docs [{lo}, {hi})"
+        index_key = None
+
+    def build() -> Tuple[np.ndarray, dict]:
+        if doc_index is not None:
+            return build_mapping_for_docs(docs, lens, doc_index, max_num_tokens, short_seq_prob, seed, binary_head,
+                                          long_sentence_len)
+        return build_mapping(docs, lens, lo, hi, max_num_tokens, short_seq_prob, seed, binary_head,
+                             long_sentence_len)
+
     if cache_dir is None:
         t0 = time.time()
-        rows, stats = build_mapping(docs, lens, lo, hi, max_num_tokens, short_seq_prob, seed, binary_head,
-                                    long_sentence_len)
+        rows, stats = build()
         stats.update(path=None, build_s=time.time() - t0)
         return rows, stats
     n_sents = int(docs[-1]) if len(docs) else 0
-    name = mapping_cache_name(prefix, split_name, split, (lo, hi), max_seq_len, short_seq_prob, seed, binary_head,
-                              n_sents, n_tokens, long_sentence_len)
+    name = mapping_cache_name(prefix, split_name, split, None if index_key else (lo, hi), max_seq_len,
+                              short_seq_prob, seed, binary_head, n_sents, n_tokens, long_sentence_len,
+                              doc_index=index_key)
     path = os.path.join(cache_dir, name + ".npy")
     meta_path = os.path.join(cache_dir, name + ".json")
     failed_path = os.path.join(cache_dir, name + ".failed")
@@ -234,17 +367,18 @@ def get_or_build_mapping(docs: np.ndarray, lens: np.ndarray, doc_range: Tuple[in
         if os.path.exists(path):
             try:
                 rows = _load_mapping(path)
-                return rows, {"path": path, "cached": True}
+                return rows, {"path": path, "cached": True, **_cached_stats(path)}
             except Exception as e:  # corrupt / foreign file: rebuild it
                 log.warning("ignoring unreadable sample mapping %s (%s); rebuilding", path, e)
         try:
             t0 = time.time()
-            log.info("building sample mapping for split %r: docs [%d, %d) -> %s", split_name, lo, hi, path)
-            rows, stats = build_mapping(docs, lens, lo, hi, max_num_tokens, short_seq_prob, seed, binary_head,
-                                        long_sentence_len)
+            log.info("building sample mapping for split %r: %s -> %s", split_name, where, path)
+            rows, stats = build()
             build_s = time.time() - t0
             _save_npy_atomic(path, rows)
-            meta = {"split_name": split_name, "split": split, "docs": [lo, hi], "prefix": os.path.abspath(prefix),
+            docs_meta = {"docs": [lo, hi]} if index_key is None else \
+                {"doc_index": {"documents": index_key[0], "sha256_20": index_key[1]}}
+            meta = {"split_name": split_name, "split": split, **docs_meta, "prefix": os.path.abspath(prefix),
                     "max_seq_len": max_seq_len, "max_num_tokens": max_num_tokens,
                     "short_seq_prob": short_seq_prob, "seed": seed, "binary_head": binary_head,
                     "samples_per_epoch": int(rows.shape[0]), "build_s": round(build_s, 3),
@@ -270,7 +404,7 @@ def get_or_build_mapping(docs: np.ndarray, lens: np.ndarray, doc_range: Tuple[in
     while True:
         if os.path.exists(path):
             try:
-                return _load_mapping(path), {"path": path, "cached": True}
+                return _load_mapping(path), {"path": path, "cached": True, **_cached_stats(path)}
             except (ValueError, OSError, EOFError):
                 pass  # should not happen with os.replace, but never trust a shared FS blindly
         if os.path.exists(failed_path):

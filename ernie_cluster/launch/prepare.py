@@ -6,7 +6,8 @@ Node 0 (`run_preparation`):
      prefix and renamed into place, so a killed attempt never leaves half a corpus behind; a stop
      signal ends the tokenizer at once, so the job requeues within Slurm's grace time);
   2. builds the sample index maps into `RUN/data_cache` (`data_tools.dataset.build_pretraining_datasets`
-     with `is_builder=True`), so the trainers only read them;
+     with `is_builder=True`), so the trainers only read them; documents that give no sample are
+     logged as a WARNING per split and recorded in `data_cache/data_report.json` (for `status`);
   3. writes `data_cache/READY.<attempt>` or `data_cache/FAILED.<attempt>` (with the error), and
      refreshes `data_cache/PREPARING.<attempt>` every few seconds while it works.
 The other nodes (`wait_for_data`) wait for READY, fail at once on FAILED, and give up when node 0's
@@ -69,6 +70,9 @@ def tokenize_command(spec: JobSpec, output_prefix: str, *, python: Optional[str]
         cmd.append("--chinese")
         if d.whole_word_segment:
             cmd.append("--cn-whole-word-segment")
+    split_sentences = d.split_sentences  # unset: the tokenizer's default (auto: jsonl text)
+    if split_sentences is not None:
+        cmd += ["--split-sentences", str(split_sentences)]
     cmd += ["--workers", str(max(1, workers))]
     return cmd
 
@@ -149,7 +153,7 @@ def build_index_maps(spec: JobSpec, run: RunDir, *, log: Callable[[str], None] =
     run.data_cache.mkdir(parents=True, exist_ok=True)
     log(f"building sample index maps in {run.data_cache}")
     try:
-        datasets = open_datasets(spec, run.data_cache, is_builder=True)
+        datasets = open_datasets(spec, run.data_cache, is_builder=True, warn=lambda line: log(f"WARNING: {line}"))
     except DataPrepError:
         raise
     except Exception as exc:  # DataSetupError, data_tools' DataError (a ValueError), OSError...

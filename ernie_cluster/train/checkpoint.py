@@ -290,7 +290,10 @@ def compat_differences(saved: Dict[str, Any], current: Dict[str, Any], prefix: s
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += compat_differences(a, b, path + ".")
         elif a != b:
-            diffs.append(f"{path}: checkpoint {a!r}, spec {b!r}")
+            hint = ""
+            if path == "data.shuffle_documents" and a == "<absent>":
+                hint = " (the checkpoint's run used contiguous splits: set data.shuffle_documents: false to continue it)"
+            diffs.append(f"{path}: checkpoint {a!r}, spec {b!r}{hint}")
     return diffs
 
 

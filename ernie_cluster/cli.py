@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="reuse an existing run directory and continue from its checkpoints")
     mode.add_argument("--force", action="store_true", help="start over in an existing run directory (the old run is moved aside)")
     p.add_argument("--preempt-after", type=float, metavar="SECONDS",
-                   help="local backend only: send the preemption warning to training after SECONDS, once")
+                   help="local backend only: send the preemption warning once, SECONDS after training started")
 
     for name, text in (("status", "show the jobs, attempts, checkpoint and converted model of a run"),
                        ("logs", "print the run's Slurm and trainer logs"),

@@ -78,11 +78,17 @@ class RunStatus:
     checkpoint: Optional[Dict[str, Any]] = None
     conversion: Dict[str, Any] = field(default_factory=dict)
     max_steps: Optional[int] = None
+    data: Optional[Dict[str, Any]] = None  # data_cache/data_report.json: documents that give no sample
 
     def as_dict(self) -> Dict[str, Any]:
         return {"run_dir": str(self.run_dir), "name": self.name, "backend": self.backend, "jobs": self.jobs,
                 "attempts": self.attempts, "checkpoint": self.checkpoint, "conversion": self.conversion,
-                "max_steps": self.max_steps}
+                "max_steps": self.max_steps, "data": self.data, "causes": _cause_counts(self.attempts)}
+
+
+def _cause_counts(attempts: List[Dict[str, Any]]) -> Dict[str, Dict[str, int]]:
+    from .launch.attempt import cause_counts
+    return cause_counts(attempts)
 
 
 def collect_status(run: RunDir) -> RunStatus:
@@ -114,6 +120,12 @@ def collect_status(run: RunDir) -> RunStatus:
                             "restarts": state.get("restarts", 0), "logs": str(run.logs)})
     status.attempts = run.read_attempts()
     status.checkpoint = last_checkpoint(run)
+    try:  # written by the data preparation (ernie_cluster.train.data.DATA_REPORT)
+        status.data = json.loads((run.data_cache / "data_report.json").read_text())
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError):
+        status.data = {"error": "unreadable data_cache/data_report.json"}
     report = run.converted / "convert_report.json"
     if report.exists():
         try:
@@ -149,6 +161,12 @@ def print_status(status: RunStatus, *, as_json: bool = False) -> None:
                              _fmt_time(a.get("ended")), str(a.get("reason", "")), str(a.get("cause") or ""),
                              str(a.get("step", "")), str(a.get("action", "")))
         console.print(attempts)
+        console.print("attempts by cause: " + ", ".join(f"{c} {n['attempts']} ({n['requeued']} requeued)"
+                                                          for c, n in _cause_counts(status.attempts).items()))
+    if status.data and status.data.get("summary"):
+        from rich.markup import escape
+
+        console.print(f"[yellow]WARNING[/yellow] data: {escape(status.data['summary'])}", highlight=False)
     ckpt = status.checkpoint
     steps = f"/{status.max_steps}" if status.max_steps else ""
     console.print(f"last checkpoint: step {ckpt['step']}{steps} ({ckpt['path']})" if ckpt else "last checkpoint: none yet")
@@ -207,6 +225,9 @@ def cancel_run(run: RunDir, *, grace_s: float = 180.0, log=lambda message: None)
     if state.get("backend") == "local":
         pid = state.get("supervisor_pid")
         if pid:
+            # the node launcher reads it: the attempt is `cancelled`, not a plain stop signal
+            state["cancel_requested"] = {"job_id": f"local{pid}", "at": time.time()}
+            run.write_state(state)
             try:
                 os.kill(int(pid), signal.SIGTERM)
                 done.append(f"local supervisor {pid}")

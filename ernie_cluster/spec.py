@@ -117,7 +117,7 @@ class RequeuePolicy(_Section):
     """What happens when Slurm warns that the job will end (preemption or time limit)."""
 
     enabled: bool = True
-    max_requeues: int = Field(20, ge=0, le=1000, description="cap on automatic requeues (preemptions and timeouts)")
+    max_requeues: int = Field(20, ge=0, le=1000, description="cap on every automatic requeue (preemptions, timeouts, failures)")
     max_timeout_requeues: Optional[int] = Field(
         None, ge=0, description="separate cap for time-limit requeues; default: max_requeues"
     )
@@ -125,8 +125,9 @@ class RequeuePolicy(_Section):
     signal: Literal["USR1", "USR2"] = "USR2"
     signal_lead_s: int = Field(120, ge=10, le=3600, description="seconds before the end Slurm sends the signal")
     max_failure_requeues: int = Field(
-        0, ge=0, le=100, description="requeues after a failure that may be transient (a trainer killed or crashed, "
-                                     "a rendezvous that hung); never after a non-finite loss or a setup error")
+        0, ge=0, le=100, description="requeues after a failure that may be transient (paddle's launcher died, a "
+                                     "trainer killed or crashed, a rendezvous that hung); never after a non-finite "
+                                     "loss or a setup error")
 
 
 class ClusterSection(_Section):

@@ -159,7 +159,7 @@ def test_transient_failure_is_requeued_resumes_and_converts(tmp_path, cleanup):
     assert (tmp_path / "crashed.marker").read_text().strip() == "30"
     st = status(run)
     failed, completed = st["attempts"]
-    assert (failed["reason"], failed["cause"], failed["action"]) == ("failed", "failure", "requeue"), failed
+    assert (failed["reason"], failed["cause"], failed["action"]) == ("failed", "crashed", "requeue"), failed
     assert "simulated transient fault" in failed["message"] and completed["reason"] == "completed"
     assert next(j for j in st["jobs"] if j["kind"] == "train")["restarts"] >= 1
     worker = (run / "logs" / f"attempt-{job['train']}-1" / "node0" / "workerlog.0").read_text()

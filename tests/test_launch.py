@@ -526,6 +526,8 @@ FAKE_TRAINER = textwrap.dedent('''
             control.write_exit(rank, "failed", step, error="loss is NaN at step %d" % step, kind="nonfinite"); sys.exit(1)
         if mode == "crash" and step >= 3 and rank == 1:
             sys.exit(7)
+        if mode == "raise" and step >= 3 and rank == 1:  # an exception the trainer reports
+            control.write_exit(rank, "failed", step, error="RuntimeError: boom", kind="crash"); sys.exit(1)
         time.sleep(0.05)
         step += 1
 ''')
@@ -539,6 +541,10 @@ FAKE_LAUNCHER = textwrap.dedent('''
         f.write("USR2 ignored: %s\\n" % (signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN))
     with open(os.path.join(os.environ["ERNIE_CLUSTER_CONTROL_DIR"], "..", "fake_launcher.pid"), "w") as f:
         f.write(str(os.getpid()))
+    if mode == "nostart":  # stuck before any trainer starts (paddle's own rendezvous); exits on TERM
+        import time
+        signal.signal(signal.SIGTERM, lambda n, f: sys.exit(1))
+        time.sleep(600)
     procs = [subprocess.Popen([sys.executable, trainer, str(rank0 + i), mode], start_new_session=True)
              for i in range(nproc)]
     def term(n, f):
@@ -653,6 +659,7 @@ def fakes(tmp_path: Path):
         'if [ "$1" = show ] && [ -n "$FAKE_PREEMPT_TIME" ]; then '
         'echo "JobId=4242 JobState=RUNNING PreemptTime=$FAKE_PREEMPT_TIME EndTime=2026-01-01T00:00:10"; exit 0; fi\n'
         'if [ "$1" = show ]; then exit 1; fi\nexit 0\n')
+    (bindir / "scancel").write_text(f'#!/bin/sh\necho scancel "$@" >> {log}\n')  # never the real one
     for f in bindir.iterdir():
         f.chmod(0o755)
     nodes: List[Node] = []
@@ -737,6 +744,7 @@ def test_a_rendezvous_that_hangs_is_stopped_by_the_start_watchdog(tmp_path: Path
     code, result, out = node.finish(timeout=30)
     assert code == 1 and result["reason"] == "failed", out
     assert "not all past their first collective within 2s" in out
+    assert (result["cause"], result["signal"]) == ("hung", None), out  # the launcher's own TERM is no signal
 
 
 def test_escalation_when_trainers_ignore_the_stop(tmp_path: Path, fakes) -> None:
@@ -839,9 +847,9 @@ def test_slurm_transient_failure_is_requeued_when_allowed(tmp_path: Path, fakes)
                                       "requeue": {"signal_lead_s": 30, "max_failure_requeues": 1}})
     code, result, out = start_node(fakes, run, _slurm_node_env(), mode="crash").finish()  # rank 1 dies, no record
     assert code == 75 and result["reason"] == "failed" and result["action"] == "requeue", out
-    assert result["cause"] == "failure" and "requeue 4242" in fakes["scontrol_log"].read_text()
+    assert result["cause"] == "trainer-died" and "requeue 4242" in fakes["scontrol_log"].read_text()
     (record,) = run.read_attempts()
-    assert record["cause"] == "failure" and record["action"] == "requeue"
+    assert (record["cause"], record["ranks"], record["action"]) == ("trainer-died", [1], "requeue")
     # the cap is spent: the next failure of the same job ends it
     code, result, out = start_node(fakes, run, _slurm_node_env(SLURM_RESTART_COUNT="1"), mode="crash").finish()
     assert code == 1 and result["action"] == "none" and "max_failure_requeues=1" in result["message"], out

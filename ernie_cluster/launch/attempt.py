@@ -2,11 +2,24 @@
 
 Reasons (the `reason` of an attempts.jsonl record):
   completed  every trainer wrote {"reason": "completed"}
-  stopped    trainers saved at a step boundary and stopped after a signal; `cause` says why:
-             "timeout" (the allocation's end was near when the signal came), "preempted" (it was not),
-             or "signal" off Slurm
+  stopped    trainers saved at a step boundary and stopped: no step lost
   failed     a trainer reported "failed" (non-finite loss, crash...), a trainer left no exit record,
-             no trainer started, or the launcher could not run: never requeued
+             no trainer started, or the launcher could not run
+
+Causes (the `cause`: what ended the attempt, and which cap of `cluster.requeue` a requeue counts against):
+  preempted      Slurm's warning signal, not near the time limit    max_requeues
+  timeout        Slurm's warning signal near the time limit         max_timeout_requeues (and max_requeues)
+  signal         a stop signal off Slurm (the local backend)        max_requeues
+  cancelled      `python -m ernie_cluster cancel`                   never requeued
+  launcher-died  paddle.distributed.launch exited while its trainers still ran (no outside signal)
+  trainer-died   a trainer ended without an exit record (killed: OOM, a lost peer...); `ranks` says which
+  crashed        a trainer reported an exception; `ranks` says which
+  hung           the trainers were not past their first collective in time (start watchdog)
+  start-failed   no trainer started
+                 (these five: max_failure_requeues, and max_requeues)
+  nonfinite, setup, data, error
+                 failures a new attempt would repeat: never requeued
+  peer-failed    this node stopped because another node failed (a node's view only)
 
 Timeout versus preemption is decided from the time left in the allocation when the stop signal
 arrived, never from the order of signals (Slurm changed that order between versions).
@@ -18,7 +31,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from ..spec import RequeuePolicy
 
@@ -31,6 +44,13 @@ EXIT_LOCKED = 3
 EXIT_DATA = 4
 EXIT_REQUEUE_DENIED = 5
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped cleanly; Slurm requeues it / the local supervisor may restart it
+
+# Failures a new attempt may not repeat; "failure" is what records said before causes were told apart.
+TRANSIENT_CAUSES = ("launcher-died", "trainer-died", "crashed", "hung", "start-failed", "failure")
+# Which failed node's cause names the attempt's: a killed trainer makes its peers crash or hang, and a
+# node stopped by a failed peer only follows it.
+_FAILURE_ORDER = ("nonfinite", "setup", "data", "error", "trainer-died", "crashed", "hung", "start-failed",
+                  "launcher-died", "peer-failed")
 
 _PID_RE = re.compile(r"^trainer\.(\d+)\.pid$")
 _EXIT_RE = re.compile(r"^exit\.(\d+)\.json$")
@@ -82,12 +102,21 @@ class NodeOutcome:
     reason: str  # completed | stopped | failed
     step: Optional[int] = None
     message: str = ""
-    signal: Optional[str] = None  # the signal the trainers reported stopping on
+    signal: Optional[str] = None  # the trainers' stop signal; the node launcher keeps only one from outside
     stopped_at: Optional[float] = None  # earliest exit-record time among stopped trainers
     retryable: bool = False  # failed in a way a new attempt may not repeat (killed, crashed, hung rendezvous)
+    cause: Optional[str] = None  # what ended it when no outside signal did (see the module's docstring)
+    ranks: List[int] = field(default_factory=list)  # the trainers at fault (trainer-died, crashed...)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "NodeOutcome":
+        ranks = data.get("ranks")
+        return cls(str(data.get("reason", "failed")), data.get("step"), str(data.get("message", "")),
+                   data.get("signal"), data.get("stopped_at"), bool(data.get("retryable", False)),
+                   data.get("cause"), [int(r) for r in ranks] if isinstance(ranks, list) else [])
 
 
 def _step(record: Mapping[str, Any]) -> Optional[int]:
@@ -96,8 +125,13 @@ def _step(record: Mapping[str, Any]) -> Optional[int]:
 
 
 def classify_node(control: ControlState, expected: int, launcher_rc: Optional[int], *,
-                  stop_requested: bool = False, note: str = "") -> NodeOutcome:
-    """Classify one node's trainers from their exit records (the launcher's exit code only explains)."""
+                  stop_requested: bool = False, note: str = "",
+                  alive_until: Optional[Mapping[int, float]] = None) -> NodeOutcome:
+    """Classify one node's trainers from their exit records (the launcher's exit code only explains).
+
+    `alive_until`: rank -> when the node launcher last saw that trainer running. With it, a trainer that
+    reported a failure before another one vanished is the cause (paddle kills the rest after a failure);
+    without it, or at a tie, a vanished trainer is (the others then fail on their collectives)."""
     rc_text = "" if launcher_rc is None else f" (launcher exit code {launcher_rc})"
     exits = control.exits
     steps = [s for s in (_step(r) for r in exits.values()) if s is not None]
@@ -105,25 +139,35 @@ def classify_node(control: ControlState, expected: int, launcher_rc: Optional[in
     if not exits and not control.pids:
         why = note or "no trainer started"
         return NodeOutcome("failed", None, f"{why}{rc_text}; see workerlog.* in the attempt's log directory",
-                           retryable=True)
+                           retryable=True, cause="start-failed")
     missing = sorted(set(control.pids) - set(exits))
-    if len(exits) < expected or missing:
+    reasons = {rank: str(r.get("reason")) for rank, r in exits.items()}
+    failed = {rank: r for rank, r in exits.items() if reasons[rank] not in ("completed", "stopped")}
+    inf = float("inf")
+    vanished_at = min((alive_until.get(r, 0.0) for r in missing), default=inf) if alive_until is not None else -inf
+    reported_at = min((float(r["time"]) if isinstance(r.get("time"), (int, float)) else inf
+                       for r in failed.values()), default=inf)
+    if (len(exits) < expected or missing) and not (failed and reported_at < vanished_at):
         missing_text = f"ranks {missing}" if missing else f"{expected - len(exits)} of {expected} trainers"
         why = f"{missing_text} ended without an exit record{rc_text}"
         if note:
             why = f"{note}; {why}"
-        return NodeOutcome("failed", step, why, retryable=True)  # killed: OOM, a lost peer, NCCL abort
-    reasons = {rank: str(r.get("reason")) for rank, r in exits.items()}
-    failed = {rank: r for rank, r in exits.items() if reasons[rank] not in ("completed", "stopped")}
+        # killed: OOM, a lost peer, NCCL abort
+        return NodeOutcome("failed", step, why, retryable=True, cause="trainer-died", ranks=missing)
     if failed:
         details = "; ".join(f"rank {rank}: {r.get('error') or r.get('reason')}" for rank, r in sorted(failed.items()))
-        return NodeOutcome("failed", step, f"{details}{rc_text}",
-                           retryable=all(r.get("kind") == "crash" for r in failed.values()))
+        if missing:
+            details += f"; then ranks {missing} ended without an exit record"
+        kinds = {str(r.get("kind")) for r in failed.values()}
+        cause = "crashed" if kinds == {"crash"} else next((k for k in _FAILURE_ORDER if k in kinds), "error")
+        return NodeOutcome("failed", step, f"{details}{rc_text}", retryable=cause == "crashed", cause=cause,
+                           ranks=sorted(failed))
     if all(r == "completed" for r in reasons.values()):
         extra = f"; note: launcher exit code {launcher_rc}" if launcher_rc not in (0, None) else ""
         return NodeOutcome("completed", step, f"all {len(exits)} trainers completed{extra}")
     stopped = [r for r in exits.values() if r.get("reason") == "stopped"]
-    signals = sorted({str(r["signal"]) for r in stopped if r.get("signal")})
+    # "peer": the stop came from another rank, which names the real signal
+    signals = sorted({str(r["signal"]) for r in stopped if r.get("signal") and r.get("signal") != "peer"})
     times = [float(r["time"]) for r in stopped if isinstance(r.get("time"), (int, float))]
     how = "after a stop request" if stop_requested else "on their own stop signal"
     return NodeOutcome("stopped", step, f"{len(stopped)} trainer(s) saved and stopped {how}{rc_text}",
@@ -133,22 +177,32 @@ def classify_node(control: ControlState, expected: int, launcher_rc: Optional[in
 def combine_nodes(outcomes: Mapping[int, NodeOutcome]) -> NodeOutcome:
     """The attempt's outcome from every node's: any failure fails it; completed only if all completed."""
     if not outcomes:
-        return NodeOutcome("failed", None, "no node reported")
+        return NodeOutcome("failed", None, "no node reported", cause="error")
     steps = [o.step for o in outcomes.values() if o.step is not None]
     step = max(steps) if steps else None
+    sigs = [outcomes[k].signal for k in sorted(outcomes) if outcomes[k].signal]  # node 0's first
     failed = {k: o for k, o in outcomes.items() if o.reason == "failed"}
     if failed:
         msg = "; ".join(f"node {k}: {o.message}" for k, o in sorted(failed.items()))
-        return NodeOutcome("failed", step, msg, retryable=all(o.retryable for o in failed.values()))
+        causes = [o.cause for o in failed.values()]
+        cause = next((c for c in _FAILURE_ORDER if c in causes), next((c for c in causes if c), None))
+        ranks = sorted({r for o in failed.values() if o.cause == cause for r in o.ranks})
+        return NodeOutcome("failed", step, msg, retryable=all(o.retryable for o in failed.values()), cause=cause,
+                           ranks=ranks, signal=sigs[0] if sigs else None)
     if all(o.reason == "completed" for o in outcomes.values()):
         return NodeOutcome("completed", step, next(iter(outcomes.values())).message if len(outcomes) == 1
-                           else f"all {len(outcomes)} nodes completed")
+                           else f"all {len(outcomes)} nodes completed", signal=sigs[0] if sigs else None)
     stopped = [o for o in outcomes.values() if o.reason == "stopped"]
     times = [o.stopped_at for o in stopped if o.stopped_at is not None]
-    sigs = [o.signal for o in stopped if o.signal]
-    return NodeOutcome("stopped", step, stopped[0].message if len(outcomes) == 1
-                       else f"{len(stopped)} of {len(outcomes)} nodes stopped at a step boundary",
-                       signal=sigs[0] if sigs else None, stopped_at=min(times) if times else None)
+    died = {k: o for k, o in sorted(outcomes.items()) if o.reason == "stopped" and o.cause == "launcher-died"}
+    if len(outcomes) == 1:
+        message = stopped[0].message
+    elif died:
+        message = "; ".join(f"node {k}: {o.message}" for k, o in died.items())
+    else:
+        message = f"{len(stopped)} of {len(outcomes)} nodes stopped at a step boundary"
+    return NodeOutcome("stopped", step, message, signal=sigs[0] if sigs else None,
+                       stopped_at=min(times) if times else None, cause="launcher-died" if died else None)
 
 
 def stop_cause(remaining_s: Optional[float], signal_lead_s: int, margin_s: float = TIMEOUT_MARGIN_S,
@@ -169,33 +223,51 @@ class RequeueDecision:
     why: str = ""
 
 
-def requeues_used(attempts: Iterable[Mapping[str, Any]], job_id: str, **match: str) -> int:
-    """Requeues of `job_id` so far among the attempts whose fields equal `match` (e.g. cause="timeout")."""
+def is_failure(record: Mapping[str, Any]) -> bool:
+    """Counts against max_failure_requeues: a failed attempt, or one a transient failure ended."""
+    return record.get("reason") == "failed" or record.get("cause") in TRANSIENT_CAUSES
+
+
+def requeues_used(attempts: Iterable[Mapping[str, Any]], job_id: str,
+                  where: Optional[Callable[[Mapping[str, Any]], bool]] = None, **match: str) -> int:
+    """Requeues of `job_id` so far among the attempts whose fields equal `match` (e.g. cause="timeout")
+    and, given `where`, for which it holds."""
     return sum(1 for a in attempts if str(a.get("job_id")) == str(job_id)
-               and a.get("action") in ("requeue", "requeue-failed") and all(a.get(k) == v for k, v in match.items()))
+               and a.get("action") in ("requeue", "requeue-failed") and all(a.get(k) == v for k, v in match.items())
+               and (where is None or where(a)))
 
 
 def decide_requeue(reason: str, cause: Optional[str], restart_count: int, policy: RequeuePolicy,
                    attempts: Iterable[Mapping[str, Any]] = (), job_id: str = "", *,
                    retryable: bool = False) -> RequeueDecision:
-    """May this attempt be requeued under `cluster.requeue`? A stopped one within the caps; a failed one only
-    when the failure may be transient and `max_failure_requeues` allows; a completed one never."""
-    if reason == "failed":
-        cap = policy.max_failure_requeues
-        if not (retryable and policy.enabled and cap > 0):
-            return RequeueDecision(False, "none", "")
-        used = requeues_used(attempts, job_id, reason="failed")
-        if used >= cap or restart_count >= policy.max_requeues:
-            return RequeueDecision(False, "none", f"{used} failure requeue(s) of job {job_id} already reached "
-                                                  f"cluster.requeue.max_failure_requeues={cap} (or max_requeues)")
-        return RequeueDecision(True, "requeue", f"failure: retry {used + 1} of at most {cap}")
-    if reason != "stopped":
+    """May this attempt be requeued under `cluster.requeue`? Every requeue counts against max_requeues;
+    a transient failure (TRANSIENT_CAUSES, or `retryable`) also against max_failure_requeues, a time limit
+    against max_timeout_requeues. A deterministic failure or a completed attempt: never.
+
+    A denied stop is 'requeue-denied' (the trainers saved: exit 5); a denied failure is 'none'."""
+    if reason not in ("stopped", "failed"):
+        return RequeueDecision(False, "none", "")
+    denied = "requeue-denied" if reason == "stopped" else "none"
+    transient = cause in TRANSIENT_CAUSES or (reason == "failed" and retryable)
+    if reason == "failed" and not transient:
         return RequeueDecision(False, "none", "")
     if not policy.enabled:
-        return RequeueDecision(False, "requeue-denied", "cluster.requeue.enabled is false")
+        return RequeueDecision(False, denied, "cluster.requeue.enabled is false")
     if restart_count >= policy.max_requeues:
-        return RequeueDecision(False, "requeue-denied",
+        return RequeueDecision(False, denied,
                                f"restart {restart_count} reached cluster.requeue.max_requeues={policy.max_requeues}")
+    what = cause or ("failure" if transient else "stopped")
+    if transient:
+        cap = policy.max_failure_requeues
+        used = requeues_used(attempts, job_id, where=is_failure)
+        if used >= cap and used:
+            return RequeueDecision(False, denied, f"{used} failure requeue(s) of job {job_id} already reached "
+                                                  f"cluster.requeue.max_failure_requeues={cap}")
+        if used >= cap:
+            return RequeueDecision(False, denied, f"cluster.requeue.max_failure_requeues={cap}: no requeue after "
+                                                  f"{what} (a failure that may be transient)")
+        return RequeueDecision(True, "requeue", f"{what}: retry {used + 1} of at most {cap} "
+                                                f"(cluster.requeue.max_failure_requeues)")
     if cause == "timeout":
         cap = policy.max_timeout_requeues if policy.max_timeout_requeues is not None else policy.max_requeues
         used = requeues_used(attempts, job_id, cause="timeout")
@@ -203,8 +275,17 @@ def decide_requeue(reason: str, cause: Optional[str], restart_count: int, policy
             return RequeueDecision(False, "requeue-denied",
                                    f"{used} time-limit requeue(s) of job {job_id} already reached "
                                    f"cluster.requeue.max_timeout_requeues={cap}")
-    return RequeueDecision(True, "requeue", f"{cause or 'stopped'}: restart {restart_count + 1} of at most "
-                                            f"{policy.max_requeues}")
+    return RequeueDecision(True, "requeue", f"{what}: restart {restart_count + 1} of at most {policy.max_requeues}")
+
+
+def cause_counts(attempts: Iterable[Mapping[str, Any]]) -> Dict[str, Dict[str, int]]:
+    """Per cause (the reason for a completed attempt): how many attempts ended so, how many were requeued."""
+    counts: Dict[str, Dict[str, int]] = {}
+    for a in attempts:
+        entry = counts.setdefault(str(a.get("cause") or a.get("reason") or "unknown"), {"attempts": 0, "requeued": 0})
+        entry["attempts"] += 1
+        entry["requeued"] += a.get("action") in ("requeue", "requeue-failed")
+    return counts
 
 
 def exit_code_for(reason: str, action: str) -> int:

@@ -15,10 +15,12 @@ One attempt on one node:
     trainer pid in the control directory (trainers are in their own sessions: signals to the paddle
     launcher never reach them); if they are not done after a grace period, SIGTERM the launcher,
     then SIGKILL what is left;
- 6. classify the attempt from the trainers' exit records, write node_result.json; node 0 also
-    combines all nodes, decides timeout vs preemption from the time left when the signal came,
-    applies the requeue policy, runs `scontrol requeue` when allowed, and appends the attempt to
-    RUN/attempts.jsonl.
+ 6. if the paddle launcher exits while trainers still run (it died: no outside signal), ask them
+    to save and stop the same way, and record the attempt as `launcher-died`, not as a signal;
+ 7. classify the attempt from the trainers' exit records, write node_result.json; node 0 also
+    combines all nodes, decides the cause (timeout vs preemption from the time left when the signal
+    came; see `attempt`), applies the requeue policy, runs `scontrol requeue` when allowed, and
+    appends the attempt to RUN/attempts.jsonl.
 
 Exit codes (also `LaunchResult.exit_code`): 0 completed, 1 failed, 2 bad environment or spec,
 3 run directory locked by another live run, 4 data preparation failed, 5 stopped but the requeue
@@ -75,10 +77,10 @@ class LaunchResult:
     restart: Optional[int] = None
     node_rank: Optional[int] = None
     step: Optional[int] = None
-    cause: Optional[str] = None  # timeout | preempted | signal (stopped only)
+    cause: Optional[str] = None  # see attempt's docstring: preempted | timeout | launcher-died | crashed ...
     action: str = "none"  # none | requeue | requeue-denied | requeue-failed
     message: str = ""
-    signal: Optional[str] = None
+    signal: Optional[str] = None  # the stop signal that came from outside; None when none did
     log_dir: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
@@ -154,6 +156,10 @@ class NodeLauncher:
         self._remaining_at_signal: Optional[float] = None
         self._preempted_at_signal: Optional[bool] = None
         self._start_failed: Optional[str] = None
+        self._peer_failed: Optional[str] = None
+        self._orphaned: Optional[List[int]] = None  # ranks still running when the paddle launcher exited
+        self._stopped_itself = False  # this launcher signalled the trainers with no outside signal
+        self._alive_until: Dict[int, float] = {}  # rank -> when its trainer was last seen running
         self._on_slurm = False
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -327,7 +333,8 @@ class NodeLauncher:
                                         train_module=self.train_module or env.get(TRAIN_MODULE_ENV) or TRAIN_MODULE)
         except CommandError as exc:
             self._log(f"ERROR: {exc}")
-            return self._finish(spec, run, cenv, att.NodeOutcome("failed", None, str(exc)), started, None, node_dir)
+            return self._finish(spec, run, cenv, att.NodeOutcome("failed", None, str(exc), cause="error"), started,
+                                None, node_dir)
 
         self._log(f"{cenv.describe()} port={cenv.main_port} trainers_per_node={spec.resources.trainers_per_node} "
                   f"device={spec.train.device} host={socket.gethostname()} pid={os.getpid()}")
@@ -353,7 +360,7 @@ class NodeLauncher:
             if self._signals:
                 outcome = att.NodeOutcome("stopped", None, f"stopped before training started: {exc}")
                 return self._finish(spec, run, cenv, outcome, started, None, node_dir)
-            outcome = att.NodeOutcome("failed", None, f"data preparation failed: {exc}")
+            outcome = att.NodeOutcome("failed", None, f"data preparation failed: {exc}", cause="data")
             result = self._finish(spec, run, cenv, outcome, started, None, node_dir)
             result.exit_code = att.EXIT_DATA
             return result
@@ -382,10 +389,43 @@ class NodeLauncher:
         })
         rc, note = self._supervise(argv, child_env, control, cenv, spec)
         outcome = att.classify_node(att.read_control_dir(control), spec.resources.trainers_per_node, rc,
-                                    stop_requested=bool(self._signals), note=note)
+                                    stop_requested=bool(self._signals), note=note, alive_until=self._alive_until)
+        if outcome.reason == "failed" and cenv.num_nodes > 1 and not (self._peer_failed or self._start_failed):
+            # another node failed first (it published its result before this one): this node only followed
+            failed_peer = self._failed_peer(control.parent.parent, cenv)
+            if failed_peer:
+                self._peer_failed = f"node {failed_peer[0]} failed first: {failed_peer[1]}"
         if self._start_failed:  # whatever the trainers wrote when they were stopped: this attempt never trained
-            outcome = att.NodeOutcome("failed", outcome.step, self._start_failed, retryable=True)
+            outcome = att.NodeOutcome("failed", outcome.step, self._start_failed, retryable=True, cause="hung")
+        elif self._peer_failed and outcome.reason == "failed":  # a consequence, not a cause of its own
+            outcome.cause, outcome.message = "peer-failed", f"{self._peer_failed}; {outcome.message}"
+        elif self._orphaned is not None:
+            outcome = self._after_launcher_death(outcome, rc)
+        elif outcome.cause == "start-failed" and self._signals:
+            # the warning came while paddle was still starting (rendezvous): nothing to save, nothing lost
+            outcome = att.NodeOutcome("stopped", None, f"stop signal before any trainer started (launcher exit "
+                                                       f"code {rc})")
         return self._finish(spec, run, cenv, outcome, started, rc, node_dir)
+
+    def _after_launcher_death(self, outcome: att.NodeOutcome, rc: Optional[int]) -> att.NodeOutcome:
+        """The paddle launcher exited while trainers ran, before any stop signal: it died (killed, OOM, a
+        bug of its own). A trainer that had failed already is the cause instead (paddle exits after one)."""
+        died = f"paddle.distributed.launch exited (code {rc}) while trainer ranks {self._orphaned} still ran"
+        if outcome.reason == "stopped":
+            outcome.cause = "launcher-died"
+            outcome.message = f"{died}; they saved at step {outcome.step} and stopped: no step lost"
+        elif outcome.cause == "trainer-died" and set(outcome.ranks) <= set(self._orphaned):
+            # they could not stop cleanly once it was gone
+            outcome.cause, outcome.message = "launcher-died", f"{died}; {outcome.message}"
+        return outcome
+
+    def _outside_signal(self, outcome: att.NodeOutcome) -> att.NodeOutcome:
+        """`signal` names only a signal from outside: never the USR2/TERM this launcher sent on its own."""
+        if self._signals:
+            outcome.signal = self._first_signal()
+        elif self._stopped_itself:
+            outcome.signal = None
+        return outcome
 
     # ------------------------------------------------------------------ supervising the paddle launcher
 
@@ -431,6 +471,9 @@ class NodeLauncher:
                 ticks = start_ticks(pid)
                 if pid_alive(pid) and (ticks is None or ticks >= child_ticks):
                     live[rank] = pid
+            seen = time.time()
+            for rank in live:  # which trainer ended first tells a cause from its consequences
+                self._alive_until[rank] = seen
             return live
 
         def forward(pids: Dict[int, int], only_new: bool) -> None:
@@ -500,6 +543,7 @@ class NodeLauncher:
 
         while child.poll() is None:
             handle_signals()
+            trainer_pids()
             now = time.monotonic()
             if stop_at is not None:
                 forward(trainer_pids(), only_new=True)  # trainers that registered after the signal
@@ -510,6 +554,7 @@ class NodeLauncher:
                         f"(rendezvous at {cenv.main_address}:{cenv.main_port}?)")
                 self._log(f"ERROR: {note}; stopping the launcher")
                 self._start_failed = note
+                self._stopped_itself = True
                 start_deadline = float("inf")
                 escalate_at = now
                 escalate(now)
@@ -519,6 +564,8 @@ class NodeLauncher:
                 if failed_peer:
                     note = f"node {failed_peer[0]} failed: {failed_peer[1]}"
                     self._log(f"ERROR: {note}; stopping this node's launcher")
+                    self._peer_failed = note
+                    self._stopped_itself = True
                     escalate_at = now
                     escalate(now)
             if term_sent and kill_at is not None and now >= kill_at:
@@ -532,6 +579,11 @@ class NodeLauncher:
         if leftover:
             self._log(f"trainers still running after the launcher exited: {sorted(leftover.values())}")
             if stop_at is None:
+                if not term_sent:  # nothing asked it to stop: the paddle launcher died under its trainers
+                    self._orphaned = sorted(leftover)
+                    self._log(f"paddle.distributed.launch died (exit {rc}) with no stop signal: asking trainer "
+                              f"ranks {self._orphaned} to save at the next step boundary and stop")
+                self._stopped_itself = True
                 forward(leftover, only_new=False)
             grace = 60.0 if stop_at is None else max(10.0, (escalate_at or time.monotonic()) - time.monotonic())
             deadline = time.monotonic() + grace
@@ -577,13 +629,14 @@ class NodeLauncher:
 
     def _finish(self, spec: JobSpec, run: RunDir, cenv: ClusterEnvironment, outcome: att.NodeOutcome,
                 started: float, rc: Optional[int], node_dir: Path) -> LaunchResult:
+        outcome = self._outside_signal(outcome)
         own = dict(outcome.to_dict(), launcher_exit_code=rc, node=cenv.node_name, time=time.time())
         write_atomic(node_dir / NODE_RESULT, json.dumps(own, sort_keys=True) + "\n")
         self._log(f"node outcome: {outcome.reason} at step {outcome.step}: {outcome.message}")
         if cenv.node_rank != 0:
             code = {"completed": att.EXIT_OK, "stopped": att.EXIT_STOPPED}.get(outcome.reason, att.EXIT_FAILED)
             result = self._result(cenv, outcome.reason, code, outcome.message, step=outcome.step,
-                                  signal=self._first_signal() or outcome.signal, log_dir=str(node_dir))
+                                  cause=outcome.cause, signal=outcome.signal, log_dir=str(node_dir))
             if outcome.reason != "failed":
                 # Adopt node 0's verdict, so every task of the job step exits with the same status
                 # (srun reports the highest one).
@@ -600,10 +653,14 @@ class NodeLauncher:
             outcomes.update(self._collect_peers(run, cenv, spec))
         total = att.combine_nodes(outcomes)
 
-        cause = None
+        cause = total.cause  # a failure's, or launcher-died; else decided from the outside signal below
         remaining = self._remaining_at_signal
-        if total.reason == "stopped":
-            if cenv.is_slurm:
+        cancel = run.read_state().get("cancel_requested") or {}
+        cancelled = str(cancel.get("job_id")) == cenv.job_id
+        if total.reason == "stopped" and cause is None:
+            if cancelled:
+                cause = "cancelled"
+            elif cenv.is_slurm:
                 preempted = self._preempted_at_signal
                 if remaining is None:
                     when = self._signals[0][1] if self._signals else (total.stopped_at or time.time())
@@ -617,26 +674,27 @@ class NodeLauncher:
                 cause = "signal"
         decision = att.decide_requeue(total.reason, cause, cenv.restart_count, spec.cluster.requeue,
                                       run.read_attempts(), cenv.job_id, retryable=total.retryable)
-        cancel = run.read_state().get("cancel_requested") or {}
-        if decision.requeue and str(cancel.get("job_id")) == cenv.job_id:
+        if cancelled and (decision.requeue or cause == "cancelled"):
             decision = att.RequeueDecision(False, "none", "cancelled by `python -m ernie_cluster cancel`")
-            cause = "cancelled"
-        if total.reason == "failed" and decision.requeue:
-            cause = "failure"
         action, message = decision.action, total.message
         if decision.why:
             message = f"{message}; {decision.why}"
+        if not decision.requeue and (action == "requeue-denied" or (total.reason == "failed" and decision.why
+                                                                      and not cancelled)):
+            saved = f"its checkpoint (step {total.step})" if total.reason == "stopped" and total.step is not None \
+                else "the last checkpoint"
+            message = f"{message}; continue from {saved} with `python -m ernie_cluster submit {run.spec} --resume`"
         if total.reason == "stopped":
-            left = "" if not cenv.is_slurm else \
+            left = "" if not cenv.is_slurm or cause == "launcher-died" else \
                 f"; time left at the signal: {'unknown' if remaining is None else f'{remaining:.0f}s'}"
             self._log(f"attempt stopped ({cause}{left}): {decision.action} - {decision.why}")
         elif total.reason == "failed" and decision.why:
-            self._log(f"attempt failed ({'may be transient' if total.retryable else 'not retried'}): "
+            self._log(f"attempt failed ({cause}, {'may be transient' if total.retryable else 'not retried'}): "
                       f"{decision.action} - {decision.why}")
         record = {
             "job_id": cenv.job_id, "restart": cenv.restart_count, "node": cenv.node_name, "nodes": cenv.num_nodes,
-            "reason": total.reason, "cause": cause, "step": total.step,
-            "signal": self._first_signal() or total.signal, "started": started, "ended": time.time(),
+            "reason": total.reason, "cause": cause, "ranks": total.ranks, "step": total.step,
+            "signal": total.signal, "started": started, "ended": time.time(),
             "exit_code": rc, "action": action, "message": message,
             "remaining_s": None if remaining is None else round(remaining, 1),
             "backend": "slurm" if cenv.is_slurm else "local",
@@ -690,9 +748,7 @@ class NodeLauncher:
                     continue
                 try:
                     data = json.loads((attempt_dir / f"node{k}" / NODE_RESULT).read_text())
-                    found[k] = att.NodeOutcome(data.get("reason", "failed"), data.get("step"),
-                                               data.get("message", ""), data.get("signal"), data.get("stopped_at"),
-                                               bool(data.get("retryable", False)))
+                    found[k] = att.NodeOutcome.from_dict(data)
                 except (OSError, ValueError):
                     pass
             if len(found) == cenv.num_nodes - 1 or time.monotonic() >= deadline:

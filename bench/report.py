@@ -2,7 +2,9 @@
 
 With --update-readme, the table replaces what lies between the lines `<!-- bench:begin -->` and
 `<!-- bench:end -->` of that file; every other byte of the file stays as it was. Without the markers
-(or with more than one pair) nothing is written and the exit status is 2.
+(or with more than one pair) nothing is written and the exit status is 2. `--section NAME` uses the
+markers `<!-- bench:NAME:begin -->` and `<!-- bench:NAME:end -->` instead, for a second table
+(`python -m bench.report bench/results/dapt.json --update-readme README.md --section dapt`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .common import fmt_baseline, fmt_met, fmt_num, fmt_value, normalize_row
 
@@ -61,26 +63,35 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_section(text: str, body: str) -> str:
+def markers(section: Optional[str] = None) -> Tuple[str, str]:
+    """The begin/end marker lines of the default section, or of section `section`."""
+    if not section:
+        return BEGIN, END
+    return f"<!-- bench:{section}:begin -->", f"<!-- bench:{section}:end -->"
+
+
+def replace_section(text: str, body: str, section: Optional[str] = None) -> str:
     """`text` with everything strictly between the two markers replaced by a newline and `body`.
 
     Bytes before the end of the begin marker and from the end marker on are kept as they are; the line ending
     that follows the begin marker (\n or \r\n) is used for the new lines.
     """
-    if text.count(BEGIN) != 1 or text.count(END) != 1:
-        raise MarkerError(f"expected exactly one {BEGIN} and one {END}; found {text.count(BEGIN)} and {text.count(END)}")
-    b, e = text.index(BEGIN) + len(BEGIN), text.index(END)
+    begin, end = markers(section)
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise MarkerError(f"expected exactly one {begin} and one {end}; "
+                          f"found {text.count(begin)} and {text.count(end)}")
+    b, e = text.index(begin) + len(begin), text.index(end)
     if e < b:
-        raise MarkerError(f"{END} comes before {BEGIN}")
+        raise MarkerError(f"{end} comes before {begin}")
     nl = "\r\n" if text.startswith("\r\n", b) else "\n"
     body = body if body.endswith("\n") else body + "\n"
     return text[:b] + nl + body.replace("\n", nl) + text[e:]
 
 
-def update_readme(path: Path, body: str) -> None:
+def update_readme(path: Path, body: str, section: Optional[str] = None) -> None:
     with open(path, encoding="utf-8", newline="") as handle:  # newline="": keep \r\n as it is
         text = handle.read()
-    new = replace_section(text, body)
+    new = replace_section(text, body, section)
     tmp = path.with_name(path.name + ".bench.tmp")
     with open(tmp, "w", encoding="utf-8", newline="") as handle:
         handle.write(new)
@@ -91,6 +102,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="?", default="bench/results/latest.json", help="a `python -m bench` JSON")
     parser.add_argument("--update-readme", metavar="README", help=f"rewrite the section between {BEGIN} and {END}")
+    parser.add_argument("--section", metavar="NAME", help="use the markers <!-- bench:NAME:begin --> and "
+                                                          "<!-- bench:NAME:end --> (a second table, e.g. dapt)")
     args = parser.parse_args(argv)
     try:
         result: Dict[str, Any] = json.loads(Path(args.results).read_text())
@@ -102,7 +115,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stdout.write(table)
         return 0
     try:
-        update_readme(Path(args.update_readme), table)
+        update_readme(Path(args.update_readme), table, args.section)
     except FileNotFoundError:
         print(f"bench.report: {args.update_readme} does not exist", file=sys.stderr)
         return 2

@@ -24,8 +24,13 @@ gets a spurious boundary, which only moves where a sample may be cut.
 Output (the reference layout): ``<P>_ids.npy`` (uint16 if the id space is below
 65535, else int32) and ``<P>_idx.npz`` with ``lens`` (int32 tokens per
 sentence), ``sents`` (int64 token offsets, starting at 0) and ``docs`` (int64
-sentence offsets per document, starting at 0).  Both are written to temporary
-files and renamed into place at the end.
+sentence offsets per document, starting at 0), plus ``vocab_sha256`` (0-d
+string: sha256 of the vocab's tokens joined by newlines, the digest of
+``ernie_cluster.weights.vocab_digest``, so a run can tell which vocabulary
+produced the ids) and ``vocab_file`` (0-d string: the vocab's absolute path,
+for messages).  Readers that know only the reference arrays ignore the extra
+two.  Both files are written to temporary files and renamed into place at the
+end.
 
 With ``--cn-whole-word-segment`` Chinese text is segmented (jieba, or the
 existing ``--cn-split-dimer`` separators with ``--cn-splited``) and the 2nd..nth
@@ -52,7 +57,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np  # imported before anything that may import paddle (zlib import-order bug of paddle 2.6)
 
 from .tokenizer import FastWordPieceTokenizer, apply_whole_word_marks, whole_word_flags
-from .vocab import VocabError, is_wwm_cjk_char, load_vocab
+from .vocab import CORPUS_VOCAB_FILE_KEY, CORPUS_VOCAB_KEY, VocabError, is_wwm_cjk_char, load_vocab
 
 log = logging.getLogger("data_tools.create_pretraining_data")
 
@@ -378,6 +383,7 @@ def create_pretraining_data(inputs: Sequence[str], vocab_file: str, output_prefi
     """Run the conversion; returns a summary dict. Raises InputError/VocabError on bad input."""
     t_start = time.time()
     vocab = load_vocab(vocab_file)  # fails early with a clear message
+    vocab_digest = vocab.sha256  # of the file as read now; the workers read the same file
     files = [f for f in find_input_files(inputs) if not _same_file(f, vocab_file)]
     if not files:
         raise InputError("the only input file is the vocab file")
@@ -432,12 +438,13 @@ def create_pretraining_data(inputs: Sequence[str], vocab_file: str, output_prefi
         if counts_all.shape[0] == 0:
             raise InputError(f"no non-empty documents found in {len(files)} input file(s)")
         sents = np.zeros(lens_all.shape[0] + 1, dtype=np.int64)
-        np.cumsum(lens_all, out=sents[1:])
+        np.cumsum(lens_all, dtype=np.int64, out=sents[1:])
         docs = np.zeros(counts_all.shape[0] + 1, dtype=np.int64)
-        np.cumsum(counts_all, out=docs[1:])
+        np.cumsum(counts_all, dtype=np.int64, out=docs[1:])
         writer.close()
         with open(idx_path + suffix, "wb") as f:
-            np.savez(f, lens=lens_all.astype(np.int32), sents=sents, docs=docs)
+            np.savez(f, lens=lens_all.astype(np.int32), sents=sents, docs=docs,
+                     **{CORPUS_VOCAB_KEY: np.array(vocab_digest), CORPUS_VOCAB_FILE_KEY: np.array(vocab.path)})
             f.flush()
             os.fsync(f.fileno())
         os.replace(ids_path + suffix, ids_path)
@@ -454,7 +461,8 @@ def create_pretraining_data(inputs: Sequence[str], vocab_file: str, output_prefi
     summary = {"ids": ids_path, "idx": idx_path, "dtype": dtype, "documents": int(docs.shape[0] - 1),
                "sentences": int(lens_all.shape[0]), "tokens": int(sents[-1]), "input_bytes": total_bytes,
                "seconds": round(elapsed, 3), "mb_per_s": round(total_bytes / 1e6 / max(elapsed, 1e-9), 3),
-               "vocab_size": vocab.base_size, "id_space": vocab.size, "split_sentences": split_sentences,
+               "vocab_size": vocab.base_size, "id_space": vocab.size, "vocab_file": vocab.path,
+               "vocab_sha256": vocab_digest, "split_sentences": split_sentences,
                "single_sentence_documents": int(np.count_nonzero(counts_all == 1))}
     return summary
 
@@ -508,7 +516,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     print(f"wrote {s['ids']} ({s['dtype']}, {s['tokens']} tokens) and {s['idx']} ({s['documents']} documents, "
           f"{s['sentences']} sentences) from {s['input_bytes'] / 1e6:.2f} MB in {s['seconds']:.1f}s "
-          f"({s['mb_per_s']:.2f} MB/s)", file=sys.stderr)
+          f"({s['mb_per_s']:.2f} MB/s); vocab {s['vocab_file']} (sha256 {s['vocab_sha256'][:12]}...)",
+          file=sys.stderr)
     if s["single_sentence_documents"]:
         print(f"note: {s['single_sentence_documents']} of {s['documents']} documents have a single sentence; "
               f"training with sentence-order prediction (binary_head) skips them (sentence splitting: "

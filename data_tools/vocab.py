@@ -16,6 +16,7 @@ so the embedding table never has to grow (the reference does the same through
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -26,6 +27,11 @@ SPECIAL_TOKENS = (PAD, CLS, SEP, MASK, UNK)
 # The reference marks whole words only on characters in this range
 # (``[\u4E00-\u9FA5]`` in ``get_whole_word_mask_tokens``/``extend_chinese_char``).
 CJK_LO, CJK_HI = "\u4e00", "\u9fa5"
+
+# Arrays (0-d strings) of ``<prefix>_idx.npz`` that record which vocabulary produced the ids; corpora written
+# before they existed, or by the reference tool, lack them.  ``ernie_cluster.weights`` reads the first one.
+CORPUS_VOCAB_KEY = "vocab_sha256"     # vocab_sha256() of the vocab file
+CORPUS_VOCAB_FILE_KEY = "vocab_file"  # its absolute path when the corpus was written (for messages only)
 
 
 def is_wwm_cjk_char(ch: str) -> bool:
@@ -81,6 +87,11 @@ class Vocab:
             return char_id
         return self.token_to_id.get("##" + tok, char_id)
 
+    @property
+    def sha256(self) -> str:
+        """:func:`vocab_sha256` of the file this vocabulary was read from (the base tokens only)."""
+        return tokens_sha256(self.tokens[: self.base_size])
+
     def ids_dtype_name(self) -> str:
         """numpy dtype name for the ids file: uint16 when every id fits."""
         return "uint16" if self.size < 65535 else "int32"
@@ -95,6 +106,21 @@ def read_vocab_tokens(path: str) -> List[str]:
     if not tokens:
         raise VocabError(f"vocab file is empty: {path}")
     return tokens
+
+
+def tokens_sha256(tokens: List[str]) -> str:
+    """sha256 (hex) of ``"\\n".join(tokens)`` in UTF-8: the identity of a token -> id map."""
+    return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
+
+
+def vocab_sha256(path: str) -> str:
+    """Digest of a vocab file's token list, the same as ``ernie_cluster.weights.vocab_digest``.
+
+    The file is read as :func:`read_vocab_tokens` reads it (text mode, so CRLF and a trailing newline do not
+    matter), hence two files with the same tokens in the same order have the same digest.  The corpus tool
+    records it in ``<prefix>_idx.npz`` as ``vocab_sha256``.
+    """
+    return tokens_sha256(read_vocab_tokens(path))
 
 
 def load_vocab(path: str, extend_chinese: bool = True) -> Vocab:

@@ -245,8 +245,11 @@ def test_too_small_corpus_errors(toy, tmp_path):
                                           MaskingConfig(binary_head=False), seed=1)["train"]) == 2
     tiny_vocab = tmp_path / "tiny_vocab.txt"
     tiny_vocab.write_text("[PAD]\n[CLS]\n[SEP]\n[MASK]\n[UNK]\n")
-    with pytest.raises(DataError, match="another vocab"):
+    with pytest.raises(DataError, match="tokenized with another vocab"):  # the corpus recorded its vocab
         build_pretraining_datasets(toy["prefix"], str(tiny_vocab), "1", 64, seed=1)
+    synth = write_synthetic_indexed(str(tmp_path / "unrecorded"), n_docs=20, seed=1)  # records no vocab
+    with pytest.raises(DataError, match="holds token id .* another vocab"):
+        build_pretraining_datasets(synth["prefix"], str(tiny_vocab), "1", 64, seed=1)
 
 
 # ---------------------------------------------------------------------------

@@ -83,8 +83,8 @@ def submit(work: Path, name: str, *, corpus: str, vocab: str, prefix: Path, step
            f"data.split={SPLIT}", f"train.max_steps={steps}", f"train.save_steps={save_steps}",
            f"train.checkpoint_steps={steps}", f"train.eval_freq={steps}", "train.logging_freq=100",
            f"convert.enabled={'true' if convert else 'false'}", "--force"]
-    if model is not None:
-        cmd.append(f"model.model_name_or_path={model}")
+    if model is not None:  # the tiny job pretrains from scratch; (a) starts from the general model instead
+        cmd += [f"model.model_name_or_path={model}", "model.random_init=false"]
     env = {**os.environ, "ERNIE_CLUSTER_LOSS_LOG": str(loss_log)}
     env.pop("ERNIE_CLUSTER_TEST_STOP_AT_STEP", None)
     print(f"bench_dapt: training {name}: {steps} steps ...", file=sys.stderr, flush=True)

@@ -51,7 +51,7 @@ def _spec():
         "name": "bench", "output_dir": tempfile.gettempdir(),
         "cluster": {"backend": "local", "time": "01:00:00", "requeue": {"signal_lead_s": 30}},
         "data": {"input_prefix": "/nonexistent/bench", "masking": {"max_predictions_per_seq": PRED}},
-        "model": {"model_name_or_path": "ernie-1.0-base-zh", "vocab_size": VOCAB, "hidden_size": HIDDEN,
+        "model": {"model_name_or_path": "ernie-1.0-base-zh", "random_init": True, "vocab_size": VOCAB, "hidden_size": HIDDEN,
                   "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "intermediate_size": INTER,
                   "max_position_embeddings": SEQ, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
         "train": {"device": "cpu", "engine": "static", "max_seq_len": SEQ, "micro_batch_size": BATCH,

@@ -1,4 +1,4 @@
-"""`python -m ernie_cluster {validate,render,submit,status,logs,cancel}`.
+"""`python -m ernie_cluster {validate,render,submit,status,logs,cancel,pretrained}`.
 
 Exit status: 0 success, 1 runtime failure, 2 bad input (spec, overrides, refused submission).
 This module and everything it imports at the top stays light: no paddle on the login node.
@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--grace", type=float, default=180.0, metavar="SECONDS",
                            help="how long running training may take to checkpoint before scancel (default 180)")
             p.add_argument("--now", action="store_true", help="scancel at once, without a checkpoint")
+
+    from .pretrained import add_arguments as pretrained_arguments  # paddle-free; paddlenlp only when it runs
+
+    p = sub.add_parser("pretrained", help="write a verified local copy of a released model (e.g. ernie-1.0-base-zh) "
+                                          "to start DAPT from; run it where PaddleNLP's hosting is reachable")
+    pretrained_arguments(p)
     return parser
 
 
@@ -118,6 +124,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     try:
+        if args.command == "pretrained":
+            from .pretrained import run as pretrained_run
+
+            return pretrained_run(args)
         if args.command in ("validate", "render", "submit"):
             path_warnings: List[SpecProblem] = []
             try:
@@ -148,7 +158,7 @@ def _run_spec_command(args: argparse.Namespace, spec: JobSpec) -> int:
     if args.command == "validate":
         print(f"{args.spec}: valid. {spec.resources.nodes} node(s) x {spec.resources.trainers_per_node} trainer(s), "
               f"engine {spec.train.resolved_engine}, dp {spec.dp_degree}, global batch {spec.global_batch_size} "
-              f"(accumulate {spec.accumulate_steps}), run directory {spec.run_dir()}")
+              f"(accumulate {spec.accumulate_steps}), run directory {spec.run_dir()}; starts from {spec.starts_from()}")
         return 0
     if args.command == "render" or args.dry_run:
         rendered = render(spec)

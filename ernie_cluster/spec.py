@@ -283,7 +283,15 @@ class DataSection(_Section):
 
 
 class ModelSection(_Section):
-    model_name_or_path: str = "ernie-1.0-base-zh"
+    model_name_or_path: str = Field(
+        "ernie-1.0-base-zh", description="the model directory whose weights training starts from (DAPT), or a "
+                                         "built-in architecture name together with random_init: true")
+    random_init: bool = Field(
+        False, description="pretrain from scratch: the architecture of the built-in name or of the directory's "
+                           "config, with random weights (a directory's weights are not read)")
+    allow_missing_heads: bool = Field(
+        False, description="start the pretraining heads (cls.*) from a fresh initialisation when the model "
+                           "directory has none (an ErnieModel-only directory); the encoder must be complete")
     vocab_size: Optional[int] = Field(None, ge=8)
     hidden_size: Optional[int] = Field(None, ge=8)
     num_hidden_layers: Optional[int] = Field(None, ge=1)
@@ -427,7 +435,17 @@ class JobSpec(_Section):
             errors.append(("cluster.requeue.signal_lead_s", f"{lead}s is not shorter than cluster.time {self.cluster.time}"))
         if self.data.raw_corpus is not None and self.data.vocab_file is None:
             errors.append(("data.vocab_file", "tokenizing data.raw_corpus needs a local vocab file (nothing is downloaded)"))
+        if _looks_builtin(self.model.model_name_or_path) and not self.model.random_init:
+            errors.append(("model.model_name_or_path", builtin_without_weights(self.model.model_name_or_path)))
         return errors
+
+    def starts_from(self) -> str:
+        """One line: where the weights of step 0 come from."""
+        m = self.model
+        if m.random_init:
+            what = "the built-in" if _looks_builtin(m.model_name_or_path) else "the config of"
+            return f"random weights (model.random_init), architecture of {what} {m.model_name_or_path}"
+        return f"the weights in {m.model_name_or_path} (DAPT)"
 
     # Derived values used by render, train and checkpoints.
     @property
@@ -467,7 +485,11 @@ class JobSpec(_Section):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
     def compat_key(self) -> Dict[str, Any]:
-        """What a checkpoint must share with the spec resuming from it."""
+        """What a checkpoint must share with the spec resuming from it.
+
+        model.random_init and model.allow_missing_heads are not in it: they decide step 0 only, and a checkpoint
+        holds the weights it has trained (trainer_state.json's `starting_weights` says where they began).
+        """
         m = self.model
         return {
             "global_batch_size": self.global_batch_size,
@@ -508,7 +530,6 @@ _ERNIE_CONFIG_DEFAULTS = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_l
                           "hidden_act": "gelu", "pad_token_id": 0}
 MODEL_SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                    "max_position_embeddings", "type_vocab_size")
-MODEL_CONFIG_FILES = ("config.json", "model_config.json")  # PaddleNLP's current and older names
 # paddle.nn.TransformerEncoderLayer looks hidden_act up in paddle.nn.functional; these names exist there
 # (tests/test_spec.py checks each against paddle).
 ACTIVATIONS = ("relu", "gelu", "silu", "swish", "mish", "elu", "selu", "celu", "leaky_relu", "relu6", "sigmoid",
@@ -517,6 +538,25 @@ ACTIVATIONS = ("relu", "gelu", "silu", "swish", "mish", "elu", "selu", "celu", "
 
 def _looks_builtin(name: str) -> bool:
     return name in BUILTIN_MODELS
+
+
+def builtin_without_weights(name: str) -> str:
+    """Why a built-in name alone is refused, and the two ways on."""
+    return (f"{name!r} is a built-in architecture, not a set of weights: training would start from random weights "
+            f"(pretraining from scratch), not continue the released ERNIE 1.0 (domain-adaptive pretraining). For "
+            f"DAPT, fetch the released weights with `python -m ernie_cluster pretrained {name} --out DIR` on a machine "
+            f"that reaches PaddleNLP's hosting, copy DIR to the cluster and set model.model_name_or_path: DIR; to "
+            f"pretrain from scratch with this architecture, set model.random_init: true")
+
+
+def local_model_path(name: str) -> Optional[Path]:
+    """The model directory (or the reference scripts' ``static_vars`` prefix) `name` names on this machine, or None."""
+    if _looks_builtin(name):
+        return None
+    p = _abs(name)
+    if p.is_dir() or Path(f"{p}.pdparams").is_file() or (p.is_file() and p.name == "static_vars.pdparams"):
+        return p
+    return None
 
 
 def padded_vocab_size(n: int, multiple: int = 8) -> int:
@@ -529,24 +569,6 @@ def count_vocab_lines(path: Path) -> int:
         return sum(1 for _ in f)
 
 
-def read_model_dir_config(path: Path) -> Dict[str, Any]:
-    """A model directory's config as the trainer reads it; ValueError when there is none or it is unreadable."""
-    for fname in MODEL_CONFIG_FILES:
-        f = path / fname
-        if f.is_file():
-            try:
-                data = json.loads(f.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ValueError(f"{f} is not readable JSON ({exc}); fix or regenerate it") from None
-            if isinstance(data, dict) and "init_args" in data:  # very old layout
-                data = (data.get("init_args") or [{}])[0]
-            if not isinstance(data, dict):
-                raise ValueError(f"{f} is not a JSON object; fix or regenerate it")
-            return data
-    raise ValueError(f"{path} has no {' or '.join(MODEL_CONFIG_FILES)}, so it is not a model directory; point "
-                     f"model.model_name_or_path at the conversion step's output or a save_pretrained directory")
-
-
 @dataclass
 class ModelShape:
     """The effective model config (the keys known here) and the spec field each value comes from."""
@@ -555,28 +577,42 @@ class ModelShape:
     origin: Dict[str, str]
     vocab_file: Optional[Path] = None
     vocab_lines: Optional[int] = None
+    source: Any = None  # weights.ModelSource of the starting weights (a directory here, random_init false)
+    dir_config: Optional[Dict[str, Any]] = None  # the directory's own config (defaults filled), before model.*
 
 
 def effective_model_shape(spec: JobSpec) -> Tuple[ModelShape, List[Tuple[str, str]]]:
     """What `ernie_cluster.train.model.model_config` will build, as far as the files here tell.
 
-    A built-in name: its table entry; a local directory that exists: its config file plus defaults; a
-    directory that does not exist here: only the spec's overrides are known. Returns (shape, problems).
+    A built-in name: its table entry; a local directory that exists: its config file plus defaults (with
+    random_init false the directory must also hold weights: `weights.resolve_model_dir`); a directory that
+    does not exist here: only the spec's overrides are known. Returns (shape, problems).
     """
+    from .weights import WeightsError, model_dir_config, resolve_model_dir
+
     m, problems = spec.model, []
     name = m.model_name_or_path
     config: Dict[str, Any] = {}
     origin: Dict[str, str] = {}
     model_dir: Optional[Path] = None
+    source = None
+    dir_config = None
+    model_path = local_model_path(name)
     if _looks_builtin(name):
         config = dict(BUILTIN_CONFIGS[name])
         origin = {k: "model.model_name_or_path" for k in config}
-    elif _abs(name).is_dir():
-        model_dir = _abs(name)
+    elif model_path is not None:
+        model_dir = model_path if model_path.is_dir() else model_path.parent
         try:
-            config = {**_ERNIE_CONFIG_DEFAULTS, **_TRAINER_DEFAULTS, **read_model_dir_config(model_dir)}
+            if m.random_init:
+                raw, _ = model_dir_config(model_path)
+            else:
+                source = resolve_model_dir(model_path, check=False)
+                raw = source.config
+            config = {**_ERNIE_CONFIG_DEFAULTS, **_TRAINER_DEFAULTS, **raw}
+            dir_config = dict(config)
             origin = {k: "model.model_name_or_path" for k in config}
-        except ValueError as exc:
+        except WeightsError as exc:
             problems.append(("model.model_name_or_path", str(exc)))
     vocab_file = None
     if spec.data.vocab_file is not None:
@@ -596,12 +632,20 @@ def effective_model_shape(spec: JobSpec) -> Tuple[ModelShape, List[Tuple[str, st
         if getattr(m, key) is not None:
             config[key] = getattr(m, key)
             origin[key] = f"model.{key}"
-    return ModelShape(config, origin, vocab_file, vocab_lines), problems
+    return ModelShape(config, origin, vocab_file, vocab_lines, source, dir_config), problems
 
 
-def model_shape_problems(spec: JobSpec) -> List[Tuple[str, str]]:
-    """What Paddle or the trainer would refuse when building this model, as (field, message with the fix)."""
+def model_shape_problems(spec: JobSpec, *, read_weights: bool = True) -> List[Tuple[str, str]]:
+    """What Paddle or the trainer would refuse when building this model or loading its starting weights, as
+    (field, message with the fix). `read_weights`: also read the tensor shapes of a model directory here."""
     shape, problems = effective_model_shape(spec)
+    problems += _config_problems(spec, shape)
+    problems += starting_weights_problems(spec, shape, read_weights=read_weights)
+    return problems
+
+
+def _config_problems(spec: JobSpec, shape: ModelShape) -> List[Tuple[str, str]]:
+    problems: List[Tuple[str, str]] = []
     cfg, origin = shape.config, shape.origin
 
     def where(key: str) -> str:
@@ -662,6 +706,73 @@ def model_shape_problems(spec: JobSpec) -> List[Tuple[str, str]]:
                          f"pad_token_id {pad!r} ({where('pad_token_id')}) is outside the vocabulary of {vocab}; "
                          f"paddle's embedding refuses it: fix the model's config or raise model.vocab_size"))
     return problems
+
+
+def starting_weights_problems(spec: JobSpec, shape: ModelShape, *, read_weights: bool = True) -> List[Tuple[str, str]]:
+    """A model directory here that training starts from (random_init false): what the trainer would refuse.
+
+    model.* shape overrides the directory's config contradicts, a MANIFEST.json the files no longer match (sizes),
+    tensors missing or of the wrong shape (`read_weights`: read without paddle), and a data.vocab_file whose
+    tokens differ from the directory's vocab.txt. Each message names the file.
+    """
+    from .weights import WeightsError, check_vocab, ernie_pretraining_shapes, shape_problems
+
+    m, src = spec.model, shape.source
+    if m.random_init:
+        if shape.vocab_file is None and local_model_path(m.model_name_or_path) is not None:
+            return [("data.vocab_file", f"no vocab: {m.model_name_or_path} has no vocab.txt; set data.vocab_file")]
+        return []
+    if src is None:
+        return []
+    problems: List[Tuple[str, str]] = []
+    dir_config = shape.dir_config or {}
+    for key in MODEL_SIZE_KEYS:
+        value = getattr(m, key)
+        if value is not None and key in dir_config and dir_config[key] != value:
+            problems.append((f"model.{key}", f"{value} differs from {key} {dir_config[key]!r} in {src.config_origin}: "
+                                             f"the starting weights would not fit; drop model.{key} (or set "
+                                             f"model.random_init: true to train this architecture from random weights)"))
+    if problems:
+        return problems  # the shapes below would only repeat them
+    if src.manifest_file is not None:
+        from .pretrained import ManifestError, verify_manifest
+
+        try:
+            verify_manifest(src.path, full=False)  # sizes here; the trainer checks every sha256
+        except ManifestError as exc:
+            problems.append(("model.model_name_or_path", str(exc)))
+    if read_weights:
+        try:
+            found = shape_problems(src, ernie_pretraining_shapes(shape.config), allow_missing_heads=m.allow_missing_heads)
+        except WeightsError as exc:
+            found = [str(exc)]
+        problems += [("model.model_name_or_path", f"starting weights {src.path} ({src.layout}) refused: {p}")
+                     for p in found]
+    vocab = _abs(spec.data.vocab_file) if spec.data.vocab_file is not None else None
+    vocab_size = shape.config.get("vocab_size")
+    too_big = shape.vocab_lines is not None and isinstance(vocab_size, int) and shape.vocab_lines > vocab_size
+    if (vocab is None or vocab.is_file()) and not too_big:  # a missing file or an oversized vocab: reported elsewhere
+        try:
+            check_vocab(src, vocab)
+        except WeightsError as exc:
+            problems.append(("data.vocab_file", str(exc)))
+    return problems
+
+
+def corpus_vocab_problems(spec: JobSpec) -> List[Tuple[str, str]]:
+    """A tokenized corpus here that recorded its vocab (``vocab_sha256`` in ``_idx.npz``) must match the run's vocab."""
+    from .weights import WeightsError, check_vocab
+
+    shape, _ = effective_model_shape(spec)
+    vocab = shape.vocab_file
+    prefix = _abs(spec.data.input_prefix)
+    if vocab is None or not vocab.is_file() or not (prefix.is_dir() or Path(f"{prefix}_idx.npz").is_file()):
+        return []
+    try:
+        check_vocab(None, vocab, corpus_prefix=prefix)
+    except WeightsError as exc:
+        return [("data.input_prefix", str(exc))]
+    return []
 
 
 # ---------------------------------------------------------------------------
@@ -884,13 +995,16 @@ def validate_text(text: str, source: str, overrides: List[str], *, check_paths: 
     if spec is not None:
         problems += [SpecProblem(p, m, _line_for(p, lines)) for p, m in spec.cross_field_errors()]
         # Files that exist here are read (vocab, a model directory's config); missing ones are path problems.
-        problems += [SpecProblem(p, m, _line_for(p, lines)) for p, m in model_shape_problems(spec)]
+        problems += [SpecProblem(p, m, _line_for(p, lines))
+                     for p, m in model_shape_problems(spec, read_weights=check_paths)]
         if check_paths:
             found = _path_problems(spec, lines)
             if path_warnings is not None:
                 path_warnings.extend(found)
             else:
                 problems += found
+            # the corpus exists here, so a vocab mismatch is wrong everywhere (not a warning under render)
+            problems += [SpecProblem(p, m, _line_for(p, lines)) for p, m in corpus_vocab_problems(spec)]
     if problems:
         raise SpecError(source, problems)
     assert spec is not None
@@ -946,8 +1060,12 @@ def _path_problems(spec: JobSpec, lines: Dict[str, int]) -> List[SpecProblem]:
                                     f"the current directory)", _line_for("data.vocab_file", lines)))
     name = spec.model.model_name_or_path
     if not _looks_builtin(name):
-        if not _abs(name).is_dir():
-            problems.append(SpecProblem("model.model_name_or_path", f"{name!r} is neither a built-in config ({', '.join(BUILTIN_MODELS)}) nor a local directory", _line_for("model.model_name_or_path", lines)))
+        if local_model_path(name) is None:
+            problems.append(SpecProblem(
+                "model.model_name_or_path",
+                f"{name!r} is neither a built-in config ({', '.join(BUILTIN_MODELS)}) nor a local directory; give the "
+                f"model directory training starts from (for the released ERNIE 1.0: `python -m ernie_cluster "
+                f"pretrained ernie-1.0-base-zh --out DIR`, copied here)", _line_for("model.model_name_or_path", lines)))
     elif d.vocab_file is None:
         problems.append(SpecProblem("data.vocab_file", f"built-in model {name!r} needs a local vocab file (nothing is downloaded)", _line_for("data", lines)))
     return problems
@@ -975,4 +1093,9 @@ def load_frozen(path: str | Path) -> JobSpec:
     if isinstance(data, dict) and isinstance(data.get("data"), dict):
         # frozen before data.shuffle_documents existed: that run's splits are contiguous
         data["data"].setdefault("shuffle_documents", False)
+    if isinstance(data, dict) and isinstance(data.get("model"), dict) and "random_init" not in data["model"]:
+        # frozen before model.random_init existed: a built-in name meant random weights then
+        name = data["model"].get("model_name_or_path", ModelSection.model_fields["model_name_or_path"].default)
+        if _looks_builtin(str(name)):
+            data["model"]["random_init"] = True
     return JobSpec.model_validate(data)

@@ -27,7 +27,8 @@ def base_spec(tmp: Path, **sections) -> dict:
         "cluster": {"backend": "slurm", "time": "00:10:00", "requeue": {"signal_lead_s": 30}},
         "resources": {"nodes": 1, "gpus_per_node": 0},
         "data": data,
-        "model": {"model_name_or_path": "ernie-1.0-base-zh", "hidden_size": 64, "num_hidden_layers": 2,
+        # pretraining from scratch: the built-in architecture, shrunk, random weights
+        "model": {"model_name_or_path": "ernie-1.0-base-zh", "random_init": True, "hidden_size": 64, "num_hidden_layers": 2,
                   "num_attention_heads": 2, "intermediate_size": 128},
         "train": {"device": "cpu", "max_seq_len": 64, "micro_batch_size": 4, "max_steps": 10},
     }

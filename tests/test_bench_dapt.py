@@ -74,7 +74,7 @@ def _eval_matches_trainer(run_dir: str, model_dir: str) -> dict:
     from ernie_cluster.spec import load_frozen
     from ernie_cluster.train.dist_env import DistEnv
     from ernie_cluster.train.engine_static import StaticEngine
-    from ernie_cluster.train.model import initial_weights, match_initial_weights, model_config
+    from ernie_cluster.train.model import model_config, starting_weights
     from ernie_cluster.train.schedule import LRSchedule
 
     run = _Path(run_dir)
@@ -84,7 +84,8 @@ def _eval_matches_trainer(run_dir: str, model_dir: str) -> dict:
     ours = [bd.mlm_loss(_Path(model_dir), [mb])[0] for mb in batches]
     spec = load_frozen(run / "spec.yaml")
     engine = StaticEngine(spec, DistEnv(0, 1, 0, 1, 0), model_config(spec), LRSchedule.from_spec(spec))
-    engine.set_model_state(match_initial_weights(initial_weights(spec), engine.param_shapes()), strict=True)
+    weights, _ = starting_weights(spec, engine.param_shapes())
+    engine.set_model_state(weights, strict=True)
     theirs = [engine.eval_batch(mb).lm_loss for mb in batches]
     paddle.disable_static()
     return {"ours": ours, "theirs": theirs, "fixed": fixed, "n": len(batches),
@@ -114,7 +115,7 @@ def test_mlm_loss_equals_the_trainers_eval_on_the_same_model_and_batches(corpora
                         split=bench_dapt.SPLIT)
     spec = validate_text(yaml.safe_dump(base), "dapt-test", [], check_paths=False)
     _write_random_model(spec, model_dir)
-    base["model"]["model_name_or_path"] = str(model_dir)
+    base["model"].update(model_name_or_path=str(model_dir), random_init=False)
     (run / "spec.yaml").write_text(yaml.safe_dump(base))
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         res = pool.submit(_eval_matches_trainer, str(run), str(model_dir)).result(timeout=300)

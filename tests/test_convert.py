@@ -137,7 +137,7 @@ def test_training_can_start_from_the_converted_directory(trained, tmp_path, toy_
 
     run = trained["run"]
     spec = tiny_spec(tmp_path, toy_data, max_steps=2, checkpoint_steps=100)
-    spec["model"]["model_name_or_path"] = str(run / "converted")
+    spec["model"].update(model_name_or_path=str(run / "converted"), random_init=False)  # DAPT from it
     new = make_run(tmp_path, spec)
     t = run_trainer(new, "from-converted")
     assert t.proc.returncode == 0, t.output[-3000:]

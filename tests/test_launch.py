@@ -52,7 +52,7 @@ def make_spec(tmp: Path, **over) -> JobSpec:
         "cluster": {"backend": "slurm", "time": "01:00:00", "requeue": {"signal_lead_s": 30}},
         "resources": {"nodes": 1, "gpus_per_node": 0, "procs_per_node": 2},
         "data": {"input_prefix": str(tmp / "data" / "corpus"), "vocab_file": str(tmp / "vocab.txt")},
-        "model": {"model_name_or_path": "ernie-1.0-base-zh"},
+        "model": {"model_name_or_path": "ernie-1.0-base-zh", "random_init": True},
         "train": {"device": "cpu", "max_steps": 10},
     }
     for key, value in over.items():

@@ -72,7 +72,7 @@ def test_two_nodes_stop_requeue_and_complete(slurm_cluster, tmp_path: Path) -> N
         # node 0 tokenizes the raw corpus and builds the index maps before any trainer starts
         "data": {"input_prefix": str(tmp_path / "data" / "corpus"), "raw_corpus": str(raw / "corpus.txt"),
                  "vocab_file": str(raw / "vocab.txt"), "split": "95,5,0"},
-        "model": {"model_name_or_path": "ernie-1.0-base-zh"},
+        "model": {"model_name_or_path": "ernie-1.0-base-zh", "random_init": True},
         "train": {"device": "cpu", "max_steps": 10},
     })
     run = RunDir(tmp_path / "run")

@@ -34,7 +34,7 @@ def _spec(engine: str, use_recompute: bool, dropout: float = 0.1):
         "name": "recompute", "output_dir": "/tmp/unused-recompute",
         "cluster": {"backend": "local", "time": "01:00:00", "requeue": {"signal_lead_s": 30}},
         "data": {"input_prefix": "/nonexistent/x", "masking": {"max_predictions_per_seq": PRED}},
-        "model": {"model_name_or_path": "ernie-1.0-base-zh", "vocab_size": VOCAB, "hidden_size": 32,
+        "model": {"model_name_or_path": "ernie-1.0-base-zh", "random_init": True, "vocab_size": VOCAB, "hidden_size": 32,
                   "num_hidden_layers": LAYERS, "num_attention_heads": 2, "intermediate_size": 64,
                   "max_position_embeddings": SEQ, "hidden_dropout_prob": dropout,
                   "attention_probs_dropout_prob": dropout},

@@ -309,7 +309,7 @@ def _problems(spec: dict) -> dict:
 
 def test_the_large_models_own_shape_is_used(tmp_path):
     spec = base_spec(tmp_path, model={"model_name_or_path": "ernie-1.0-large-zh-cw"}, train={"max_seq_len": 513})
-    spec["model"] = {"model_name_or_path": "ernie-1.0-large-zh-cw"}
+    spec["model"] = {"model_name_or_path": "ernie-1.0-large-zh-cw", "random_init": True}
     assert "exceeds max_position_embeddings 512" in _problems(spec)["train.max_seq_len"]
     spec["train"]["max_seq_len"] = 512
     _validate_dict(spec)  # 1024 hidden / 16 heads
@@ -353,7 +353,7 @@ BAD_MODEL_DIRS = [
 def test_model_directory_config_is_checked(tmp_path, capsys, change, fname, field, words):
     d = _model_dir(tmp_path, {**_DIR_CONFIG, **change}, fname)
     spec = base_spec(tmp_path)
-    spec["model"] = {"model_name_or_path": str(d)}
+    spec["model"] = {"model_name_or_path": str(d), "random_init": True}  # its architecture, from scratch
     path = write_spec(tmp_path / "s.yaml", spec)
     for command in ("validate", "render"):  # the directory exists here: render refuses too
         assert main([command, str(path)]) == 2
@@ -368,7 +368,7 @@ def test_model_directory_without_a_config_or_with_broken_json(tmp_path):
     d = tmp_path / "model"
     d.mkdir()
     spec = base_spec(tmp_path)
-    spec["model"] = {"model_name_or_path": str(d)}
+    spec["model"] = {"model_name_or_path": str(d), "random_init": True}  # the config alone is read
     assert "has no config.json or model_config.json" in _problems(spec)["model.model_name_or_path"]
     (d / "config.json").write_text("{not json")
     assert "not readable JSON" in _problems(spec)["model.model_name_or_path"]
@@ -377,7 +377,7 @@ def test_model_directory_without_a_config_or_with_broken_json(tmp_path):
 def test_model_directory_overrides_and_binary_head(tmp_path):
     d = _model_dir(tmp_path, {**_DIR_CONFIG, "num_attention_heads": 5, "type_vocab_size": 1})
     spec = base_spec(tmp_path)
-    spec["model"] = {"model_name_or_path": str(d), "num_attention_heads": 8}
+    spec["model"] = {"model_name_or_path": str(d), "random_init": True, "num_attention_heads": 8}
     spec["data"]["masking"] = {"binary_head": False}
     _validate_dict(spec)  # 96 / 8 heads, and one token type is enough without sentence order
 
@@ -444,7 +444,7 @@ def test_effective_shape_matches_what_the_trainer_builds(tmp_path):
     ]
     for model, vocab_file in cases:
         spec = base_spec(tmp_path, train={"max_seq_len": 64})
-        spec["model"] = model
+        spec["model"] = {**model, "random_init": True}  # the architectures (and overrides) from scratch
         spec["data"] = {"input_prefix": spec["data"]["input_prefix"], **({"vocab_file": vocab_file} if vocab_file else {})}
         s = _validate_dict(spec, check_paths=False)
         shape, problems = effective_model_shape(s)

@@ -25,7 +25,7 @@ def _spec(**train):
         "name": "engines", "output_dir": "/tmp/unused-engines",
         "cluster": {"backend": "local", "time": "01:00:00", "requeue": {"signal_lead_s": 30}},
         "data": {"input_prefix": "/nonexistent/x", "masking": {"max_predictions_per_seq": PRED}},
-        "model": {"model_name_or_path": "ernie-1.0-base-zh", "vocab_size": VOCAB, "hidden_size": 32,
+        "model": {"model_name_or_path": "ernie-1.0-base-zh", "random_init": True, "vocab_size": VOCAB, "hidden_size": 32,
                   "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
                   "max_position_embeddings": SEQ, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
         "train": {"device": "cpu", "engine": "static", "max_seq_len": SEQ, "micro_batch_size": 2,

@@ -66,7 +66,7 @@ def tiny_spec(tmp: Path, data: Dict[str, str], *, engine: str = "static", nodes:
         "cluster": {"backend": "local", "time": "01:00:00", "requeue": {"signal_lead_s": 30}},
         "resources": {"nodes": nodes, "gpus_per_node": 0},
         "data": {**data, "split": "90,8,2", "masking": {"max_predictions_per_seq": 10}},
-        "model": {"model_name_or_path": "ernie-1.0-base-zh", "hidden_size": 64, "num_hidden_layers": 2,
+        "model": {"model_name_or_path": "ernie-1.0-base-zh", "random_init": True, "hidden_size": 64, "num_hidden_layers": 2,
                   "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 128,
                   "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout},
         "train": {"device": "cpu", "engine": engine, "max_seq_len": 64, "micro_batch_size": 4,

@@ -32,7 +32,6 @@ rank 0 writes, so a test can SIGKILL a trainer in the middle of a save.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -46,6 +45,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from ..durable import fsync_dir, fsync_file, replace_dir, sha256_file  # noqa: F401 - part of this module's API
 
 log = logging.getLogger("ernie_cluster.train")
 
@@ -96,38 +97,6 @@ class Collective:
 # ---------------------------------------------------------------------------
 # small file-system helpers
 # ---------------------------------------------------------------------------
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -508,14 +477,7 @@ def write_model_dir(out_dir: Path, model_state: Dict[str, np.ndarray], write_ext
             if f.is_file():
                 fsync_file(f)
         fsync_dir(tmp)
-        if out_dir.exists():
-            aside = out_dir.parent / f".old.{out_dir.name}.{int(time.time() * 1000)}"
-            os.replace(out_dir, aside)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-        fsync_dir(out_dir.parent)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,11 +1,14 @@
-"""ERNIE 1.0 for pretraining, built from a config (never downloaded), and our criterion.
+"""ERNIE 1.0 for pretraining, built from a config (never downloaded), its starting weights, and our criterion.
 
 Both engines use the same pieces:
 
 * `model_config(spec)` -> a plain dict for `paddlenlp.transformers.ErnieConfig`:
   a built-in shape (``ernie-1.0-base-zh``: vocab 18000, hidden 768, 12 layers, 12 heads,
   intermediate 3072, max_position 513, type_vocab 2, relu) or a local model directory's
-  ``config.json``/``model_config.json``, then the spec's ``model.*`` overrides;
+  config (any layout `ernie_cluster.weights.resolve_model_dir` recognises), then the spec's
+  ``model.*`` overrides (which a directory's weights must fit);
+* `starting_weights(spec, shapes)` -> the directory's weights by structured name and a
+  `StartingWeightsReport` (every tensor accounted for), or None for ``model.random_init``;
 * `create_model(config_dict)` -> ``ErnieForPretraining`` (in static or dynamic mode);
 * `pretraining_losses(...)` -> masked-LM loss ``sum(ce*w)/max(sum(w),1)`` plus the
   sentence-order loss when ``binary_head``.
@@ -16,18 +19,14 @@ self_attn.q_proj.weight``); the static engine maps them to generated variable na
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
-
 log = logging.getLogger("ernie_cluster.train")
 
 CONFIG_FILES = ("config.json", "model_config.json")
-WEIGHTS_FILE = "model_state.pdparams"
 
 # The feeds of one micro-batch, in the order the static program declares them.
 FEED_SPECS: Tuple[Tuple[str, str], ...] = (
@@ -71,50 +70,103 @@ def padded(n: int, multiple: int = 8) -> int:
 
 
 def local_model_dir(spec) -> Optional[Path]:
-    """The model directory, or None for a built-in config (decided without importing paddle when possible)."""
+    """The model directory (or the reference's ``static_vars`` prefix), or None for a built-in architecture."""
     from ..spec import BUILTIN_MODELS
 
     name = spec.model.model_name_or_path
     if name in BUILTIN_MODELS:
         return None
-    path = Path(name)
-    if path.is_dir():
+    path = Path(name).expanduser()
+    if path.is_dir() or Path(f"{path}.pdparams").is_file() or (path.is_file() and path.name == "static_vars.pdparams"):
         return path
     if is_builtin(name):
         return None
-    if not path.is_dir():
-        raise ModelSetupError(f"model.model_name_or_path {name!r} is neither a built-in config "
-                              f"({', '.join(sorted(builtin_configs()))}) nor a local directory")
-    return path
+    raise ModelSetupError(f"model.model_name_or_path {name!r} is neither a built-in config "
+                          f"({', '.join(sorted(builtin_configs()))}) nor a local directory")
 
 
-def _read_dir_config(path: Path) -> Dict[str, Any]:
-    for fname in CONFIG_FILES:
-        f = path / fname
-        if f.is_file():
-            data = json.loads(f.read_text(encoding="utf-8"))
-            data = data.get("init_args", [data])[0] if "init_args" in data else data  # very old layout
-            return {k: v for k, v in data.items() if not k.startswith("_") and k not in ("architectures", "paddlenlp_version", "init_class")}
-    raise ModelSetupError(f"{path} has no {' or '.join(CONFIG_FILES)}; it is not a model directory")
+def model_source(spec):
+    """The recognised model directory training starts from (`weights.ModelSource`), or None when the run
+    starts from random weights (``model.random_init``). A built-in name without random_init is refused."""
+    from ..weights import WeightsError, resolve_model_dir
+
+    m = spec.model
+    if m.random_init:
+        return None
+    d = local_model_dir(spec)
+    if d is None:
+        from ..spec import builtin_without_weights
+
+        raise ModelSetupError(builtin_without_weights(m.model_name_or_path))
+    try:
+        return resolve_model_dir(d)
+    except WeightsError as exc:
+        raise ModelSetupError(f"model.model_name_or_path: {exc}") from None
+
+
+def _directory_description(spec):
+    """The model directory's config and vocab, as a `weights.ModelSource` without weights (None for a built-in).
+
+    Only the no-checkpoint start reads the weights (`starting_weights`): a resumed run needs the config and
+    the vocab, not the starting tensors.
+    """
+    from ..weights import VOCAB_NAME, ModelSource, WeightsError, model_dir_config, read_vocab_tokens
+
+    d = local_model_dir(spec)
+    if d is None:
+        return None
+    try:
+        cfg, origin = model_dir_config(d)
+        directory = d if d.is_dir() else d.parent
+        vocab = directory / VOCAB_NAME if (directory / VOCAB_NAME).is_file() else None
+        return ModelSource(path=directory, layout="config", weights_format="", weight_files=(), config=dict(cfg),
+                           config_origin=origin, vocab_file=vocab,
+                           vocab_size=len(read_vocab_tokens(vocab)) if vocab is not None else None)
+    except WeightsError as exc:
+        raise ModelSetupError(f"model.model_name_or_path: {exc}") from None
 
 
 def vocab_file_for(spec) -> Optional[Path]:
-    if spec.data.vocab_file:
-        return Path(spec.data.vocab_file)
-    d = local_model_dir(spec)
-    if d is not None and (d / "vocab.txt").is_file():
-        return d / "vocab.txt"
-    return None
+    """The run's vocab: data.vocab_file, else the model directory's vocab.txt. Starting from a directory's
+    weights, a data.vocab_file whose tokens differ from its vocab.txt is refused (naming both files)."""
+    d = _directory_description(spec)
+    if spec.model.random_init or d is None:
+        if spec.data.vocab_file:
+            return Path(spec.data.vocab_file)
+        return d.vocab_file if d is not None else None
+    from ..weights import WeightsError, check_vocab
+
+    try:
+        return check_vocab(d, spec.data.vocab_file).vocab_file
+    except WeightsError as exc:
+        raise ModelSetupError(str(exc)) from None
+
+
+def check_run_vocab(spec):
+    """The vocab check against the tokenized corpus (its recorded ``vocab_sha256``): `weights.VocabCheck`."""
+    from ..weights import WeightsError, check_vocab
+
+    vocab = vocab_file_for(spec)
+    if vocab is None:
+        raise ModelSetupError("no vocab file: set data.vocab_file (or use a model directory with vocab.txt)")
+    d = None if spec.model.random_init else _directory_description(spec)
+    try:
+        return check_vocab(d, vocab, corpus_prefix=spec.data.input_prefix)
+    except WeightsError as exc:
+        raise ModelSetupError(str(exc)) from None
 
 
 def model_config(spec) -> Dict[str, Any]:
     """The ErnieConfig kwargs for this spec (dropouts and shape overrides applied)."""
     m = spec.model
-    d = local_model_dir(spec)
-    if d is None:
-        cfg = dict(builtin_configs()[m.model_name_or_path])
-    else:
-        cfg = _read_dir_config(d)
+    d = _directory_description(spec)
+    cfg = dict(builtin_configs()[m.model_name_or_path]) if d is None else dict(d.config)
+    if d is not None and not m.random_init:  # the weights must fit: an override may only repeat the directory's value
+        for key in _CONFIG_KEYS:
+            value = getattr(m, key)
+            if value is not None and key in cfg and int(cfg[key]) != int(value):
+                raise ModelSetupError(f"model.{key} {value} differs from {key} {cfg[key]} in {d.config_origin}: "
+                                      f"the starting weights would not fit; drop model.{key}")
     vocab_file = vocab_file_for(spec)
     n_vocab = read_vocab_size(vocab_file) if vocab_file is not None else None
     if m.vocab_size is not None:
@@ -140,41 +192,30 @@ def model_config(spec) -> Dict[str, Any]:
     return cfg
 
 
+def starting_weights(spec, expected_shapes: Dict[str, Tuple[int, ...]], fresh=None):
+    """(weights by structured name, StartingWeightsReport) of the model directory, or None with model.random_init.
+
+    Every parameter of `expected_shapes` comes from the directory with its shape, or the load is refused
+    (ModelSetupError listing every problem); heads it lacks come from `fresh` (the engine's own
+    initialisation) only with model.allow_missing_heads.
+    """
+    from ..weights import WeightsError, load_starting_weights
+
+    source = model_source(spec)
+    if source is None:
+        return None
+    try:
+        return load_starting_weights(source, expected_shapes, allow_missing_heads=spec.model.allow_missing_heads,
+                                     fresh=fresh)
+    except WeightsError as exc:
+        raise ModelSetupError(str(exc)) from None
+
+
 def create_model(config: Dict[str, Any]):
     """ErnieForPretraining from a config dict (works under static and dynamic mode)."""
     from paddlenlp.transformers import ErnieConfig, ErnieForPretraining
 
     return ErnieForPretraining(ErnieConfig(**config))
-
-
-def initial_weights(spec) -> Optional[Dict[str, np.ndarray]]:
-    """Structured-name weights from a local model directory's model_state.pdparams, if any."""
-    d = local_model_dir(spec)
-    if d is None or not (d / WEIGHTS_FILE).is_file():
-        return None
-    import paddle
-
-    state = paddle.load(str(d / WEIGHTS_FILE), return_numpy=True)
-    return {k: np.asarray(v) for k, v in state.items()}
-
-
-def match_initial_weights(weights: Dict[str, np.ndarray], shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, np.ndarray]:
-    """Map a model directory's weights onto our structured names (ErnieModel-only files lack 'ernie.')."""
-    out: Dict[str, np.ndarray] = {}
-    for key, value in weights.items():
-        name = key if key in shapes else ("ernie." + key if "ernie." + key in shapes else None)
-        if name is None:
-            log.warning("initial weights: %s is not a parameter of ErnieForPretraining; ignored", key)
-            continue
-        if tuple(value.shape) != tuple(shapes[name]):
-            raise ModelSetupError(f"initial weights: {key} has shape {tuple(value.shape)}, the model expects "
-                                  f"{tuple(shapes[name])}; the model directory does not match model.* in the spec")
-        out[name] = value
-    missing = sorted(set(shapes) - set(out))
-    if missing:
-        level = logging.WARNING if any(not m.startswith("cls.") for m in missing) else logging.INFO
-        log.log(level, "initial weights: %d parameters keep their random init: %s", len(missing), ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
-    return out
 
 
 def no_decay(structured_name: str) -> bool:

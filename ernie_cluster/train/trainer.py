@@ -2,8 +2,11 @@
 
 Start-up: read RUN/spec.yaml, write the pid file, install the stop-flag handlers, open the
 datasets, build the engine (static Fleet or dynamic data parallel), resume from the newest
-complete compatible checkpoint (rank 0 chooses, all ranks agree), else initialise from
-the model directory's weights when there are any.
+complete compatible checkpoint (rank 0 chooses, all ranks agree), else start from the
+model directory's weights (every tensor, verified: `model.starting_weights`; logged as
+`initialised weights from <dir>: <summary>`, evaluated on the validation split at step 0,
+recorded in VisualDL and in every checkpoint's trainer_state.json), or from random weights
+with model.random_init.
 
 Loop, at every step boundary: the ranks agree (one max all-reduce) on "continue / stop
 signal / non-finite loss"; a stop saves a checkpoint at that boundary and exits 0 with
@@ -132,7 +135,7 @@ class Trainer:
         from .data import close_stream, eval_micro_batches, open_datasets, train_stream
         from .engine_common import paddle_seed_scheme
         from .metrics import Metrics
-        from .model import initial_weights, match_initial_weights, model_config
+        from .model import check_run_vocab, model_config, starting_weights
         from .schedule import LRSchedule
 
         spec, dist, run = self.spec, self.dist, self.run
@@ -152,6 +155,9 @@ class Trainer:
         config = model_config(spec)
         schedule = LRSchedule.from_spec(spec)
         datasets = open_datasets(spec, run.data_cache, is_builder=dist.rank == 0)
+        vocab = check_run_vocab(spec)  # the corpus's recorded vocab must be the run's (and the model's)
+        if dist.rank == 0:
+            log.info("%s", vocab.summary())
         # A re-tokenized or edited corpus under the same prefix would silently shift the data position.
         corpus = datasets["train"].indexed
         compat_key = dict(spec.compat_key(), corpus={"documents": corpus.n_docs, "tokens": corpus.n_tokens})
@@ -176,6 +182,8 @@ class Trainer:
                 "rank 0 refused the newest checkpoint (incompatible spec); see its log")
         step = 0
         resumed_from = None
+        starting: Optional[Dict[str, Any]] = None  # what step 0 started from (trainer_state "starting_weights")
+        start_report = None
         if choice >= 0:
             from .checkpoint import step_dir_name
 
@@ -200,21 +208,41 @@ class Trainer:
             if st.get("spec_sha256") != spec.sha256():
                 log.info("the spec changed since the checkpoint (compatible fields only)")
             log.info("resumed from %s: step %d, consumed samples %d", path, step, st.get("consumed_samples", -1))
+            starting = st.get("starting_weights")
+            if dist.rank == 0 and isinstance(starting, dict):
+                log.info("this run started from %s", _describe_start(starting))
         else:
             import random
 
             random.seed(t.seed + dist.rank)
             np.random.seed((t.seed + dist.rank) % (2 ** 32))
-            init = initial_weights(spec)
-            if init is not None:
-                engine.set_model_state(match_initial_weights(init, engine.param_shapes()), strict=False)
-                log.info("initialised weights from %s", spec.model.model_name_or_path)
+            started = starting_weights(spec, engine.param_shapes(), fresh=engine.model_state)
+            if started is None:
+                starting = {"random_init": True, "architecture": spec.model.model_name_or_path}
+                log.info("random initialisation (model.random_init: true): architecture of %s, seed %d; no weights "
+                         "are read", spec.model.model_name_or_path, t.seed)
+            else:
+                weights, start_report = started
+                engine.set_model_state(weights, strict=True)
+                del weights
+                _verify_loaded(engine, start_report)
+                starting = start_report.as_dict()
+                log.info("initialised weights from %s: %s", spec.model.model_name_or_path, start_report.summary())
+                for note in start_report.notes:
+                    log.info("starting weights: %s", note)
+                if start_report.fresh_heads:
+                    log.warning("starting weights: %d pretraining head tensor(s) are not in %s and start from a fresh "
+                                "initialisation (model.allow_missing_heads): %s", len(start_report.fresh_heads),
+                                start_report.path, ", ".join(start_report.fresh_heads))
         self.step = step
 
         metrics = Metrics(rank=dist.rank, visualdl_dir=run.visualdl, global_batch_size=spec.global_batch_size,
                           seq_len=t.max_seq_len, max_steps=t.max_steps, logging_freq=t.logging_freq, use_amp=t.use_amp)
         # What produced these curves, beside them in VisualDL (per attempt: a resume may change max_steps).
         metrics.text("config/spec", spec.to_yaml(), step)
+        if not resumed_from:
+            metrics.text("init/starting_weights", start_report.text() if start_report is not None
+                         else _describe_start(starting or {}), 0)
         last_saved = step if resumed_from else None
         last_snapshot = None
         nonfinite_run = 0
@@ -236,7 +264,7 @@ class Trainer:
                 "spec_sha256": spec.sha256(), "compat_key": compat_key, "engine": engine.name,
                 "world_size": dist.world_size, "dp_degree": spec.dp_degree, "accumulate_steps": spec.accumulate_steps,
                 "paddle_version": paddle.__version__, "paddlenlp_version": nlp_version, "model_config": config,
-                "saved_at": time.time(), "max_steps": t.max_steps,
+                "saved_at": time.time(), "max_steps": t.max_steps, "starting_weights": starting,
             }
 
         def save(at: int) -> None:
@@ -285,6 +313,9 @@ class Trainer:
         stop_at_step = int(stop_at) if stop_at else None
         crash_step, _, crash_marker = os.environ.get(CRASH_ONCE_ENV, "").partition(":")
         log.info("start-up took %.1fs; training steps %d -> %d", time.time() - t_start, step, t.max_steps)
+        if start_report is not None and t.eval_iters > 0:
+            # where DAPT starts: the loaded model's loss on this corpus's validation split, before any step
+            evaluate("valid", 0, 0, t.eval_iters * spec.accumulate_steps)
         stream = train_stream(spec, datasets["train"], dist, step) if step < t.max_steps else None
         try:
             code = collective.max_int(CODE_STOP if self.stop else CODE_CONTINUE)
@@ -346,6 +377,26 @@ class Trainer:
         finally:
             close_stream(stream)
             metrics.close()
+
+
+def _verify_loaded(engine, report) -> None:
+    """The engine's parameters must be the loaded tensors, bit for bit (the report's checksum; fresh heads aside)."""
+    from ..weights import tensor_checksum
+    from .model import ModelSetupError
+
+    fresh = set(report.fresh_heads)
+    got = tensor_checksum({k: v for k, v in engine.model_state().items() if k not in fresh})
+    if got != report.checksum:
+        raise ModelSetupError(f"the {engine.name} engine's parameters after loading {report.path} have sha256 "
+                              f"{got[:16]}, the loaded tensors {report.checksum[:16]}: the weights did not arrive")
+
+
+def _describe_start(starting: Dict[str, Any]) -> str:
+    if starting.get("random_init"):
+        return f"random weights (model.random_init), architecture of {starting.get('architecture')}"
+    fresh = starting.get("fresh_heads") or []
+    return (f"{starting.get('path')} ({starting.get('layout')}, {starting.get('n_tensors')} tensors, sha256 "
+            f"{str(starting.get('checksum'))[:16]}{f', {len(fresh)} fresh head tensors' if fresh else ''})")
 
 
 def batch_digest(micro_batches) -> str:

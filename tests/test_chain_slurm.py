@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slurm
@@ -131,9 +132,10 @@ def test_two_node_chain_completes_with_wiring_status_and_logs(tmp_path, cleanup)
 def test_failed_training_cancels_the_conversion_and_status_says_why(tmp_path, cleanup):
     data = tmp_path / "broken"
     data.mkdir()
-    # Files that pass the submit-side checks but are not a corpus: a real error inside the job.
+    # A corpus that passes the submit-side checks (its index reads; submit never opens the ids) but is
+    # broken inside: a real error inside the job.
     (data / "c_ids.npy").write_bytes(b"not a numpy file")
-    (data / "c_idx.npz").write_bytes(b"nor this")
+    np.savez(data / "c_idx.npz", lens=np.array([3, 4], dtype=np.int32), docs=np.array([0, 1, 2], dtype=np.int64))
     vocab = REPO / "jobs" / "data" / "toy" / "vocab.txt"
     job = submit(tmp_path, "fails", f"data.input_prefix={data / 'c'}", "data.raw_corpus=null", f"data.vocab_file={vocab}")
     cleanup += [job["train"], job["convert"]]

@@ -9,8 +9,10 @@ node to the wrong master), so those are removed too.
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Dict, List, Mapping, Tuple
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Tuple
 
 SECRET_NAME = re.compile(
     r"(?:^|_)(?:TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIALS?|AUTH)(?:_|$)", re.IGNORECASE)
@@ -42,3 +44,21 @@ def launcher_environment(env: Mapping[str, str]) -> Tuple[Dict[str, str], List[s
         else:
             kept[name] = value
     return kept, sorted(secrets), sorted(overrides)
+
+
+def source_checkout() -> Optional[Path]:
+    """The source checkout this ernie_cluster is imported from, or None when it is installed (a wheel)."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() and (root / "data_tools").is_dir() else None
+
+
+def child_pythonpath(env: Mapping[str, str]) -> str:
+    """PYTHONPATH for the interpreters this package starts (trainers, tokenizer), which import
+    `ernie_cluster` and `data_tools` with a working directory of their own.
+
+    Installed as a wheel, they come from the interpreter's site-packages: PYTHONPATH stays as it is.
+    Run from a checkout (`python -m ernie_cluster` there, or an editable install whose finder another
+    interpreter lacks), the checkout goes first, so the children import the same code as this process.
+    """
+    checkout = source_checkout()
+    return os.pathsep.join(p for p in (str(checkout) if checkout else "", env.get("PYTHONPATH", "")) if p)

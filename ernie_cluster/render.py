@@ -1,7 +1,7 @@
 """Render a validated spec into what would be submitted, without submitting anything.
 
 Two forms of the same request:
-- plain sbatch scripts from `templates/` (for people who run `sbatch` themselves), and
+- plain sbatch scripts from `ernie_cluster/templates/` (for people who run `sbatch` themselves), and
 - submitit executor parameters plus the sbatch text submitit will generate from them.
 
 Every value that reaches a shell line goes through `shlex.quote` (the `q` filter); every value on an
@@ -22,7 +22,8 @@ import jinja2
 
 from .spec import JobSpec, slurm_time_to_seconds
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+# Package data (pyproject.toml), so an installed wheel carries them too.
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
 
 @dataclass

@@ -28,6 +28,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from ..envvars import child_pythonpath
 from ..rundir import RunDir, write_atomic
 from ..spec import JobSpec
 
@@ -96,7 +97,7 @@ def tokenize_corpus(spec: JobSpec, *, log: Callable[[str], None] = print, python
     cmd = tokenize_command(spec, str(tmp_prefix), python=python, workers=workers or available_cpus(env))
     log(f"tokenizing {spec.data.raw_corpus}: {' '.join(cmd)}")
     run_env = dict(env if env is not None else os.environ)
-    run_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_project_root()), run_env.get("PYTHONPATH", "")) if p)
+    run_env["PYTHONPATH"] = child_pythonpath(run_env)  # the checkout first only when running from one
     out_path = final.parent / f"{tmp_prefix.name}.log"
     try:
         with open(out_path, "w+", encoding="utf-8", errors="replace") as out:
@@ -180,10 +181,6 @@ def prepare_data(spec: JobSpec, run: RunDir, *, log: Callable[[str], None] = pri
     if reason:
         raise DataPrepError(f"stopped before building the sample index maps ({reason})")
     build_index_maps(spec, run, log=log)
-
-
-def _project_root() -> Path:
-    return Path(__file__).resolve().parents[2]
 
 
 class _Heartbeat:

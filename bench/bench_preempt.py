@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ernie_cluster import slurm
+
 from bench.common import REPO, Skip, load_avg, make_row, module_main, slurm_available, slurm_env, summarize
 
 PY = sys.executable
@@ -70,22 +72,25 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
 
 # ------------------------------------------------------------------ slurm ---
 
-def _sh(cmd: List[str], env: Dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+def _answered(out: slurm.Answer) -> slurm.Reply:
+    """Slurm's reply; the benchmark stops when Slurm does not answer (a missing or hung tool)."""
+    if isinstance(out, slurm.NoAnswer):
+        raise RuntimeError(f"{out.args[0]} did not answer: {out.reason}")
+    return out
 
 
 def _queue(env: Dict[str, str]) -> List[Tuple[str, str, str, str]]:
     """(job id, partition, name, state) of every job in squeue."""
-    out = _sh(["squeue", "-h", "-o", "%i|%P|%j|%T"], env)
+    out = _answered(slurm.squeue("%i|%P|%j|%T", env=env))
     return [tuple(line.split("|", 3)) for line in out.stdout.splitlines() if line.count("|") == 3]  # type: ignore[misc]
 
 
 def _job_state(job_id: str, env: Dict[str, str]) -> Optional[str]:
     """squeue state, or the last sacct state once it left the queue; None when neither knows it."""
-    out = _sh(["squeue", "-h", "-j", job_id, "-o", "%T"], env)
+    out = _answered(slurm.squeue("%T", [job_id], env=env))
     if out.returncode == 0 and out.stdout.strip():
         return out.stdout.split()[0]
-    out = _sh(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State"], env)
+    out = _answered(slurm.sacct("State", [job_id], env=env))
     states = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
     return states[-1] if states else None
 
@@ -98,8 +103,8 @@ def _scancel_and_wait(ids: List[str], env: Dict[str, str], timeout: float = 60) 
     deadline = time.monotonic() + timeout
     left = ids
     while True:
-        _sh(["scancel", *left], env)
-        out = _sh(["squeue", "-h", "-j", ",".join(left), "-o", "%i"], env)
+        _answered(slurm.scancel(left, env=env))
+        out = _answered(slurm.squeue("%i", left, env=env))
         left = [i for i in out.stdout.split() if i in ids]
         if not left or time.monotonic() > deadline:
             return left
@@ -236,11 +241,11 @@ def _trial(variant: str, on_signal: bool, tmp: Path, idx: int, env: Dict[str, st
 
         # 2. preempt: a high-priority job that needs both whole nodes
         t0 = time.time()
-        out = _sh(["sbatch", "--parsable", "-p", "high", "-N", "2", "--exclusive", "-c", "4", "-J", "bp-preemptor",
-                   "-o", "/dev/null", "--wrap", "sleep 2"], env)
+        out = _answered(slurm.sbatch(["-p", "high", "-N", "2", "--exclusive", "-c", "4", "-J", "bp-preemptor",
+                                      "-o", "/dev/null", "--wrap", "sleep 2"], env=env))
         if out.returncode != 0:
             raise RuntimeError(f"sbatch of the preempting job failed: {out.stderr.strip()}")
-        high = out.stdout.strip().split(";")[0]
+        high = slurm.parsable_job_id(out)
         submitted.append(high)
         step_at_t0 = tail.last_step
         pre_lines = list(tail.lines)
@@ -329,7 +334,8 @@ def run(quick: bool) -> List[Dict[str, Any]]:
     problem = slurm_available(env)
     if problem:
         raise Skip(f"needs a Slurm controller: {problem}")
-    parts = _sh(["sinfo", "-h", "-o", "%R"], env).stdout.split()
+    names = slurm.sinfo_partitions(env=env, timeout="query")
+    parts = [] if isinstance(names, slurm.NoAnswer) else names
     if not {"low", "high"} <= {p.rstrip("*") for p in parts}:
         raise Skip(f"needs partitions low (PreemptMode=REQUEUE) and high (the local cluster of scripts/local-slurm); "
                    f"this Slurm has {parts}")

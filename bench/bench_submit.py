@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ernie_cluster import slurm
+
 from bench.common import REPO, make_row, measure, module_main, row_from_measure, slurm_available, slurm_env, summarize, \
     time_process
 
@@ -97,17 +99,23 @@ def _tiny_slurm_spec(tmp: Path, partition: str) -> Path:
 
 
 def _sbatch(env: Dict[str, str], partition: str, *extra: str) -> str:
-    out = subprocess.run(["sbatch", "--parsable", "-p", partition, f"--begin={HOLD}", "-J", "bench-sbatch",
-                          "-o", "/dev/null", *extra, "--wrap", "true"],
-                         capture_output=True, text=True, env=env, timeout=60)
-    if out.returncode != 0:
-        raise RuntimeError(f"sbatch failed: {out.stderr.strip()}")
-    return out.stdout.strip().split(";")[0]
+    out = slurm.sbatch(["-p", partition, f"--begin={HOLD}", "-J", "bench-sbatch", "-o", "/dev/null", *extra,
+                        "--wrap", "true"], env=env)
+    if not out.ok:
+        raise RuntimeError(f"sbatch failed: {out.stderr.strip() if out.answered else out.error}")
+    return slurm.parsable_job_id(out)
+
+
+def _answered(out: slurm.Answer) -> slurm.Reply:
+    """Slurm's reply; the benchmark stops when Slurm does not answer (a missing or hung tool)."""
+    if isinstance(out, slurm.NoAnswer):
+        raise RuntimeError(f"{out.args[0]} did not answer: {out.reason}")
+    return out
 
 
 def _pick_partition(env: Dict[str, str]) -> str:
-    out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, env=env, timeout=30)
-    parts = [p.strip().rstrip("*") for p in out.stdout.split() if p.strip()]
+    names = slurm.sinfo_partitions(env=env, timeout="query")
+    parts = [] if isinstance(names, slurm.NoAnswer) else [p.rstrip("*") for p in names]
     return "debug" if "debug" in parts or not parts else parts[0]
 
 
@@ -170,7 +178,7 @@ def bench_submit(quick: bool) -> List[Dict[str, Any]]:
                 for samples, t in ((sb1, t_sb1), (cli, t_cli), (sb2, t_sb2), (inproc, t_lib)):
                     samples.append(t)
             _cancel_runs(run_dirs[-2:], env)  # untimed; keeps the queue short between repeats
-            subprocess.run(["scancel", *job_ids], capture_output=True, env=env, timeout=60)
+            _answered(slurm.scancel(job_ids, env=env))
         m_sb1, m_cli, m_sb2, m_lib = summarize(sb1), summarize(cli), summarize(sb2), summarize(inproc)
         ratio = m_cli["median"] / m_sb1["median"]
         bare = summarize([time_process([PY, "-c", "pass"], env=env) for _ in range(3)])["median"]
@@ -218,7 +226,7 @@ def _scancel_all(run_dirs: List[Path], job_ids: List[str], env: Dict[str, str]) 
     if not ids:
         return
     for _ in range(3):
-        subprocess.run(["scancel", *ids], capture_output=True, env=env, timeout=60)
+        _answered(slurm.scancel(ids, env=env))
         left = _still_queued(ids, env)
         if not left:
             return
@@ -227,8 +235,7 @@ def _scancel_all(run_dirs: List[Path], job_ids: List[str], env: Dict[str, str]) 
 
 
 def _still_queued(job_ids: List[str], env: Dict[str, str]) -> List[str]:
-    out = subprocess.run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T"], capture_output=True, text=True,
-                         env=env, timeout=60)
+    out = _answered(slurm.squeue("%i %T", job_ids, env=env))
     return [line.split()[0] for line in out.stdout.splitlines()
             if line.split() and line.split()[-1] not in ("CANCELLED", "COMPLETED", "FAILED")]
 

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", help="print exactly what would be submitted; submits nothing")
     _add_spec_args(p)
-    p.add_argument("--sbatch", action="store_true", help="print only the plain sbatch scripts from templates/")
+    p.add_argument("--sbatch", action="store_true", help="print only the plain sbatch scripts from ernie_cluster/templates/")
     p.add_argument("--out", help="also write the sbatch scripts into this directory")
 
     p = sub.add_parser("submit", help="create the run directory and submit training + conversion")
@@ -95,19 +95,15 @@ def _warn(args: argparse.Namespace, warnings: List[str], *, refused: bool = Fals
 
 def _check_partition(spec: JobSpec) -> Optional[str]:
     """When Slurm answers, the partitions must exist there."""
-    import shutil
-    import subprocess
+    from . import slurm
 
     wanted = {p for p in (spec.cluster.partition, spec.cluster.convert_partition) if p}
-    if spec.cluster.backend != "slurm" or not wanted or not shutil.which("sinfo"):
+    if spec.cluster.backend != "slurm" or not wanted:
         return None
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=15)
-    except (OSError, subprocess.TimeoutExpired):
+    names = slurm.sinfo_partitions()
+    if isinstance(names, slurm.NoAnswer):  # no sinfo here, or it failed: nothing to check against
         return None
-    if out.returncode != 0:
-        return None
-    known = {line.strip().rstrip("*") for line in out.stdout.splitlines() if line.strip()}
+    known = {name.rstrip("*") for name in names}
     unknown = sorted(wanted - known)
     if unknown:
         return f"cluster.partition: {', '.join(unknown)} not in this cluster's partitions: {', '.join(sorted(known))}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,7 +12,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .rundir import RunDir
-from .submit import slurm_jobs
+from . import slurm
+from .slurm import job_states as slurm_jobs
 
 
 class RunNotFound(Exception):
@@ -25,33 +25,6 @@ def open_run(path: str) -> RunDir:
     if not run.state.exists():
         raise RunNotFound(f"{run.root} is not a run directory (no state.json); pass the directory `submit` printed")
     return run
-
-
-def slurm_attempts(job_id: str) -> List[Dict[str, str]]:
-    """Every attempt of a job as sacct records it (--duplicates lists requeued attempts too)."""
-    try:
-        out = subprocess.run(
-            ["sacct", "-n", "-P", "-X", "--duplicates", "-j", job_id, "-o", "JobID,State,ExitCode,Start,End,NodeList"],
-            capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    rows = []
-    for line in out.stdout.splitlines():
-        parts = line.split("|")
-        if len(parts) == 6 and parts[0] == job_id:
-            rows.append(dict(zip(("job_id", "state", "exit_code", "start", "end", "nodes"), parts)))
-    return rows
-
-
-def restart_count(job_id: str) -> Optional[int]:
-    try:
-        out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    for token in out.stdout.split():
-        if token.startswith("Restarts="):
-            return int(token.split("=", 1)[1])
-    return None
 
 
 def last_checkpoint(run: RunDir) -> Optional[Dict[str, Any]]:
@@ -107,9 +80,9 @@ def collect_status(run: RunDir) -> RunStatus:
                 continue
             job_state, reason = found.get(jid, ("UNKNOWN", ""))
             row: Dict[str, Any] = {"kind": kind, "job_id": jid, "state": job_state, "reason": reason}
-            history = slurm_attempts(jid)
+            history = slurm.job_attempts(jid)
             row["slurm_attempts"] = history
-            restarts = restart_count(jid)
+            restarts = slurm.restart_count(jid)
             row["restarts"] = restarts if restarts is not None else max(0, len(history) - 1)
             if kind == "train":
                 row["logs"] = str(run.slurm / jid)
@@ -216,6 +189,14 @@ def show_logs(run: RunDir, *, follow: bool = False, lines: int = 40, out=sys.std
                 positions[path] = size
 
 
+def _scancel(job_ids: List[str], *, sig: Optional[str] = None) -> None:
+    """scancel, its messages left on the terminal; its refusals are ignored, but one that could not run
+    (not on PATH, or hung past the timeout) stops the cancel loudly rather than report jobs as cancelled."""
+    out = slurm.scancel(job_ids, signal=sig, capture=False)
+    if isinstance(out, slurm.NoAnswer):
+        raise OSError(f"scancel did not answer: {out.reason}")
+
+
 def cancel_run(run: RunDir, *, grace_s: float = 180.0, log=lambda message: None) -> List[str]:
     """Stop a run. Slurm: cancel the conversion; ask running training to checkpoint and stop (USR2 to its
     steps, recorded as cancelled: no requeue), wait up to `grace_s` for that, then scancel what is left.
@@ -236,7 +217,7 @@ def cancel_run(run: RunDir, *, grace_s: float = 180.0, log=lambda message: None)
         return done
     train_id, convert_id = state.get("train_job_id"), state.get("convert_job_id")
     if convert_id:
-        subprocess.run(["scancel", str(convert_id)], check=False)
+        _scancel([str(convert_id)])
         done.append(str(convert_id))
     if not train_id:
         return done
@@ -245,7 +226,7 @@ def cancel_run(run: RunDir, *, grace_s: float = 180.0, log=lambda message: None)
     run.write_state(state)
     if grace_s > 0 and slurm_jobs([train_id]).get(train_id, ("", ""))[0] == "RUNNING":
         before = len(run.read_attempts())
-        subprocess.run(["scancel", "--signal=USR2", train_id], check=False)
+        _scancel([train_id], sig="USR2")
         log(f"asked training job {train_id} to checkpoint and stop (up to {grace_s:.0f}s)")
         deadline = time.time() + grace_s
         while time.time() < deadline:
@@ -255,6 +236,6 @@ def cancel_run(run: RunDir, *, grace_s: float = 180.0, log=lambda message: None)
         attempts = run.read_attempts()[before:]
         if attempts:
             log(f"training stopped at step {attempts[-1].get('step')} ({attempts[-1].get('cause') or attempts[-1].get('reason')})")
-    subprocess.run(["scancel", train_id], check=False)
+    _scancel([train_id])
     done.append(train_id)
     return done

@@ -23,40 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 
 from .envvars import PADDLE_LAUNCH_OVERRIDES, is_secret
+from .slurm import slurm_time_to_seconds  # noqa: F401  (the one Slurm time parser; stdlib only)
 
 # ---------------------------------------------------------------------------
 # Schema
 # ---------------------------------------------------------------------------
 
-_SLURM_TIME = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+)(?::(\d+))?$")
 _MEM = re.compile(r"^\d+[KMGT]?$")
 _SIGNALS = ("USR1", "USR2", "TERM", "INT")
-
-
-def slurm_time_to_seconds(value: str) -> int:
-    """Parse Slurm's time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
-    if not isinstance(value, str):
-        raise ValueError("must be a string such as '24:00:00' or '2-00:00:00'")
-    text = value.strip()
-    if "-" in text:
-        days_text, rest = text.split("-", 1)
-        if not days_text.isdigit():
-            raise ValueError(f"{value!r} is not a Slurm time")
-        days = int(days_text)
-        parts = rest.split(":")
-        if not all(p.isdigit() for p in parts) or len(parts) > 3:
-            raise ValueError(f"{value!r} is not a Slurm time")
-        h, m, s = (list(map(int, parts)) + [0, 0])[:3]
-        return ((days * 24 + h) * 60 + m) * 60 + s
-    parts = text.split(":")
-    if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
-        raise ValueError(f"{value!r} is not a Slurm time; use minutes, 'MM:SS', 'HH:MM:SS' or 'D-HH:MM:SS'")
-    nums = list(map(int, parts))
-    if len(nums) == 1:
-        return nums[0] * 60
-    if len(nums) == 2:
-        return nums[0] * 60 + nums[1]
-    return (nums[0] * 60 + nums[1]) * 60 + nums[2]
 
 
 # C0 controls (tab too), DEL, C1 controls (NEL U+0085 among them) and the Unicode line/paragraph separators.

@@ -10,16 +10,16 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional
 
 from .render import RenderedRun, convert_executor_params, render, submitit_folder
 from .procs import pid_alive
 from .rundir import RunDir, write_atomic
+from .slurm import job_states as slurm_jobs  # kept under its old name: tests and callers import it from here
 from .spec import JobSpec
 
 ALIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
@@ -36,44 +36,6 @@ class Submission:
     backend: str
     train_job_id: Optional[str]
     convert_job_id: Optional[str]
-
-
-def slurm_jobs(job_ids: List[str]) -> Dict[str, Tuple[str, str]]:
-    """(state, pending reason) of each job: squeue for live jobs, sacct for finished ones.
-
-    A job neither answers for is UNKNOWN when either command failed (Slurm unreachable), so that a
-    caller deciding "is this run alive?" never mistakes "could not ask" for "finished".
-    """
-    ids = [j for j in job_ids if j]
-    if not ids:
-        return {}
-    jobs: Dict[str, Tuple[str, str]] = {}
-    answered = True
-    try:
-        out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T|%r"], capture_output=True, text=True,
-                             timeout=30)
-        for line in out.stdout.splitlines():
-            parts = line.split("|")
-            if len(parts) == 3:
-                jobs[parts[0]] = (parts[1], "" if parts[2] in ("None", "(null)") else parts[2])
-    except (OSError, subprocess.TimeoutExpired):
-        answered = False  # squeue exits non-zero for purged job ids: only a crash or timeout means "no answer"
-    missing = [j for j in ids if j not in jobs]
-    if missing:
-        try:
-            out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(missing), "-o", "JobID,State"],
-                                 capture_output=True, text=True, timeout=30)
-            answered = answered and out.returncode == 0
-            for line in out.stdout.splitlines():
-                parts = line.split("|")
-                if len(parts) == 2 and parts[0] in missing:
-                    jobs[parts[0]] = (parts[1].split()[0], "")
-        except (OSError, subprocess.TimeoutExpired):
-            answered = False
-        if not answered:
-            for j in missing:
-                jobs.setdefault(j, ("UNKNOWN", "squeue/sacct did not answer"))
-    return jobs
 
 
 def live_jobs(run: RunDir) -> List[str]:

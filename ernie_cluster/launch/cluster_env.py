@@ -17,14 +17,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import shutil
 import socket
-import subprocess
 import time
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, List, Mapping, Optional, Sequence
+
+from .. import slurm
 
 MASTER_ADDR_ENV = "ERNIE_CLUSTER_MASTER_ADDR"
 LOCAL_JOB_ID_ENV = "ERNIE_CLUSTER_LOCAL_JOB_ID"
@@ -177,14 +177,7 @@ def default_resolver(name: str) -> Optional[str]:
 
 def _scontrol_node_addr(name: str, env: Mapping[str, str]) -> Optional[str]:
     """NodeAddr of a Slurm node (for emulated or unlisted node names)."""
-    exe = shutil.which("scontrol", path=env.get("PATH"))
-    if not exe:
-        return None
-    try:
-        out = subprocess.run([exe, "show", "node", name, "-o"], capture_output=True, text=True,
-                             timeout=15, env=dict(env))
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+    out = slurm.show_node(name, env=env)
     match = re.search(r"\bNodeAddr=(\S+)", out.stdout)
     if not match:
         return None
@@ -209,25 +202,7 @@ def node_address(name: str, env: Mapping[str, str], *,
 
 def parse_slurm_duration(text: str) -> Optional[int]:
     """squeue %L / %l values: `[D-]HH:MM:SS`, `MM:SS`; None for UNLIMITED, NOT_SET, INVALID."""
-    text = (text or "").strip()
-    if not text or not re.fullmatch(r"(\d+-)?\d+(:\d+){0,2}", text):
-        return None
-    days = 0
-    if "-" in text:
-        d, text = text.split("-", 1)
-        days = int(d)
-        parts = [int(p) for p in text.split(":")]
-        parts += [0] * (3 - len(parts))  # D-H, D-H:M, D-H:M:S
-        h, m, s = parts
-    else:
-        parts = [int(p) for p in text.split(":")]
-        if len(parts) == 3:
-            h, m, s = parts
-        elif len(parts) == 2:
-            h, (m, s) = 0, parts
-        else:
-            h, m, s = 0, 0, parts[0]
-    return ((days * 24 + h) * 60 + m) * 60 + s
+    return slurm.parse_duration(text)
 
 
 Runner = Callable[[Sequence[str]], Optional[str]]
@@ -235,14 +210,8 @@ Runner = Callable[[Sequence[str]], Optional[str]]
 
 def _run_text(env: Mapping[str, str]) -> Runner:
     def run(args: Sequence[str]) -> Optional[str]:
-        exe = shutil.which(args[0], path=env.get("PATH"))
-        if not exe:
-            return None
-        try:
-            out = subprocess.run([exe, *args[1:]], capture_output=True, text=True, timeout=20, env=dict(env))
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout if out.returncode == 0 else None
+        out = slurm.call(args, timeout="node", env=env)
+        return out.stdout if out.ok else None
     return run
 
 

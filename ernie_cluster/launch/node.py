@@ -46,7 +46,7 @@ from ..spec import JobSpec, load_frozen
 from . import attempt as att
 from .cluster_env import ClusterEnvError, ClusterEnvironment, detect_environment, node_address
 from .command import TRAIN_MODULE, CommandError, build_launch_command
-from ..envvars import launcher_environment
+from ..envvars import child_pythonpath, launcher_environment
 from ..procs import pid_alive, start_ticks
 from .prepare import DataPrepError, marker, prepare_data, run_preparation, wait_for_data
 
@@ -95,10 +95,6 @@ def _ignore_stop_signals() -> None:  # runs in the child between fork and exec
 def _ignore_all_stop_signals() -> None:
     for sig in HANDLED_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-
-
-def _project_root() -> Path:
-    return Path(__file__).resolve().parents[2]
 
 
 def _env_float(env: Dict[str, str], name: str, default: Optional[float]) -> Optional[float]:
@@ -385,7 +381,7 @@ class NodeLauncher:
             "ERNIE_CLUSTER_ATTEMPT": cenv.attempt,
             "ERNIE_CLUSTER_TRAIN_LOCK_HELD": str(run.train_lock),
             "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join(p for p in (str(_project_root()), env.get("PYTHONPATH", "")) if p),
+            "PYTHONPATH": child_pythonpath(env),  # the checkout first only when running from one
         })
         rc, note = self._supervise(argv, child_env, control, cenv, spec)
         outcome = att.classify_node(att.read_control_dir(control), spec.resources.trainers_per_node, rc,
@@ -766,20 +762,11 @@ class NodeLauncher:
         return self._slurm_command(cenv, "scontrol", "requeue", cenv.job_id)
 
     def _slurm_command(self, cenv: ClusterEnvironment, program: str, *args: str) -> tuple:
-        import shutil
+        from .. import slurm
 
-        exe = shutil.which(program, path=cenv.env.get("PATH"))
-        if not exe:
-            return False, f"{program} not found on PATH"
-        try:
-            # Ignore TERM while it runs: Slurm may TERM the whole job at the same moment (preemption).
-            proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=60,
-                                  env=dict(cenv.env), preexec_fn=_ignore_all_stop_signals)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return False, str(exc)
-        if proc.returncode != 0:
-            return False, (proc.stderr or proc.stdout).strip() or f"exit {proc.returncode}"
-        return True, ""
+        # Ignore TERM while it runs: Slurm may TERM the whole job at the same moment (preemption).
+        out = slurm.call([program, *args], timeout="action", env=cenv.env, preexec_fn=_ignore_all_stop_signals)
+        return (True, "") if out.ok else (False, out.error)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -4,7 +4,11 @@
 - `command`: the exact `paddle.distributed.launch` command line for a node
 - `prepare`: data preparation on node 0, waiting for it on the others
 - `attempt`: how an attempt ended, and whether it may be requeued
-- `node`: `NodeLauncher` and `python -m ernie_cluster.launch`
+- `lock`: one live run per run directory (the node's lock on it)
+- `supervise`: paddle's launcher and the trainers under it: signals forwarded by pid, stops, watchdogs
+- `exchange`: node-to-node results and node 0's decision, through files in the attempt directory
+- `results`: what a node launcher returns
+- `node`: `NodeLauncher` (one attempt, top to bottom) and `python -m ernie_cluster.launch`
 
 Nothing here imports paddle: this runs on the node before any trainer.
 """

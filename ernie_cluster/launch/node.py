@@ -29,17 +29,14 @@ policy denied a requeue, 75 stopped cleanly (requeue requested on Slurm; restart
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, IO, List, Optional, Sequence
 
 from ..rundir import RunDir, write_atomic
 from ..spec import JobSpec, load_frozen
@@ -47,64 +44,22 @@ from . import attempt as att
 from .cluster_env import ClusterEnvError, ClusterEnvironment, detect_environment, node_address
 from .command import TRAIN_MODULE, CommandError, build_launch_command
 from ..envvars import child_pythonpath, launcher_environment
-from ..procs import pid_alive, start_ticks
+from .exchange import (ATTEMPT_DECISION, HANDLED_SIGNALS, NODE_RESULT, collect_peers, failed_peer, slurm_command,
+                       wait_for_decision, write_decision, write_node_result)
+from .exchange import ignore_all_stop_signals as _ignore_all_stop_signals
+from .lock import acquire_run_lock, release_run_lock
 from .prepare import DataPrepError, marker, prepare_data, run_preparation, wait_for_data
+from .results import AttemptFailed, LaunchResult
+from .supervise import STOP_SIGNAL, Supervisor, stop_grace
+from .supervise import env_float as _env_float
+from .supervise import ignore_stop_signals as _ignore_stop_signals
 
 CONTROL_DIR_ENV = "ERNIE_CLUSTER_CONTROL_DIR"
 TRAIN_MODULE_ENV = "ERNIE_CLUSTER_TRAIN_MODULE"  # test hook: run another module in place of ernie_cluster.train
-STOP_SIGNAL = signal.SIGUSR2  # what trainers receive for every stop request
 STOP_REQUESTED_ENV = "ERNIE_CLUSTER_STOP_REQUESTED"  # set by train.sbatch when the warning came before srun
-HANDLED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
-NODE_RESULT = "node_result.json"
-ATTEMPT_DECISION = "attempt.json"  # node 0's verdict for the attempt, next to the node<k> directories
 
-
-class AttemptFailed(RuntimeError):
-    """Raised by `NodeLauncher.__call__` on Slurm when the attempt did not complete and is not requeued."""
-
-    def __init__(self, result: "LaunchResult"):
-        self.result = result
-        super().__init__(f"training attempt {result.reason}"
-                         f"{' (' + result.action + ')' if result.action not in ('none', '') else ''}: "
-                         f"{result.message} [exit code {result.exit_code}]")
-
-
-@dataclass
-class LaunchResult:
-    reason: str  # completed | stopped | failed
-    exit_code: int
-    job_id: Optional[str] = None
-    restart: Optional[int] = None
-    node_rank: Optional[int] = None
-    step: Optional[int] = None
-    cause: Optional[str] = None  # see attempt's docstring: preempted | timeout | launcher-died | crashed ...
-    action: str = "none"  # none | requeue | requeue-denied | requeue-failed
-    message: str = ""
-    signal: Optional[str] = None  # the stop signal that came from outside; None when none did
-    log_dir: Optional[str] = None
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-
-def _ignore_stop_signals() -> None:  # runs in the child between fork and exec
-    for sig in (signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_IGN)
-
-
-def _ignore_all_stop_signals() -> None:
-    for sig in HANDLED_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-
-
-def _env_float(env: Dict[str, str], name: str, default: Optional[float]) -> Optional[float]:
-    value = env.get(name)
-    if value in (None, ""):
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        return default
+__all__ = ["ATTEMPT_DECISION", "AttemptFailed", "CONTROL_DIR_ENV", "HANDLED_SIGNALS", "LaunchResult", "NODE_RESULT",
+           "NodeLauncher", "STOP_REQUESTED_ENV", "STOP_SIGNAL", "TRAIN_MODULE_ENV", "main"]
 
 
 class NodeLauncher:
@@ -146,7 +101,7 @@ class NodeLauncher:
 
     def _reset(self) -> None:
         self._signals: List[tuple] = []
-        self._lock_handle = None
+        self._lock_handle: Optional[IO[str]] = None
         self._logfile: Optional[Path] = None
         self._prefix = "[ernie_cluster.launch]"
         self._remaining_at_signal: Optional[float] = None
@@ -223,37 +178,18 @@ class NodeLauncher:
 
     def _acquire_lock(self, run: RunDir, cenv: ClusterEnvironment) -> Optional[str]:
         """Take RUN/train.lock; None on success, else who holds it. Writes nothing when it fails."""
-        run.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run.train_lock, os.O_RDWR | os.O_CREAT, 0o644)
-        handle = os.fdopen(fd, "r+", encoding="utf-8")
-        for tries_left in range(10, -1, -1):  # `submit` probes the lock for an instant: retry briefly
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if tries_left:
-                    time.sleep(0.2)
-        else:
-            try:
-                holder = handle.read().strip() or "(no details)"
-            except OSError:
-                holder = "(unreadable)"
-            handle.close()
-            return holder
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"job_id": cenv.job_id, "restart": cenv.restart_count, "host": socket.gethostname(),
-                                 "pid": os.getpid(), "since": time.time()}) + "\n")
-        handle.flush()
-        self._lock_handle = handle
-        return None
+        handle, holder = acquire_run_lock(run, cenv)
+        if handle is not None:
+            self._lock_handle = handle
+        return holder
 
     def _release_lock(self) -> None:
         if self._lock_handle is not None:
             try:
-                self._lock_handle.close()  # closing releases the flock
+                release_run_lock(self._lock_handle)  # closing releases the flock
             finally:
                 self._lock_handle = None
+
 
     # ------------------------------------------------------------------ the attempt
 
@@ -426,197 +362,15 @@ class NodeLauncher:
     # ------------------------------------------------------------------ supervising the paddle launcher
 
     def _grace(self, env: Dict[str, str], spec: JobSpec, remaining: Optional[float], local: bool) -> float:
-        configured = self.stop_grace_s if self.stop_grace_s is not None else _env_float(env, "ERNIE_CLUSTER_STOP_GRACE_S", None)
-        if configured is not None:
-            return float(configured)
-        if local:
-            return 300.0
-        # A safety net against hung trainers only: Slurm's own TERM/KILL end the allocation anyway,
-        # so never cut a checkpoint short before that (at least 60 s).
-        lead = spec.cluster.requeue.signal_lead_s
-        if remaining is None:
-            return max(60.0, lead - 10.0)
-        return max(60.0, min(max(2.0 * lead, 300.0), remaining - 30.0))
+        return stop_grace(self.stop_grace_s, env, spec, remaining, local)
 
     def _supervise(self, argv: List[str], child_env: Dict[str, str], control: Path,
                    cenv: ClusterEnvironment, spec: JobSpec) -> tuple:
-        env = child_env
-        try:
-            child = subprocess.Popen(argv, env=child_env, start_new_session=True, preexec_fn=_ignore_stop_signals)
-        except OSError as exc:
-            self._log(f"ERROR: cannot start {argv[0]}: {exc}")
-            return None, f"cannot start the launcher: {exc}"
-        child_ticks = start_ticks(child.pid) or 0
-        self._log(f"started launcher pid {child.pid}")
-        signalled: set = set()
-        handled = 0
-        stop_at: Optional[float] = None
-        escalate_at: Optional[float] = None
-        kill_at: Optional[float] = None
-        term_sent = False
-        note = ""
-        start_timeout = self.start_timeout_s if self.start_timeout_s is not None else \
-            _env_float(env, "ERNIE_CLUSTER_START_TIMEOUT_S", 1800.0)
-        start_deadline = time.monotonic() + float(start_timeout)
-        next_peer_check = 0.0
-
-        def trainer_pids() -> Dict[int, int]:
-            pids = att.read_control_dir(control).pids
-            live = {}
-            for rank, pid in pids.items():
-                ticks = start_ticks(pid)
-                if pid_alive(pid) and (ticks is None or ticks >= child_ticks):
-                    live[rank] = pid
-            seen = time.time()
-            for rank in live:  # which trainer ended first tells a cause from its consequences
-                self._alive_until[rank] = seen
-            return live
-
-        def forward(pids: Dict[int, int], only_new: bool) -> None:
-            for rank, pid in sorted(pids.items()):
-                if only_new and pid in signalled:
-                    continue
-                try:
-                    os.kill(pid, STOP_SIGNAL)
-                    signalled.add(pid)
-                    self._log(f"sent {STOP_SIGNAL.name} to trainer rank {rank} (pid {pid})")
-                except ProcessLookupError:
-                    pass
-
-        def handle_signals() -> None:
-            nonlocal handled, stop_at, escalate_at
-            while handled < len(self._signals):
-                signum, when = self._signals[handled]
-                handled += 1
-                name = signal.Signals(signum).name
-                if stop_at is None:
-                    stop_at = when
-                    self._log(f"received {name}: asking the trainers to save at the next step boundary and stop")
-                    forward(trainer_pids(), only_new=False)
-                    remaining = None
-                    if cenv.is_slurm and cenv.node_rank == 0:
-                        end = cenv.refresh_end_time()
-                        remaining = None if end is None else end - when
-                        self._remaining_at_signal = remaining
-                        self._preempted_at_signal = cenv.query_preempted()
-                        self._log(f"time left in the allocation when {name} arrived: "
-                                  f"{'unknown' if remaining is None else f'{remaining:.0f}s'}; "
-                                  f"being preempted: {self._preempted_at_signal}")
-                    elif cenv.is_slurm and cenv.end_time is not None:
-                        remaining = cenv.end_time - when
-                    grace = self._grace(env, spec, remaining, not cenv.is_slurm)
-                    escalate_at = time.monotonic() + grace
-                    self._log(f"waiting up to {grace:.0f}s for the trainers to stop")
-                else:
-                    self._log(f"received {name} again")
-                    forward(trainer_pids(), only_new=False)
-                    if signum in (signal.SIGINT, signal.SIGTERM) and not cenv.is_slurm:
-                        escalate_at = time.monotonic()  # a second Ctrl-C / TERM locally: stop now
-
-        def escalate(now: float) -> None:
-            nonlocal term_sent, kill_at
-            if not term_sent:
-                self._log("trainers did not stop in time: sending SIGTERM to the paddle launcher")
-                try:
-                    child.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                for pid in trainer_pids().values():
-                    try:
-                        os.kill(pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
-                term_sent = True
-                kill_at = now + self.kill_after_s
-            elif kill_at is not None and now >= kill_at:
-                self._log("sending SIGKILL to the paddle launcher and the remaining trainers")
-                for pid in [child.pid, *trainer_pids().values()]:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                kill_at = None
-
-        while child.poll() is None:
-            handle_signals()
-            trainer_pids()
-            now = time.monotonic()
-            if stop_at is not None:
-                forward(trainer_pids(), only_new=True)  # trainers that registered after the signal
-                if escalate_at is not None and now >= escalate_at:
-                    escalate(now)
-            elif now >= start_deadline and len(att.read_control_dir(control).ready) < spec.resources.trainers_per_node:
-                note = (f"the trainers were not all past their first collective within {start_timeout:.0f}s "
-                        f"(rendezvous at {cenv.main_address}:{cenv.main_port}?)")
-                self._log(f"ERROR: {note}; stopping the launcher")
-                self._start_failed = note
-                self._stopped_itself = True
-                start_deadline = float("inf")
-                escalate_at = now
-                escalate(now)
-            if cenv.num_nodes > 1 and now >= next_peer_check and not term_sent:
-                next_peer_check = now + 2.0
-                failed_peer = self._failed_peer(control.parent.parent, cenv)
-                if failed_peer:
-                    note = f"node {failed_peer[0]} failed: {failed_peer[1]}"
-                    self._log(f"ERROR: {note}; stopping this node's launcher")
-                    self._peer_failed = note
-                    self._stopped_itself = True
-                    escalate_at = now
-                    escalate(now)
-            if term_sent and kill_at is not None and now >= kill_at:
-                escalate(now)
-            time.sleep(self.poll_s)
-        rc = child.returncode
-        self._log(f"paddle launcher exited with {rc}")
-
-        # Trainers run in their own sessions: make sure none outlives the launcher.
-        leftover = trainer_pids()
-        if leftover:
-            self._log(f"trainers still running after the launcher exited: {sorted(leftover.values())}")
-            if stop_at is None:
-                if not term_sent:  # nothing asked it to stop: the paddle launcher died under its trainers
-                    self._orphaned = sorted(leftover)
-                    self._log(f"paddle.distributed.launch died (exit {rc}) with no stop signal: asking trainer "
-                              f"ranks {self._orphaned} to save at the next step boundary and stop")
-                self._stopped_itself = True
-                forward(leftover, only_new=False)
-            grace = 60.0 if stop_at is None else max(10.0, (escalate_at or time.monotonic()) - time.monotonic())
-            deadline = time.monotonic() + grace
-            sent_term = False
-            while leftover:
-                handle_signals()
-                now = time.monotonic()
-                if now >= deadline and not sent_term:
-                    for pid in leftover.values():
-                        try:
-                            os.kill(pid, signal.SIGTERM)
-                        except ProcessLookupError:
-                            pass
-                    sent_term, deadline = True, now + min(15.0, self.kill_after_s)
-                elif now >= deadline and sent_term:
-                    for pid in leftover.values():
-                        try:
-                            os.kill(pid, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
-                    break
-                time.sleep(self.poll_s)
-                leftover = trainer_pids()
-        handle_signals()
-        return rc, note
+        return Supervisor(self, argv, child_env, control, cenv, spec).run()
 
     def _failed_peer(self, attempt_dir: Path, cenv: ClusterEnvironment) -> Optional[tuple]:
-        for k in range(cenv.num_nodes):
-            if k == cenv.node_rank:
-                continue
-            try:
-                data = json.loads((attempt_dir / f"node{k}" / NODE_RESULT).read_text())
-            except (OSError, ValueError):
-                continue
-            if data.get("reason") == "failed":
-                return k, data.get("message", "")
-        return None
+        return failed_peer(attempt_dir, cenv)
+
 
     # ------------------------------------------------------------------ after the attempt
 
@@ -627,7 +381,7 @@ class NodeLauncher:
                 started: float, rc: Optional[int], node_dir: Path) -> LaunchResult:
         outcome = self._outside_signal(outcome)
         own = dict(outcome.to_dict(), launcher_exit_code=rc, node=cenv.node_name, time=time.time())
-        write_atomic(node_dir / NODE_RESULT, json.dumps(own, sort_keys=True) + "\n")
+        write_node_result(node_dir, own)
         self._log(f"node outcome: {outcome.reason} at step {outcome.step}: {outcome.message}")
         if cenv.node_rank != 0:
             code = {"completed": att.EXIT_OK, "stopped": att.EXIT_STOPPED}.get(outcome.reason, att.EXIT_FAILED)
@@ -700,8 +454,7 @@ class NodeLauncher:
             # Before `scontrol requeue`: the requeue SIGTERMs this job's processes, srun kills its tasks.
             run.record_attempt(record)
             exit_code = att.exit_code_for(total.reason, record["action"])
-            write_atomic(node_dir.parent / ATTEMPT_DECISION,
-                         json.dumps(dict(record, exit_code_node=exit_code), sort_keys=True) + "\n")
+            write_decision(node_dir.parent, dict(record, exit_code_node=exit_code))
             return exit_code
 
         code = publish()
@@ -724,49 +477,17 @@ class NodeLauncher:
                             signal=record["signal"], log_dir=str(node_dir))
 
     def _wait_for_decision(self, attempt_dir: Path) -> Optional[Dict[str, Any]]:
-        deadline = time.monotonic() + self.peer_wait_s + 30.0
-        while time.monotonic() < deadline:
-            try:
-                return json.loads((attempt_dir / ATTEMPT_DECISION).read_text())
-            except (OSError, ValueError):
-                time.sleep(0.5)
-        self._log("node 0 published no decision for this attempt; exiting with this node's own status")
-        return None
+        return wait_for_decision(attempt_dir, self.peer_wait_s, self._log)
 
     def _collect_peers(self, run: RunDir, cenv: ClusterEnvironment, spec: JobSpec) -> Dict[int, att.NodeOutcome]:
         """Wait (bounded) for the other nodes' results; classify a silent node from its control dir."""
-        attempt_dir = run.attempt_log_dir(cenv.job_id, cenv.restart_count, 0).parent
-        deadline = time.monotonic() + self.peer_wait_s
-        found: Dict[int, att.NodeOutcome] = {}
-        while True:
-            for k in range(1, cenv.num_nodes):
-                if k in found:
-                    continue
-                try:
-                    data = json.loads((attempt_dir / f"node{k}" / NODE_RESULT).read_text())
-                    found[k] = att.NodeOutcome.from_dict(data)
-                except (OSError, ValueError):
-                    pass
-            if len(found) == cenv.num_nodes - 1 or time.monotonic() >= deadline:
-                break
-            time.sleep(0.5)
-        for k in range(1, cenv.num_nodes):
-            if k not in found:
-                state = att.read_control_dir(attempt_dir / f"node{k}" / "control")
-                found[k] = att.classify_node(state, spec.resources.trainers_per_node, None,
-                                             note=f"node {k} reported no result within {self.peer_wait_s:.0f}s")
-                self._log(f"node {k} reported no result; from its trainers' records: {found[k].reason}")
-        return found
+        return collect_peers(run, cenv, spec, self.peer_wait_s, self._log)
 
     def _scontrol_requeue(self, cenv: ClusterEnvironment) -> tuple:
         return self._slurm_command(cenv, "scontrol", "requeue", cenv.job_id)
 
     def _slurm_command(self, cenv: ClusterEnvironment, program: str, *args: str) -> tuple:
-        from .. import slurm
-
-        # Ignore TERM while it runs: Slurm may TERM the whole job at the same moment (preemption).
-        out = slurm.call([program, *args], timeout="action", env=cenv.env, preexec_fn=_ignore_all_stop_signals)
-        return (True, "") if out.ok else (False, out.error)
+        return slurm_command(cenv, program, *args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,246 @@
+"""Process supervision: run paddle's launcher, forward stop signals to the trainers, escalate, reap."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
+
+from ..procs import pid_alive, start_ticks
+from ..spec import JobSpec
+from . import attempt as att
+from .cluster_env import ClusterEnvironment
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .node import NodeLauncher
+
+STOP_SIGNAL = signal.SIGUSR2  # what trainers receive for every stop request
+
+
+def ignore_stop_signals() -> None:  # runs in the child between fork and exec
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def env_float(env: Dict[str, str], name: str, default: Optional[float]) -> Optional[float]:
+    value = env.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        return default
+
+
+def stop_grace(configured_s: Optional[float], env: Dict[str, str], spec: JobSpec, remaining: Optional[float],
+               local: bool) -> float:
+    """How long the trainers get to save and stop after a stop signal before the launcher is TERMed."""
+    configured = configured_s if configured_s is not None else env_float(env, "ERNIE_CLUSTER_STOP_GRACE_S", None)
+    if configured is not None:
+        return float(configured)
+    if local:
+        return 300.0
+    # A safety net against hung trainers only: Slurm's own TERM/KILL end the allocation anyway,
+    # so never cut a checkpoint short before that (at least 60 s).
+    lead = spec.cluster.requeue.signal_lead_s
+    if remaining is None:
+        return max(60.0, lead - 10.0)
+    return max(60.0, min(max(2.0 * lead, 300.0), remaining - 30.0))
+
+
+class Supervisor:
+    """One run of the paddle launcher; records what happened on the `NodeLauncher` it serves."""
+
+    def __init__(self, launcher: "NodeLauncher", argv: List[str], child_env: Dict[str, str], control: Path,
+                 cenv: ClusterEnvironment, spec: JobSpec):
+        self.launcher = launcher
+        self.argv = argv
+        self.env = child_env
+        self.control = control
+        self.cenv = cenv
+        self.spec = spec
+        self.child: Optional["subprocess.Popen[bytes]"] = None
+        self.child_ticks = 0
+        self.signalled: Set[int] = set()
+        self.handled = 0
+        self.stop_at: Optional[float] = None
+        self.escalate_at: Optional[float] = None
+        self.kill_at: Optional[float] = None
+        self.term_sent = False
+        self.note = ""
+
+    def _log(self, message: str) -> None:
+        self.launcher._log(message)
+
+    def trainer_pids(self) -> Dict[int, int]:
+        pids = att.read_control_dir(self.control).pids
+        live = {}
+        for rank, pid in pids.items():
+            ticks = start_ticks(pid)
+            if pid_alive(pid) and (ticks is None or ticks >= self.child_ticks):
+                live[rank] = pid
+        seen = time.time()
+        for rank in live:  # which trainer ended first tells a cause from its consequences
+            self.launcher._alive_until[rank] = seen
+        return live
+
+    def forward(self, pids: Dict[int, int], only_new: bool) -> None:
+        for rank, pid in sorted(pids.items()):
+            if only_new and pid in self.signalled:
+                continue
+            try:
+                os.kill(pid, STOP_SIGNAL)
+                self.signalled.add(pid)
+                self._log(f"sent {STOP_SIGNAL.name} to trainer rank {rank} (pid {pid})")
+            except ProcessLookupError:
+                pass
+
+    def handle_signals(self) -> None:
+        launcher, cenv = self.launcher, self.cenv
+        while self.handled < len(launcher._signals):
+            signum, when = launcher._signals[self.handled]
+            self.handled += 1
+            name = signal.Signals(signum).name
+            if self.stop_at is None:
+                self.stop_at = when
+                self._log(f"received {name}: asking the trainers to save at the next step boundary and stop")
+                self.forward(self.trainer_pids(), only_new=False)
+                remaining = None
+                if cenv.is_slurm and cenv.node_rank == 0:
+                    end = cenv.refresh_end_time()
+                    remaining = None if end is None else end - when
+                    launcher._remaining_at_signal = remaining
+                    launcher._preempted_at_signal = cenv.query_preempted()
+                    self._log(f"time left in the allocation when {name} arrived: "
+                              f"{'unknown' if remaining is None else f'{remaining:.0f}s'}; "
+                              f"being preempted: {launcher._preempted_at_signal}")
+                elif cenv.is_slurm and cenv.end_time is not None:
+                    remaining = cenv.end_time - when
+                grace = launcher._grace(self.env, self.spec, remaining, not cenv.is_slurm)
+                self.escalate_at = time.monotonic() + grace
+                self._log(f"waiting up to {grace:.0f}s for the trainers to stop")
+            else:
+                self._log(f"received {name} again")
+                self.forward(self.trainer_pids(), only_new=False)
+                if signum in (signal.SIGINT, signal.SIGTERM) and not cenv.is_slurm:
+                    self.escalate_at = time.monotonic()  # a second Ctrl-C / TERM locally: stop now
+
+    def escalate(self, now: float) -> None:
+        child = self.child
+        assert child is not None
+        if not self.term_sent:
+            self._log("trainers did not stop in time: sending SIGTERM to the paddle launcher")
+            try:
+                child.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            for pid in self.trainer_pids().values():
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            self.term_sent = True
+            self.kill_at = now + self.launcher.kill_after_s
+        elif self.kill_at is not None and now >= self.kill_at:
+            self._log("sending SIGKILL to the paddle launcher and the remaining trainers")
+            for pid in [child.pid, *self.trainer_pids().values()]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.kill_at = None
+
+    def run(self) -> Tuple[Optional[int], str]:
+        """Start the paddle launcher and supervise it to the end: (its exit code or None, a note)."""
+        launcher, cenv, spec, control = self.launcher, self.cenv, self.spec, self.control
+        try:
+            child = subprocess.Popen(self.argv, env=self.env, start_new_session=True, preexec_fn=ignore_stop_signals)
+        except OSError as exc:
+            self._log(f"ERROR: cannot start {self.argv[0]}: {exc}")
+            return None, f"cannot start the launcher: {exc}"
+        self.child = child
+        self.child_ticks = start_ticks(child.pid) or 0
+        self._log(f"started launcher pid {child.pid}")
+        start_timeout = launcher.start_timeout_s if launcher.start_timeout_s is not None else \
+            env_float(self.env, "ERNIE_CLUSTER_START_TIMEOUT_S", 1800.0)
+        start_deadline = time.monotonic() + float(start_timeout)
+        next_peer_check = 0.0
+
+        while child.poll() is None:
+            self.handle_signals()
+            self.trainer_pids()
+            now = time.monotonic()
+            if self.stop_at is not None:
+                self.forward(self.trainer_pids(), only_new=True)  # trainers that registered after the signal
+                if self.escalate_at is not None and now >= self.escalate_at:
+                    self.escalate(now)
+            elif now >= start_deadline and len(att.read_control_dir(control).ready) < spec.resources.trainers_per_node:
+                note = (f"the trainers were not all past their first collective within {start_timeout:.0f}s "
+                        f"(rendezvous at {cenv.main_address}:{cenv.main_port}?)")
+                self.note = note
+                self._log(f"ERROR: {note}; stopping the launcher")
+                launcher._start_failed = note
+                launcher._stopped_itself = True
+                start_deadline = float("inf")
+                self.escalate_at = now
+                self.escalate(now)
+            if cenv.num_nodes > 1 and now >= next_peer_check and not self.term_sent:
+                next_peer_check = now + 2.0
+                failed_peer = launcher._failed_peer(control.parent.parent, cenv)
+                if failed_peer:
+                    note = f"node {failed_peer[0]} failed: {failed_peer[1]}"
+                    self.note = note
+                    self._log(f"ERROR: {note}; stopping this node's launcher")
+                    launcher._peer_failed = note
+                    launcher._stopped_itself = True
+                    self.escalate_at = now
+                    self.escalate(now)
+            if self.term_sent and self.kill_at is not None and now >= self.kill_at:
+                self.escalate(now)
+            time.sleep(launcher.poll_s)
+        rc = child.returncode
+        self._log(f"paddle launcher exited with {rc}")
+        self._reap(rc)
+        self.handle_signals()
+        return rc, self.note
+
+    def _reap(self, rc: Optional[int]) -> None:
+        """Trainers run in their own sessions: make sure none outlives the launcher."""
+        launcher = self.launcher
+        leftover = self.trainer_pids()
+        if not leftover:
+            return
+        self._log(f"trainers still running after the launcher exited: {sorted(leftover.values())}")
+        if self.stop_at is None:
+            if not self.term_sent:  # nothing asked it to stop: the paddle launcher died under its trainers
+                launcher._orphaned = sorted(leftover)
+                self._log(f"paddle.distributed.launch died (exit {rc}) with no stop signal: asking trainer "
+                          f"ranks {launcher._orphaned} to save at the next step boundary and stop")
+            launcher._stopped_itself = True
+            self.forward(leftover, only_new=False)
+        grace = 60.0 if self.stop_at is None else \
+            max(10.0, (self.escalate_at or time.monotonic()) - time.monotonic())
+        deadline = time.monotonic() + grace
+        sent_term = False
+        while leftover:
+            self.handle_signals()
+            now = time.monotonic()
+            if now >= deadline and not sent_term:
+                for pid in leftover.values():
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                sent_term, deadline = True, now + min(15.0, launcher.kill_after_s)
+            elif now >= deadline and sent_term:
+                for pid in leftover.values():
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                break
+            time.sleep(launcher.poll_s)
+            leftover = self.trainer_pids()

@@ -186,9 +186,13 @@ def _fake_state(total_mb: float, seed: int = 0):
     rng = np.random.RandomState(seed)
     per = max(1, int(total_mb * 2 ** 20 / 3 / 4 / 100))
     model = {f"ernie.encoder.layers.{i}.w": rng.rand(per).astype("float32") for i in range(100)}
-    opt = {"format": "ernie_cluster.adamw.v1", "loss_scaling": None, "extra": {},
-           "accumulators": {k: {"moment1": v * 0.5, "moment2": v * 0.25, "beta1_pow_acc": np.ones(1, "float32"),
-                                "beta2_pow_acc": np.ones(1, "float32")} for k, v in model.items()}}
+    from ernie_cluster.train.checkpoint import empty_optimizer_state, put_accumulator
+
+    opt = empty_optimizer_state()
+    for k, v in model.items():
+        for kind, value in (("moment1", v * 0.5), ("moment2", v * 0.25), ("beta1_pow_acc", np.ones(1, "float32")),
+                            ("beta2_pow_acc", np.ones(1, "float32"))):
+            put_accumulator(opt, k, kind, value)
     return model, opt
 
 

@@ -59,11 +59,11 @@ def _setup_logging() -> None:
 
 
 def choose_checkpoint(spec, run, checkpoint: Optional[str]):
-    from .train.checkpoint import find_latest, verify_checkpoint
+    from .train.checkpoint import LAST_LINK, find_latest, verify_checkpoint
 
     if checkpoint:
         path = Path(checkpoint)
-        if path.is_symlink() or path.name == "model_last":
+        if path.is_symlink() or path.name == LAST_LINK:
             path = path.resolve()
         ok, reason, info = verify_checkpoint(path, full=True)
         if not ok or info is None:

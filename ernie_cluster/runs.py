@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 from .rundir import RunDir
 from . import slurm
 from .slurm import job_states as slurm_jobs
+from .train.ckpt_names import MANIFEST_FILE, STATE_FILE, STEP_GLOB  # standard library only (no paddle/numpy)
 
 
 class RunNotFound(Exception):
@@ -31,10 +32,10 @@ def last_checkpoint(run: RunDir) -> Optional[Dict[str, Any]]:
     """Newest checkpoint whose manifest was written (the manifest comes last, so it marks completeness)."""
     if not run.checkpoints.is_dir():
         return None
-    for path in sorted(run.checkpoints.glob("step_*"), reverse=True):
-        if (path / "MANIFEST.json").exists():
+    for path in sorted(run.checkpoints.glob(STEP_GLOB), reverse=True):
+        if (path / MANIFEST_FILE).exists():
             try:
-                state = json.loads((path / "trainer_state.json").read_text())
+                state = json.loads((path / STATE_FILE).read_text())
             except (OSError, json.JSONDecodeError):
                 continue
             return {"path": str(path), "step": state.get("step"), "consumed_samples": state.get("consumed_samples")}

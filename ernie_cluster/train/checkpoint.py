@@ -26,6 +26,11 @@ Multi-rank saves: all ranks hold identical parameters (data parallel), so only g
 rank 0 writes the model/optimizer/state files; every rank writes its RNG file; barriers
 order "temp dir exists" -> "all files written" -> "manifest + rename done".
 
+This module is the format's one home: file names and versions (``ckpt_names``, standard
+library only, re-exported here), ``build_trainer_state`` (trainer_state.json) and the
+optimizer-state layout (``ACC_KINDS``, ``ACC_RE``, ``empty_optimizer_state`` ...) both
+engines use.
+
 Test hook: ``ERNIE_CLUSTER_TEST_SLOW_SAVE=<seconds>`` sleeps that long between the files
 rank 0 writes, so a test can SIGKILL a trainer in the middle of a save.
 """
@@ -50,27 +55,73 @@ from ..durable import fsync_dir, fsync_file, replace_dir, sha256_file  # noqa: F
 
 log = logging.getLogger("ernie_cluster.train")
 
-FORMAT_VERSION = 1
-OPT_FORMAT = "ernie_cluster.adamw.v1"
-MODEL_FILE = "model_state.pdparams"
-OPT_FILE = "optimizer.pdopt"
-STATE_FILE = "trainer_state.json"
-MANIFEST_FILE = "MANIFEST.json"
-LAST_LINK = "model_last"
-STEP_RE = re.compile(r"^step_(\d{9})$")
+# File names and format versions live in ckpt_names (standard library only, for submit-side readers).
+from .ckpt_names import (FORMAT_VERSION, LAST_LINK, MANIFEST_FILE, MODEL_FILE, OPT_FILE, OPT_FORMAT,  # noqa: F401,E402
+                         STATE_FILE, STEP_GLOB, STEP_RE, TMP_PREFIX, opt_shard_file, rng_file, step_dir_name)
+
 SLOW_SAVE_ENV = "ERNIE_CLUSTER_TEST_SLOW_SAVE"
 
 
-def opt_shard_file(rank: int) -> str:
-    return f"optimizer_rank{rank:05d}.pdopt"
+# ---------------------------------------------------------------------------
+# trainer_state.json
+# ---------------------------------------------------------------------------
 
 
-def rng_file(rank: int) -> str:
-    return f"rng_rank{rank:05d}.pkl"
+def build_trainer_state(*, step: int, global_batch_size: int, lr_schedule: Dict[str, Any], spec_sha256: str,
+                        compat_key: Dict[str, Any], engine: str, world_size: int, dp_degree: int,
+                        accumulate_steps: int, model_config: Dict[str, Any], max_steps: int,
+                        starting_weights: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The trainer_state.json of a checkpoint at `step` (versions and the save time filled in here)."""
+    import paddle
+
+    try:
+        import paddlenlp
+
+        nlp_version = paddlenlp.__version__
+    except Exception:  # noqa: BLE001
+        nlp_version = None
+    return {
+        "format": FORMAT_VERSION, "step": step, "consumed_samples": step * global_batch_size,
+        "global_batch_size": global_batch_size, "lr_schedule": lr_schedule,
+        "spec_sha256": spec_sha256, "compat_key": compat_key, "engine": engine,
+        "world_size": world_size, "dp_degree": dp_degree, "accumulate_steps": accumulate_steps,
+        "paddle_version": paddle.__version__, "paddlenlp_version": nlp_version, "model_config": model_config,
+        "saved_at": time.time(), "max_steps": max_steps, "starting_weights": starting_weights,
+    }
 
 
-def step_dir_name(step: int) -> str:
-    return f"step_{step:09d}"
+# ---------------------------------------------------------------------------
+# optimizer.pdopt: the engine-neutral AdamW state
+# ---------------------------------------------------------------------------
+
+# Per parameter (by structured/canonical name): these four accumulators.
+ACC_KINDS = ("moment1", "moment2", "beta1_pow_acc", "beta2_pow_acc")
+# A static program's accumulator variable: <parameter variable>_<kind>_<n>.
+ACC_RE = re.compile(r"^(?P<param>.+)_(?P<kind>moment1|moment2|beta1_pow_acc|beta2_pow_acc)_\d+$")
+# AMP dynamic loss scaling ("loss_scaling" in the state): scale, good and bad step counters.
+LOSS_SCALING_KEYS = ("loss_scaling", "num_good_steps", "num_bad_steps")
+
+
+def empty_optimizer_state() -> Dict[str, Any]:
+    """{"format", "accumulators": {name: {kind: array}}, "loss_scaling": None | {key: array}, "extra": {}}."""
+    return {"format": OPT_FORMAT, "accumulators": {}, "loss_scaling": None, "extra": {}}
+
+
+def sharded_optimizer_index(world_size: int, loss_scaling: Any) -> Dict[str, Any]:
+    """optimizer.pdopt of a sharded save: an index; the accumulators are in optimizer_rank<r>.pdopt."""
+    return {"format": OPT_FORMAT, "sharded": world_size, "accumulators": {}, "loss_scaling": loss_scaling, "extra": {}}
+
+
+def put_accumulator(state: Dict[str, Any], name: str, kind: str, value: Any) -> None:
+    state["accumulators"].setdefault(name, {})[kind] = value
+
+
+def get_accumulator(state: Dict[str, Any], name: str, kind: str) -> Any:
+    """The saved `kind` accumulator of parameter `name`; KeyError when the state lacks it."""
+    value = state.get("accumulators", {}).get(name, {}).get(kind)
+    if value is None:
+        raise KeyError(f"optimizer state lacks {kind} of {name}")
+    return value
 
 
 class CheckpointError(RuntimeError):
@@ -341,11 +392,11 @@ class CheckpointManager:
     ) -> Path:
         """Collective: every rank calls it at the same step boundary. Returns the final path."""
         final = self.dir / step_dir_name(step)
-        tmp = self.dir / f".tmp.{step_dir_name(step)}"
+        tmp = self.dir / f"{TMP_PREFIX}{step_dir_name(step)}"
         t0 = time.time()
         if self.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
-            for stale in self.dir.glob(".tmp.step_*"):
+            for stale in self.dir.glob(TMP_PREFIX + STEP_GLOB):
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir()
         self.collective.barrier()
@@ -368,8 +419,7 @@ class CheckpointManager:
                 digests[MODEL_FILE] = pool.submit(_digest_and_fsync, tmp / MODEL_FILE)
                 _slow_save_pause()
                 if shard is not None:
-                    index = {"format": OPT_FORMAT, "sharded": self.world_size, "accumulators": {},
-                             "loss_scaling": shard.get("loss_scaling"), "extra": {}}
+                    index = sharded_optimizer_index(self.world_size, shard.get("loss_scaling"))
                     paddle_save(index, tmp / OPT_FILE, fsync=False)
                 else:
                     paddle_save(optimizer_state(), tmp / OPT_FILE, fsync=False)

@@ -1,19 +1,17 @@
-"""What both engines share: the step result, optimizer-state conversion, seeding."""
+"""What both engines share: the step result, seeding; the optimizer-state layout (from checkpoint.py)."""
 
 from __future__ import annotations
 
 import os
-import re
 import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .checkpoint import OPT_FORMAT
-
-ACC_KINDS = ("moment1", "moment2", "beta1_pow_acc", "beta2_pow_acc")
-ACC_RE = re.compile(r"^(?P<param>.+)_(?P<kind>moment1|moment2|beta1_pow_acc|beta2_pow_acc)_\d+$")
+# The optimizer-state layout has its home in checkpoint.py; re-exported for the engines.
+from .checkpoint import (ACC_KINDS, ACC_RE, LOSS_SCALING_KEYS, empty_optimizer_state, get_accumulator,  # noqa: F401
+                         put_accumulator)
 
 
 @dataclass
@@ -42,10 +40,6 @@ def dropout_seed(base_seed: int, rank: int, step: int, index: int) -> int:
 
 def paddle_seed_scheme(base_seed: int, rank: int) -> Dict[str, Any]:
     return {"scheme": "crc32(seed:rank:step)", "seed": int(base_seed), "rank": int(rank)}
-
-
-def empty_optimizer_state() -> Dict[str, Any]:
-    return {"format": OPT_FORMAT, "accumulators": {}, "loss_scaling": None, "extra": {}}
 
 
 def mean_results(results: List[StepResult]) -> StepResult:

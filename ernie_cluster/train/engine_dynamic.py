@@ -24,7 +24,8 @@ from typing import Any, Dict, List
 import numpy as np
 
 from .checkpoint import Collective
-from .engine_common import ACC_KINDS, StepResult, empty_optimizer_state, gpu_device_id, mean_results, step_seed
+from .engine_common import (ACC_KINDS, StepResult, empty_optimizer_state, get_accumulator, gpu_device_id, mean_results,
+                            put_accumulator, step_seed)
 from .engine_static import make_lr_scheduler
 from .model import canonical_names, create_model, forward_losses, no_decay
 
@@ -151,7 +152,8 @@ class DynamicEngine:
     def optimizer_state(self) -> Dict[str, Any]:
         out = empty_optimizer_state()
         for n in self.canonical:
-            out["accumulators"][n] = {k: self._acc(k, n).numpy() for k in ACC_KINDS}
+            for k in ACC_KINDS:
+                put_accumulator(out, n, k, self._acc(k, n).numpy())
         s = self.scaler.state_dict() if self.scaler is not None else {}
         if s:  # empty when the scaler is disabled (no GPU)
             out["loss_scaling"] = {
@@ -162,14 +164,10 @@ class DynamicEngine:
         return out
 
     def set_optimizer_state(self, state: Dict[str, Any]) -> None:
-        accs = state.get("accumulators", {})
         for n in self.canonical:
             for k in ACC_KINDS:
-                value = accs.get(n, {}).get(k)
-                if value is None:
-                    raise KeyError(f"optimizer state lacks {k} of {n}")
+                value = np.asarray(get_accumulator(state, n, k))
                 acc = self._acc(k, n)
-                value = np.asarray(value)
                 if tuple(acc.shape) != tuple(value.shape):
                     value = value.reshape(acc.shape)
                 acc.set_value(value.astype(acc.numpy().dtype, copy=False))

@@ -31,7 +31,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from .checkpoint import Collective
-from .engine_common import (ACC_KINDS, ACC_RE, StepResult, dropout_seed, empty_optimizer_state, gpu_device_id,
+from .engine_common import (ACC_KINDS, ACC_RE, LOSS_SCALING_KEYS, StepResult, dropout_seed, empty_optimizer_state,
+                            get_accumulator, gpu_device_id, put_accumulator,
                             mean_results, step_seed)
 from .model import FEED_SPECS, canonical_names, create_model, forward_losses, no_decay
 
@@ -278,13 +279,11 @@ class StaticEngine:
             m = ACC_RE.match(name)
             if m and m.group("param") in by_var:
                 self.acc_vars[(by_var[m.group("param")], m.group("kind"))] = name
-            elif name.startswith("loss_scaling_"):
-                self.ls_vars["loss_scaling"] = name
-                self._loss_scaling_var = var
-            elif name.startswith("num_good_steps_"):
-                self.ls_vars["num_good_steps"] = name
-            elif name.startswith("num_bad_steps_"):
-                self.ls_vars["num_bad_steps"] = name
+            elif any(name.startswith(k + "_") for k in LOSS_SCALING_KEYS):
+                key = next(k for k in LOSS_SCALING_KEYS if name.startswith(k + "_"))
+                self.ls_vars[key] = name  # program variable <key>_<n> -> saved loss_scaling[key]
+                if key == "loss_scaling":
+                    self._loss_scaling_var = var
             elif name.startswith("learning_rate_") or "GradientMerge" in name or name.startswith("gradient_merge_"):
                 continue  # set from the schedule / zero at every step boundary
             elif var.type == paddle_var_type_lod_tensor():
@@ -339,21 +338,15 @@ class StaticEngine:
     def optimizer_state(self) -> Dict[str, Any]:
         out = empty_optimizer_state()
         for (n, kind), vname in self.acc_vars.items():
-            out["accumulators"].setdefault(n, {})[kind] = self._get(vname)
+            put_accumulator(out, n, kind, self._get(vname))
         if self.ls_vars:
             out["loss_scaling"] = {k: self._get(v) for k, v in self.ls_vars.items()}
         out["extra"] = {f"static:{v}": self._get(v) for v in self.extra_vars}
         return out
 
     def set_optimizer_state(self, state: Dict[str, Any]) -> None:
-        accs = state.get("accumulators", {})
-        n_set = 0
         for (n, kind), vname in self.acc_vars.items():
-            value = accs.get(n, {}).get(kind)
-            if value is None:
-                raise KeyError(f"optimizer state lacks {kind} of {n}")
-            self._set(vname, value)
-            n_set += 1
+            self._set(vname, get_accumulator(state, n, kind))
         ls = state.get("loss_scaling")
         if ls and self.ls_vars:
             for k, v in self.ls_vars.items():

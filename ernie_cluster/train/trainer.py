@@ -131,7 +131,8 @@ class Trainer:
         import numpy as np  # noqa: F401 - numpy before paddle (paddle 2.6 import-order bug)
 
         from . import control
-        from .checkpoint import CheckpointManager, CheckpointError, IncompatibleCheckpoint, capture_rng, find_latest, restore_rng, verify_checkpoint
+        from .checkpoint import (CheckpointManager, CheckpointError, IncompatibleCheckpoint, build_trainer_state, capture_rng,
+                                 find_latest, restore_rng, verify_checkpoint)
         from .data import close_stream, eval_micro_batches, open_datasets, train_stream
         from .engine_common import paddle_seed_scheme
         from .metrics import Metrics
@@ -250,22 +251,11 @@ class Trainer:
         signal_name = None
 
         def trainer_state(at: int) -> Dict[str, Any]:
-            import paddle
-
-            try:
-                import paddlenlp
-
-                nlp_version = paddlenlp.__version__
-            except Exception:  # noqa: BLE001
-                nlp_version = None
-            return {
-                "format": 1, "step": at, "consumed_samples": at * spec.global_batch_size,
-                "global_batch_size": spec.global_batch_size, "lr_schedule": schedule.state(at),
-                "spec_sha256": spec.sha256(), "compat_key": compat_key, "engine": engine.name,
-                "world_size": dist.world_size, "dp_degree": spec.dp_degree, "accumulate_steps": spec.accumulate_steps,
-                "paddle_version": paddle.__version__, "paddlenlp_version": nlp_version, "model_config": config,
-                "saved_at": time.time(), "max_steps": t.max_steps, "starting_weights": starting,
-            }
+            return build_trainer_state(
+                step=at, global_batch_size=spec.global_batch_size, lr_schedule=schedule.state(at),
+                spec_sha256=spec.sha256(), compat_key=compat_key, engine=engine.name, world_size=dist.world_size,
+                dp_degree=spec.dp_degree, accumulate_steps=spec.accumulate_steps, model_config=config,
+                max_steps=t.max_steps, starting_weights=starting)
 
         def save(at: int) -> None:
             nonlocal last_saved

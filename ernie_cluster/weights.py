@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .train.ckpt_names import MANIFEST_FILE as MANIFEST_NAME, STATE_FILE as TRAINER_STATE_NAME  # one spelling
+
 # ---------------------------------------------------------------------------
 # file names (PaddleNLP 2.8.1: paddlenlp/utils/env.py, transformers/tokenizer_utils_base.py)
 # ---------------------------------------------------------------------------
@@ -65,9 +67,7 @@ TOKENIZER_FILES = (VOCAB_NAME, TOKENIZER_CONFIG_NAME, SPECIAL_TOKENS_MAP_NAME, A
 STATIC_VARS = "static_vars"
 STATIC_PARAMS_SUFFIX = ".pdparams"
 STATIC_CONFIG_YML = "config.yml"          # the reference's model_last/config.yml (model_name, global_step)
-MANIFEST_NAME = "MANIFEST.json"
 CONVERT_REPORT_NAME = "convert_report.json"
-TRAINER_STATE_NAME = "trainer_state.json"
 
 # Weight files in the order PaddleNLP 2.8.1's `_resolve_model_file_path` prefers them in a directory.
 WEIGHT_CANDIDATES: Tuple[Tuple[str, str], ...] = (

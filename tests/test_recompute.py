@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers_batch import random_batch
 from test_train_support import by_step, make_run, run_trainer, tiny_spec, toy_data  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -45,18 +46,7 @@ def _spec(engine: str, use_recompute: bool, dropout: float = 0.1):
 
 
 def _batch(seed: int):
-    rng = np.random.RandomState(seed)
-    b = 2
-    return {
-        "input_ids": rng.randint(5, VOCAB, (b, SEQ)).astype("int64"),
-        "token_type_ids": np.zeros((b, SEQ), "int64"),
-        "position_ids": np.tile(np.arange(SEQ, dtype="int64"), (b, 1)),
-        "attention_mask": np.zeros((b, 1, 1, SEQ), "float32"),
-        "masked_positions": (np.arange(b * PRED) * 3).astype("int64"),
-        "masked_lm_labels": rng.randint(5, VOCAB, (b * PRED, 1)).astype("int64"),
-        "masked_lm_weights": np.ones(b * PRED, "float32"),
-        "next_sentence_labels": np.zeros((b, 1), "int64"),
-    }
+    return random_batch(seed, vocab=VOCAB, seq=SEQ, pred=PRED)
 
 
 def _digest(state) -> str:

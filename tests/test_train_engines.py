@@ -10,6 +10,8 @@ adds AMP's loss-scaling ops but no fp16 casts.
 from __future__ import annotations
 
 import numpy as np
+
+from helpers_batch import random_batch
 import pytest
 import yaml
 
@@ -36,18 +38,7 @@ def _spec(**train):
 
 
 def _batch(seed=0):
-    rng = np.random.RandomState(seed)
-    b = 2
-    return {
-        "input_ids": rng.randint(5, VOCAB, (b, SEQ)).astype("int64"),
-        "token_type_ids": np.zeros((b, SEQ), "int64"),
-        "position_ids": np.tile(np.arange(SEQ, dtype="int64"), (b, 1)),
-        "attention_mask": np.zeros((b, 1, 1, SEQ), "float32"),
-        "masked_positions": (np.arange(b * PRED) * 3).astype("int64"),
-        "masked_lm_labels": rng.randint(5, VOCAB, (b * PRED, 1)).astype("int64"),
-        "masked_lm_weights": np.ones(b * PRED, "float32"),
-        "next_sentence_labels": np.zeros((b, 1), "int64"),
-    }
+    return random_batch(seed, vocab=VOCAB, seq=SEQ, pred=PRED)
 
 
 def _in_fresh_process(fn) -> None:

@@ -10,10 +10,10 @@ adds AMP's loss-scaling ops but no fp16 casts.
 from __future__ import annotations
 
 import numpy as np
-
-from helpers_batch import random_batch
 import pytest
 import yaml
+
+from helpers_batch import random_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

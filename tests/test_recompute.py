@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from helpers_batch import random_batch
-from test_train_support import by_step, make_run, run_trainer, tiny_spec, toy_data  # noqa: F401
+from test_train_support import make_run, stop_and_resume, tiny_spec, toy_data  # noqa: F401 - toy_data: a fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -172,16 +172,8 @@ def test_dynamic_recompute_path_is_taken_and_changes_nothing():
 
 def test_static_stop_and_resume_with_recompute_and_dropout(tmp_path, toy_data):
     spec = tiny_spec(tmp_path, toy_data, dropout=0.1, use_recompute=True, max_steps=8, eval_iters=0)
-    ref_run = make_run(tmp_path / "ref", spec | {"output_dir": str(tmp_path / "ref" / "run")})
-    ref = run_trainer(ref_run, "ref")
-    assert ref.proc.returncode == 0, ref.output[-3000:]
-    run = make_run(tmp_path / "cut", spec | {"output_dir": str(tmp_path / "cut" / "run")})
-    a = run_trainer(run, "a", ERNIE_CLUSTER_TEST_STOP_AT_STEP="3")
-    assert a.proc.returncode == 0 and a.exit_record()["step"] == 3, a.output[-3000:]
-    b = run_trainer(run, "b")
-    assert b.proc.returncode == 0, b.output[-3000:]
+    ref, a, b, r, got = stop_and_resume(tmp_path, spec, 3)
     assert "resumed from" in b.output
-    r, got = by_step(ref.losses()), {**by_step(a.losses()), **by_step(b.losses())}
     assert sorted(got) == list(range(1, 9))
     assert [got[s]["data"] for s in range(1, 9)] == [r[s]["data"] for s in range(1, 9)]
     assert [got[s]["loss"] for s in range(1, 9)] == [r[s]["loss"] for s in range(1, 9)]

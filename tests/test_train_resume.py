@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from test_train_support import Trainer, by_step, make_run, read_jsonl, run_trainer, set_spec, tiny_spec, toy_data  # noqa: F401
+from test_train_support import Trainer, by_step, make_run, read_jsonl, run_trainer, set_spec, stop_and_resume, tiny_spec, toy_data  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -94,15 +94,7 @@ def test_sigusr2_stop_and_exact_resume(baseline, tmp_path):
 
 def test_resume_with_dropout_and_data_workers(baseline, tmp_path, toy_data):
     spec = tiny_spec(tmp_path, toy_data, dropout=0.1, num_workers=2, max_steps=12)
-    ref_run = make_run(tmp_path / "ref", spec | {"output_dir": str(tmp_path / "ref" / "run")})
-    ref = run_trainer(ref_run, "ref")
-    assert ref.proc.returncode == 0, ref.output[-3000:]
-    run = make_run(tmp_path / "cut", spec | {"output_dir": str(tmp_path / "cut" / "run")})
-    a = run_trainer(run, "a", ERNIE_CLUSTER_TEST_STOP_AT_STEP="5")
-    assert a.proc.returncode == 0 and a.exit_record()["step"] == 5, a.output[-3000:]
-    b = run_trainer(run, "b")
-    assert b.proc.returncode == 0, b.output[-3000:]
-    r, got = by_step(ref.losses()), {**by_step(a.losses()), **by_step(b.losses())}
+    ref, a, b, r, got = stop_and_resume(tmp_path, spec, 5)
     assert sorted(got) == list(range(1, 13))
     # the data stream is identical...
     assert [got[s]["data"] for s in range(1, 13)] == [r[s]["data"] for s in range(1, 13)]

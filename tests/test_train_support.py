@@ -156,3 +156,18 @@ def read_jsonl(path: Path) -> List[Dict[str, Any]]:
 
 def by_step(records: List[Dict[str, Any]]) -> Dict[int, Dict[str, Any]]:
     return {r["step"]: r for r in records}
+
+
+def stop_and_resume(tmp: Path, spec: Dict[str, Any], stop_at: int):
+    """An uninterrupted run and the same spec stopped after `stop_at` then resumed.
+
+    Returns (ref, a, b, ref_by_step, cut_by_step); every run must have exited 0 and `a` at `stop_at`.
+    """
+    ref = run_trainer(make_run(tmp / "ref", spec | {"output_dir": str(tmp / "ref" / "run")}), "ref")
+    assert ref.proc.returncode == 0, ref.output[-3000:]
+    run = make_run(tmp / "cut", spec | {"output_dir": str(tmp / "cut" / "run")})
+    a = run_trainer(run, "a", ERNIE_CLUSTER_TEST_STOP_AT_STEP=str(stop_at))
+    assert a.proc.returncode == 0 and a.exit_record()["step"] == stop_at, a.output[-3000:]
+    b = run_trainer(run, "b")
+    assert b.proc.returncode == 0, b.output[-3000:]
+    return ref, a, b, by_step(ref.losses()), {**by_step(a.losses()), **by_step(b.losses())}

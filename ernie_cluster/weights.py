@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from data_tools.vocab import tokens_sha256
+
 from .train.ckpt_names import MANIFEST_FILE as MANIFEST_NAME, STATE_FILE as TRAINER_STATE_NAME  # one spelling
 
 # ---------------------------------------------------------------------------
@@ -184,7 +186,7 @@ def vocab_digest(path: Path) -> str:
 
     The same definition must be used where a corpus records its vocab (``vocab_sha256`` in ``_idx.npz``).
     """
-    return hashlib.sha256("\n".join(read_vocab_tokens(path)).encode("utf-8")).hexdigest()
+    return tokens_sha256(read_vocab_tokens(path))
 
 
 def _first_difference(a: Sequence[str], b: Sequence[str]) -> str:
@@ -536,7 +538,7 @@ def check_vocab(model_source: Optional[ModelSource], vocab_file: Optional[str | 
         where = f"{model_source.path} has no {VOCAB_NAME}" if model_source is not None else "no model directory"
         raise WeightsError(f"no vocab: {where}; set data.vocab_file to the vocab the model was trained with")
     tokens = read_vocab_tokens(chosen)
-    digest = hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
+    digest = tokens_sha256(tokens)
     if model_vocab is not None and vocab_file is not None and Path(vocab_file).resolve() != model_vocab.resolve():
         model_tokens = read_vocab_tokens(model_vocab)
         if model_tokens != tokens:

@@ -539,7 +539,8 @@ def padded_vocab_size(n: int, multiple: int = 8) -> int:
 
 
 def count_vocab_lines(path: Path) -> int:
-    with open(path, encoding="utf-8") as f:  # counted as the trainer counts (train/model.py read_vocab_size)
+    """Lines of a vocab file: its token count, for the spec checks and the trainer alike."""
+    with open(path, encoding="utf-8") as f:
         return sum(1 for _ in f)
 
 

@@ -20,7 +20,6 @@ self_attn.q_proj.weight``); the static engine maps them to generated variable na
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -58,15 +57,6 @@ def builtin_configs() -> Dict[str, Dict[str, Any]]:
 
 def is_builtin(name: str) -> bool:
     return name in builtin_configs()
-
-
-def read_vocab_size(vocab_file: str | Path) -> int:
-    with open(vocab_file, encoding="utf-8") as f:
-        return sum(1 for _ in f)
-
-
-def padded(n: int, multiple: int = 8) -> int:
-    return int(math.ceil(n / multiple) * multiple)
 
 
 def local_model_dir(spec) -> Optional[Path]:
@@ -168,11 +158,13 @@ def model_config(spec) -> Dict[str, Any]:
                 raise ModelSetupError(f"model.{key} {value} differs from {key} {cfg[key]} in {d.config_origin}: "
                                       f"the starting weights would not fit; drop model.{key}")
     vocab_file = vocab_file_for(spec)
-    n_vocab = read_vocab_size(vocab_file) if vocab_file is not None else None
+    from ..spec import count_vocab_lines, padded_vocab_size
+
+    n_vocab = count_vocab_lines(vocab_file) if vocab_file is not None else None
     if m.vocab_size is not None:
         cfg["vocab_size"] = int(m.vocab_size)
     elif d is None and n_vocab is not None:
-        cfg["vocab_size"] = padded(n_vocab)
+        cfg["vocab_size"] = padded_vocab_size(n_vocab)
     for key in _CONFIG_KEYS:
         if key != "vocab_size" and getattr(m, key) is not None:
             cfg[key] = int(getattr(m, key))
@@ -184,7 +176,7 @@ def model_config(spec) -> Dict[str, Any]:
     if n_vocab is not None and n_vocab > cfg["vocab_size"]:
         raise ModelSetupError(
             f"the vocab file {vocab_file} has {n_vocab} tokens but the model's vocab_size is {cfg['vocab_size']}; "
-            f"set model.vocab_size >= {padded(n_vocab)} or use the model's own vocab")
+            f"set model.vocab_size >= {padded_vocab_size(n_vocab)} or use the model's own vocab")
     if cfg["hidden_size"] % cfg["num_attention_heads"]:
         raise ModelSetupError(f"hidden_size {cfg['hidden_size']} is not divisible by num_attention_heads {cfg['num_attention_heads']}")
     if spec.train.max_seq_len > cfg["max_position_embeddings"]:

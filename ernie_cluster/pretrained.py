@@ -8,7 +8,8 @@ writes a complete model directory that training can start from without any netwo
     DIR/model_state.pdparams   config.json   vocab.txt   tokenizer_config.json   special_tokens_map.json
     DIR/MANIFEST.json          size + sha256 of every file, the source, tensor count and checksum
 
-`verify_manifest(DIR)` checks a directory against its MANIFEST.json; the trainer calls it (through
+`verify_manifest(DIR)` (home: ``weights/manifest.py``, importable from here too) checks a directory
+against its MANIFEST.json; ``validate`` checks sizes, the trainer every sha256 (through
 `weights.load_starting_weights`) before it uses the weights.
 
 PaddleNLP 2.8.1's cache (``$PPNLP_HOME/models``, ``~/.paddlenlp/models`` by default; read once, when
@@ -31,20 +32,18 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from .durable import fsync_dir, fsync_file, replace_dir, sha256_file
-from .weights import (CONFIG_NAMES, ENCODER_PREFIX, ERNIE_TIES, HEADS_PREFIX, LEGACY_CACHE_WEIGHTS, LEGACY_TIED_KEYS,
-                      MANIFEST_NAME, PADDLE_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, TOKENIZER_FILES, VOCAB_NAME)
+from .durable import replace_dir, sha256_file
+from .weights import (ENCODER_PREFIX, ERNIE_TIES, HEADS_PREFIX, LEGACY_CACHE_WEIGHTS, LEGACY_TIED_KEYS,
+                      PADDLE_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, VOCAB_NAME, tensor_checksum)
+# the manifest's home is weights.manifest; these names stay importable from here
+from .weights.manifest import (MANIFEST_FORMAT, MANIFEST_KIND, ManifestError, verify_manifest,  # noqa: F401
+                               write_manifest)
 
-MANIFEST_FORMAT = 1
-MANIFEST_KIND = "pretrained"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-
-
-class ManifestError(RuntimeError):
-    """A model directory does not match its MANIFEST.json (the message names the file)."""
 
 
 class FetchError(RuntimeError):
@@ -53,77 +52,6 @@ class FetchError(RuntimeError):
 
 class UnknownModel(FetchError):
     pass
-
-
-# ---------------------------------------------------------------------------
-# manifest
-# ---------------------------------------------------------------------------
-
-
-def _model_file(name: str) -> bool:
-    """Files whose change would change what a run starts from (an unlisted one is refused)."""
-    return (name in CONFIG_NAMES or name in TOKENIZER_FILES or name.endswith((".pdparams", ".safetensors"))
-            or name.endswith(".index.json"))
-
-
-def write_manifest(directory: Path, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """MANIFEST.json listing size and sha256 of every regular file in `directory` (written last, fsynced)."""
-    directory = Path(directory)
-    files = {}
-    for f in sorted(directory.iterdir()):
-        if f.is_file() and f.name != MANIFEST_NAME and not f.name.startswith("."):
-            files[f.name] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
-            fsync_file(f)
-    manifest = {"format": MANIFEST_FORMAT, **(extra or {}), "files": files,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = directory / f".{MANIFEST_NAME}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, directory / MANIFEST_NAME)
-    fsync_dir(directory)
-    return manifest
-
-
-def verify_manifest(directory: str | os.PathLike, *, full: bool = True) -> Dict[str, Any]:
-    """Check every file listed in DIR/MANIFEST.json (presence, size, sha256 unless `full=False`) and that
-    no model file (weights, config, vocab, tokenizer) is there unlisted. Returns the manifest."""
-    directory = Path(directory)
-    mpath = directory / MANIFEST_NAME
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ManifestError(f"{mpath} is missing: {directory} was not written completely (or not by this tool)") from None
-    except (OSError, ValueError) as exc:
-        raise ManifestError(f"{mpath} is unreadable: {exc}") from None
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or not files:
-        raise ManifestError(f"{mpath} lists no files")
-    problems: List[str] = []
-    for name, meta in sorted(files.items()):
-        f = directory / name
-        if not f.is_file():
-            problems.append(f"{f} is listed in {MANIFEST_NAME} but missing")
-            continue
-        size = f.stat().st_size
-        if size != meta.get("size"):
-            problems.append(f"{f} has {size} bytes, {MANIFEST_NAME} says {meta.get('size')}: it was modified")
-            continue
-        if full:
-            digest = sha256_file(f)
-            if digest != meta.get("sha256"):
-                problems.append(f"{f} has sha256 {digest[:16]}..., {MANIFEST_NAME} says "
-                                f"{str(meta.get('sha256'))[:16]}...: it was modified after it was written")
-    unlisted = sorted(f.name for f in directory.iterdir()
-                      if f.is_file() and f.name not in files and f.name != MANIFEST_NAME and _model_file(f.name))
-    if unlisted:
-        problems.append(f"{', '.join(str(directory / n) for n in unlisted)} not listed in {MANIFEST_NAME}: "
-                        f"added after the directory was written")
-    if problems:
-        raise ManifestError(f"{directory} does not match its {MANIFEST_NAME}:\n  " + "\n  ".join(problems))
-    return manifest
 
 
 # ---------------------------------------------------------------------------
@@ -177,34 +105,28 @@ def _compare_to_source(state: Dict[str, Any], raw: Dict[str, Any], source: Path)
     return problems
 
 
-def fetch_pretrained(name: str, out_dir: str | os.PathLike, *, cache_dir: Optional[str | os.PathLike] = None,
-                     force: bool = False, log=None) -> Dict[str, Any]:
-    """Download (or take from PaddleNLP's cache) built-in model `name` and write a verified model directory.
+@dataclass
+class _Fetched:
+    """What PaddleNLP gave for a built-in name: the file it read, its tensors, the model and tokenizer it built."""
 
-    Returns the manifest written to ``out_dir/MANIFEST.json``. Raises UnknownModel for a name PaddleNLP does
-    not know, FetchError when downloading, loading or writing fails (nothing is left at `out_dir` then).
-    """
-    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise FetchError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
-    cache_arg = str(Path(cache_dir).expanduser().resolve()) if cache_dir is not None else None
-    import numpy as np  # noqa: F401 - numpy before paddle (paddle 2.6 import-order bug)
+    weights_file: Path
+    raw: Dict[str, Any]
+    model_cls: Any              # ErnieForPretraining, or ErnieModel when the file has no pretraining heads
+    model: Any
+    tokenizer: Any
+    vocab_bytes: Optional[bytes]  # the cached vocab.txt as it was before the tokenizer saved its own
+
+    @property
+    def has_heads(self) -> bool:
+        return any(k.startswith(HEADS_PREFIX) for k in self.raw)
+
+
+def _through_paddlenlp(name: str, cached: Path, cache_arg: Optional[str], say) -> _Fetched:
+    """from_pretrained of the model and the tokenizer; any failure is a FetchError naming the cache."""
     import paddle
-    import paddlenlp
     from paddlenlp.transformers import ErnieConfig, ErnieForPretraining, ErnieModel, ErnieTokenizer
 
-    from .weights import tensor_checksum
-
-    known = ErnieModel.pretrained_init_configuration
-    if name not in known:
-        ernie1 = sorted(n for n in known if n.startswith("ernie-1.0"))
-        raise UnknownModel(f"{name!r} is not a PaddleNLP built-in ERNIE model (ERNIE 1.0: {', '.join(ernie1)})")
-    root = _cache_root(cache_arg)
-    cached = root / name
     legacy = cached / LEGACY_CACHE_WEIGHTS.get(name, "-")
-    paddle.disable_static()
-    t0 = time.time()
     # PaddleNLP's from_pretrained takes a directory named like the model in the current directory before the
     # built-in name (`_resolve_model_file_path` checks os.path.isdir(name) first): an earlier `--out NAME`
     # would be read back instead of the cache. Resolve from an empty directory instead.
@@ -222,8 +144,7 @@ def fetch_pretrained(name: str, out_dir: str | os.PathLike, *, cache_dir: Option
             load_from, load_kwargs = name, {"cache_dir": cache_arg}
         raw = paddle.load(str(weights_file), return_numpy=True)
         raw.pop("StructuredToParameterName@@", None)
-        has_heads = any(k.startswith(HEADS_PREFIX) for k in raw)
-        model_cls = ErnieForPretraining if has_heads else ErnieModel
+        model_cls = ErnieForPretraining if any(k.startswith(HEADS_PREFIX) for k in raw) else ErnieModel
         model = model_cls.from_pretrained(load_from, **load_kwargs)
         # from_pretrained of a built-in tokenizer saves its files into the cache directory: keep the cached
         # vocab's bytes as they were before (the line number is the token id).
@@ -239,24 +160,36 @@ def fetch_pretrained(name: str, out_dir: str | os.PathLike, *, cache_dir: Option
     finally:
         os.chdir(cwd)
         shutil.rmtree(scratch, ignore_errors=True)
-    state = {k: np.asarray(v.numpy()) for k, v in model.state_dict().items()}
-    problems = _compare_to_source(state, raw, weights_file)
-    if problems:
-        raise FetchError(f"{model_cls.__name__}.from_pretrained({name!r}) did not reproduce the cached weights:\n  "
-                         + "\n  ".join(problems[:20]))
-    vocab_src = Path(getattr(tokenizer, "init_kwargs", {}).get("vocab_file") or cached / VOCAB_NAME)
-    if vocab_bytes is None:
-        if not vocab_src.is_file():
-            raise FetchError(f"the tokenizer of {name} has no vocab file (looked for {vocab_src})")
-        vocab_bytes = vocab_src.read_bytes()
+    return _Fetched(weights_file, raw, model_cls, model, tokenizer, vocab_bytes)
+
+
+def _vocab(got: _Fetched, name: str, cached: Path) -> Tuple[Path, bytes]:
+    """(where the vocab came from, its bytes): the cached vocab.txt as it was, else the tokenizer's file."""
+    vocab_src = Path(getattr(got.tokenizer, "init_kwargs", {}).get("vocab_file") or cached / VOCAB_NAME)
+    if got.vocab_bytes is not None:
+        return vocab_src, got.vocab_bytes
+    if not vocab_src.is_file():
+        raise FetchError(f"the tokenizer of {name} has no vocab file (looked for {vocab_src})")
+    return vocab_src, vocab_src.read_bytes()
+
+
+def _write_model_dir(out: Path, name: str, got: _Fetched, vocab_src: Path, vocab_bytes: bytes
+                     ) -> Tuple[Dict[str, Any], int, int]:
+    """save_pretrained into a temporary sibling, MANIFEST.json last, then swapped in for `out`.
+
+    Returns (manifest, distinct tensors, parameters); nothing is left behind when it fails."""
+    import numpy as np
+    import paddle
+    import paddlenlp
+    from paddlenlp.transformers import ErnieForPretraining
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp.{out.name}.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
+        got.model.save_pretrained(str(tmp))
+        got.tokenizer.save_pretrained(str(tmp))
         (tmp / VOCAB_NAME).write_bytes(vocab_bytes)  # verbatim: the tokenizer rewrites it from its own table
         if (tmp / SAFE_WEIGHTS_NAME).exists() or not (tmp / PADDLE_WEIGHTS_NAME).is_file():
             raise FetchError(f"save_pretrained did not write {PADDLE_WEIGHTS_NAME} into {tmp}")
@@ -266,8 +199,9 @@ def fetch_pretrained(name: str, out_dir: str | os.PathLike, *, cache_dir: Option
         n_params = int(sum(np.asarray(saved[k]).size for k in distinct))
         url = (getattr(ErnieForPretraining, "pretrained_resource_files_map", {}).get("model_state", {}).get(name))
         extra = {
-            "kind": MANIFEST_KIND, "name": name, "model_class": model_cls.__name__, "heads_in_source": has_heads,
-            "source": {"weights": str(weights_file), "weights_sha256": sha256_file(weights_file),
+            "kind": MANIFEST_KIND, "name": name, "model_class": got.model_cls.__name__,
+            "heads_in_source": got.has_heads,
+            "source": {"weights": str(got.weights_file), "weights_sha256": sha256_file(got.weights_file),
                        "vocab": str(vocab_src), "vocab_sha256": hashlib.sha256(vocab_bytes).hexdigest(), "url": url},
             "tensors": {"count": len(distinct), "parameters": n_params, "checksum": tensor_checksum(saved)},
             "paddle_version": paddle.__version__, "paddlenlp_version": getattr(paddlenlp, "__version__", None),
@@ -277,9 +211,43 @@ def fetch_pretrained(name: str, out_dir: str | os.PathLike, *, cache_dir: Option
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return manifest, len(distinct), n_params
+
+
+def fetch_pretrained(name: str, out_dir: str | os.PathLike, *, cache_dir: Optional[str | os.PathLike] = None,
+                     force: bool = False, log=None) -> Dict[str, Any]:
+    """Download (or take from PaddleNLP's cache) built-in model `name` and write a verified model directory.
+
+    Returns the manifest written to ``out_dir/MANIFEST.json``. Raises UnknownModel for a name PaddleNLP does
+    not know, FetchError when downloading, loading or writing fails (nothing is left at `out_dir` then).
+    """
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise FetchError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
+    cache_arg = str(Path(cache_dir).expanduser().resolve()) if cache_dir is not None else None
+    import numpy as np  # noqa: F401 - numpy before paddle (paddle 2.6 import-order bug)
+    import paddle
+    from paddlenlp.transformers import ErnieModel
+
+    known = ErnieModel.pretrained_init_configuration
+    if name not in known:
+        ernie1 = sorted(n for n in known if n.startswith("ernie-1.0"))
+        raise UnknownModel(f"{name!r} is not a PaddleNLP built-in ERNIE model (ERNIE 1.0: {', '.join(ernie1)})")
+    cached = _cache_root(cache_arg) / name
+    paddle.disable_static()
+    t0 = time.time()
+    got = _through_paddlenlp(name, cached, cache_arg, say)
+    state = {k: np.asarray(v.numpy()) for k, v in got.model.state_dict().items()}
+    problems = _compare_to_source(state, got.raw, got.weights_file)
+    if problems:
+        raise FetchError(f"{got.model_cls.__name__}.from_pretrained({name!r}) did not reproduce the cached weights:"
+                         f"\n  " + "\n  ".join(problems[:20]))
+    vocab_src, vocab_bytes = _vocab(got, name, cached)
+    manifest, n_tensors, n_params = _write_model_dir(out, name, got, vocab_src, vocab_bytes)
     verify_manifest(out)
-    say(f"{name} -> {out}: {model_cls.__name__}, {len(distinct)} tensors, {n_params:,} parameters, "
-        f"heads {'included' if has_heads else 'absent in the source'} ({time.time() - t0:.1f}s)")
+    say(f"{name} -> {out}: {got.model_cls.__name__}, {n_tensors} tensors, {n_params:,} parameters, "
+        f"heads {'included' if got.has_heads else 'absent in the source'} ({time.time() - t0:.1f}s)")
     return manifest
 
 

@@ -280,3 +280,15 @@ def test_cli_reads_ppnlp_home(tmp_path, tiny_builtin):
     assert manifest["source"]["weights"] == str(home / "models" / NAME / "model_state.pdparams")
     assert manifest["tensors"]["checksum"] == W.tensor_checksum(source)
     P.verify_manifest(out)
+
+
+def test_manifest_names_are_one_object_whichever_module_they_come_from(tmp_path):
+    """The manifest's home is ernie_cluster.weights.manifest; `pretrained` re-exports it, so an
+    `except P.ManifestError` catches what the weights side raises."""
+    from ernie_cluster.weights import manifest as M
+
+    assert (P.ManifestError, P.verify_manifest, P.write_manifest) == (M.ManifestError, M.verify_manifest,
+                                                                      M.write_manifest)
+    assert (P.MANIFEST_KIND, P.MANIFEST_FORMAT) == (M.MANIFEST_KIND, M.MANIFEST_FORMAT)
+    with pytest.raises(P.ManifestError, match="is missing"):
+        M.verify_manifest(tmp_path)

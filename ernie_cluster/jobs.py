@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 
 class ConvertJob:
@@ -13,9 +14,13 @@ class ConvertJob:
         self.run_dir = run_dir
 
     def __call__(self) -> str:
+        """The converted model's directory (the job's result): the spec's convert.output_dir, else <run>/converted."""
+        from .rundir import RunDir
+        from .spec import load_frozen
+
         cmd = [sys.executable, "-m", "ernie_cluster.convert", "--run-dir", self.run_dir]
         print("ernie_cluster: running", " ".join(cmd), flush=True)
         code = subprocess.call(cmd)
         if code != 0:
             raise RuntimeError(f"conversion failed with exit status {code}; see the log above")
-        return f"{self.run_dir}/converted"
+        return str(load_frozen(RunDir(Path(self.run_dir)).spec).convert_dir())

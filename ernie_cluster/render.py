@@ -1,11 +1,11 @@
 """Render a validated spec into what would be submitted, without submitting anything.
 
-Two forms of the same request:
+Two forms of the same request, both from the options of `slurm_options` (the one source of every #SBATCH option):
 - plain sbatch scripts from `ernie_cluster/templates/` (for people who run `sbatch` themselves), and
-- submitit executor parameters plus the sbatch text submitit will generate from them.
+- submitit executor parameters plus the sbatch file submitit writes from them.
 
 Every value that reaches a shell line goes through `shlex.quote` (the `q` filter); every value on an
-#SBATCH line goes through `sbatch_quote` (the `sbq` filter), since sbatch's own parser reads those lines.
+#SBATCH line goes through `slurm_options.sbatch_quote`, since sbatch's own parser reads those lines.
 The spec refuses control characters and line breaks in every string, so no value can start a new line.
 """
 
@@ -20,7 +20,9 @@ from typing import Any, Dict, List, Optional
 
 import jinja2
 
-from .spec import JobSpec, slurm_time_to_seconds
+from .slurm_options import (Options, chain_options, convert_options, sbatch_lines, submitit_log, submitit_parameters,
+                            submitit_written_options, train_options)
+from .spec import JobSpec
 
 # Package data (pyproject.toml), so an installed wheel carries them too.
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -30,9 +32,19 @@ TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 class JobRequest:
     """One Slurm job as submitit will submit it."""
 
-    name: str
+    kind: str  # "train" or "convert"
+    run_dir: Path
+    options: Options  # slurm_options' options of the job, submitit form
     executor_params: Dict[str, Any]
-    sbatch_text: str
+    sbatch_text: str  # the file submitit writes (render fills in a placeholder for the training job's id)
+
+    def describe(self) -> str:
+        """What `render` prints for the job: the parameters submit hands to submitit, then the file submitit writes."""
+        return "\n".join([
+            "# parameters: " + json.dumps(self.executor_params, sort_keys=True),
+            f"# submitit writes this as {submitit_folder(self.run_dir)}/%j_submission.sh (%j: the job id); "
+            f"submit keeps a copy as {self.run_dir}/submit/{submitit_copy_name(self.kind)}",
+            self.sbatch_text])
 
 
 @dataclass
@@ -54,11 +66,9 @@ class RenderedRun:
             if self.convert_sbatch:
                 parts += [f"# ---- {self.run_dir}/submit/convert.sbatch", self.convert_sbatch]
             return "\n".join(parts)
-        parts += ["", "# ==== submitit: training job", "# parameters: " + json.dumps(self.train.executor_params, sort_keys=True),
-                  self.train.sbatch_text]
+        parts += ["", "# ==== submitit: training job", self.train.describe()]
         if self.convert:
-            parts += ["# ==== submitit: conversion job (afterok on the training job)",
-                      "# parameters: " + json.dumps(self.convert.executor_params, sort_keys=True), self.convert.sbatch_text]
+            parts += ["# ==== submitit: conversion job (afterok on the training job)", self.convert.describe()]
         return "\n".join(parts)
 
 
@@ -70,35 +80,7 @@ def _environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["q"] = lambda value: shlex.quote(str(value))
-    env.filters["sbq"] = sbatch_quote
     return env
-
-
-def sbatch_escape(value: Any) -> str:
-    """sbatch's #SBATCH parser reads a backslash as an escape even inside single quotes (Slurm 22.05:
-    `'a\\b'` becomes `ab`, a trailing `\\` leaves the quote open and sbatch refuses the script); doubled, it
-    reads back as one backslash. submitit shlex-quotes its values itself, so its parameters get this alone."""
-    return str(value).replace("\\", "\\\\")
-
-
-def sbatch_quote(value: Any) -> str:
-    """One #SBATCH option value that sbatch reads back exactly (quotes as shlex, backslashes doubled)."""
-    return shlex.quote(sbatch_escape(value))
-
-
-# extra_sbatch options that shape the training allocation (GPUs, tasks, per-unit memory, placement):
-# the one-node conversion job keeps its own shape. Every other option (mail-*, reservation, comment,
-# wckey, exclude, licenses, ...) applies to both jobs.
-_TRAINING_ONLY_PREFIXES = ("gpu", "ntasks", "cpus-per-gpu", "mem-per-", "nodelist", "exclusive", "switches",
-                           "distribution", "array", "sockets-per-node", "cores-per-socket", "threads-per-core",
-                           "spread-job", "overcommit")
-# Set on the conversion job by ernie_cluster itself: the chain depends on it.
-_CONVERT_MANAGED = ("kill-on-invalid-dep",)
-
-
-def convert_extra_sbatch(spec: JobSpec) -> Dict[str, str]:
-    return {k: v for k, v in spec.cluster.extra_sbatch.items()
-            if not k.startswith(_TRAINING_ONLY_PREFIXES) and k not in _CONVERT_MANAGED}
 
 
 def resolve_python(spec: JobSpec) -> str:
@@ -111,6 +93,13 @@ def resolve_python(spec: JobSpec) -> str:
     return python
 
 
+def _chain_args(train_id_variable: str) -> str:
+    """chain_options as sbatch command-line words for submit.sh, the training job's id read from a shell variable
+    (their values are fixed words and the variable: inside double quotes, only the variable expands)."""
+    options = chain_options(f"${train_id_variable}")
+    return " ".join(f'--{k}="{v}"' if "$" in str(v) else f"--{k}={shlex.quote(str(v))}" for k, v in options.items())
+
+
 def render_sbatch(spec: JobSpec, template: str, *, script_path: Path) -> str:
     run_dir = spec.run_dir()
     return _environment().get_template(template).render(
@@ -120,8 +109,11 @@ def render_sbatch(spec: JobSpec, template: str, *, script_path: Path) -> str:
         python=resolve_python(spec),
         script_path=str(script_path),
         spec_yaml=_heredoc_safe(spec.to_yaml()),
-        convert_partition=spec.cluster.convert_partition or spec.cluster.partition,
-        convert_extra_sbatch=convert_extra_sbatch(spec),
+        train_sbatch_lines=sbatch_lines(train_options(spec, "sbatch")),
+        convert_sbatch_lines=sbatch_lines(convert_options(spec, "sbatch")),
+        # submit.sh (and the conversion script's comment) chain the conversion on sbatch's command line
+        chain_args=_chain_args("train"),
+        chain_args_example=" ".join(f"--{k}={v}" for k, v in chain_options("<train job id>").items()),
     )
 
 
@@ -132,96 +124,63 @@ def _heredoc_safe(text: str) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def _time_minutes(value: str) -> int:
-    return max(1, -(-slurm_time_to_seconds(value) // 60))
-
-
 def _setup_lines(spec: JobSpec) -> List[str]:
     lines = list(spec.environment.setup)
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(spec.environment.env.items())]
     return lines
 
 
-def train_executor_params(spec: JobSpec) -> Dict[str, Any]:
-    c, r = spec.cluster, spec.resources
-    extra: Dict[str, Any] = {k: sbatch_escape(v) for k, v in c.extra_sbatch.items()}
-    # submitit sends the warning to every srun task (no B:), i.e. to each node's launcher.
-    extra["requeue" if c.requeue.enabled else "no-requeue"] = True
-    extra["signal"] = f"{c.requeue.signal}@{c.requeue.signal_lead_s}"  # replaces submitit's fixed USR2
-    params: Dict[str, Any] = {
-        "job_name": sbatch_escape(spec.name),
-        "nodes": r.nodes,
-        "ntasks_per_node": 1,
-        "cpus_per_task": r.cpus_per_task,
-        "time": _time_minutes(c.time),
-        "signal_delay_s": c.requeue.signal_lead_s,
-        "setup": _setup_lines(spec),
-        "stderr_to_stdout": True,
-        "additional_parameters": extra,
-    }
-    if r.gpus_per_node:
-        params["gpus_per_node"] = r.gpus_per_node
-    for key in ("partition", "account", "qos", "constraint"):
-        if getattr(c, key):
-            params[key] = getattr(c, key)
-    if r.mem:
-        params["mem"] = r.mem
-    if c.exclusive:
-        params["exclusive"] = True
-    return params
-
-
 def convert_executor_params(spec: JobSpec, train_job_id: str = "<train job id>") -> Dict[str, Any]:
-    c = spec.cluster
-    params: Dict[str, Any] = {
-        "job_name": sbatch_escape(f"{spec.name}-convert"),
-        "nodes": 1,
-        "ntasks_per_node": 1,
-        "cpus_per_task": min(spec.resources.cpus_per_task, 4),
-        "time": _time_minutes(c.convert_time),
-        "setup": _setup_lines(spec),
-        "stderr_to_stdout": True,
-        "additional_parameters": {**{k: sbatch_escape(v) for k, v in convert_extra_sbatch(spec).items()},
-                                  "dependency": f"afterok:{train_job_id}", "kill-on-invalid-dep": "yes"},
-    }
-    partition = c.convert_partition or c.partition
-    if partition:
-        params["partition"] = partition
-    for key in ("account", "qos"):
-        if getattr(c, key):
-            params[key] = getattr(c, key)
-    return params
+    return submitit_parameters(convert_options(spec, "submitit", train_job_id), _setup_lines(spec))
 
 
 def submitit_folder(run_dir: Path) -> Path:
     return run_dir / "slurm" / "%j"
 
 
-def submitit_sbatch_text(params: Dict[str, Any], folder: Path, python: str) -> str:
-    """The exact sbatch text submitit generates for these parameters (pinned submitit 1.5.4)."""
-    from submitit.slurm.slurm import _make_sbatch_string
+def submitit_copy_name(kind: str) -> str:
+    """The name under submit/ of the sbatch file submitit wrote for the job (kept by submit)."""
+    return f"submitit.{kind}.sbatch"
 
-    command = " ".join([shlex.quote(python), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    return _make_sbatch_string(command=command, folder=folder, **params)
+
+def submitit_python(python: str) -> str:
+    """The `python` command for SlurmExecutor, which puts it into its script as given (a shell word)."""
+    return shlex.quote(python)
+
+
+def submitit_sbatch_text(params: Dict[str, Any], folder: Path, python: str) -> str:
+    """The sbatch file submitit (1.5.4) writes for these parameters: its #SBATCH options, the setup lines, and the
+    command that runs the pickled job on every task (tests/test_slurm_options.py compares it with the real file)."""
+    options = submitit_written_options(params, folder)
+    lines = ["#!/bin/bash", "", "# Parameters"]
+    lines += [f"#SBATCH --{k}" if v is True else f"#SBATCH --{k}={shlex.quote(str(v))}" for k, v in options.items()]
+    if params.get("setup") is not None:
+        lines += ["", "# setup", *params["setup"]]
+    srun = shlex.join(["srun", "--unbuffered", "--output", submitit_log(folder)])
+    # text only: the module submitit's batch script runs on every task (nothing here calls it)
+    command = " ".join([srun, submitit_python(python), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return "\n".join(lines + ["", "# command", "export SUBMITIT_EXECUTOR=slurm", command, ""])
+
+
+def _job_request(spec: JobSpec, kind: str, options: Options) -> JobRequest:
+    params = submitit_parameters(options, _setup_lines(spec))
+    text = submitit_sbatch_text(params, submitit_folder(spec.run_dir()), resolve_python(spec))
+    return JobRequest(kind, spec.run_dir(), options, params, text)
 
 
 def render(spec: JobSpec) -> RenderedRun:
     run_dir = spec.run_dir()
-    python = resolve_python(spec)
-    folder = submitit_folder(run_dir)
-    train_params = train_executor_params(spec)
-    train = JobRequest(spec.name, train_params, submitit_sbatch_text(train_params, folder, python))
+    train = _job_request(spec, "train", train_options(spec, "submitit"))
     convert = convert_sbatch = None
     if spec.convert.enabled:
-        convert_params = convert_executor_params(spec)
-        convert = JobRequest(f"{spec.name}-convert", convert_params, submitit_sbatch_text(convert_params, folder, python))
+        convert = _job_request(spec, "convert", convert_options(spec, "submitit"))
         convert_sbatch = render_sbatch(spec, "convert.sbatch.j2", script_path=run_dir / "submit" / "convert.sbatch")
     notes = []
     if spec.cluster.backend == "local":
         notes.append("backend 'local': runs on this machine without Slurm; the Slurm scripts below are what backend 'slurm' would submit")
     return RenderedRun(
         run_dir=run_dir,
-        python=python,
+        python=resolve_python(spec),
         train_sbatch=render_sbatch(spec, "train.sbatch.j2", script_path=run_dir / "submit" / "train.sbatch"),
         convert_sbatch=convert_sbatch,
         train=train,

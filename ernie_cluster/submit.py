@@ -10,16 +10,18 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from .render import RenderedRun, convert_executor_params, render, submitit_folder
+from .render import (RenderedRun, convert_executor_params, render, submitit_copy_name, submitit_folder,
+                     submitit_python)
 from .procs import pid_alive
 from .rundir import RunDir, write_atomic
-from .slurm import job_states as slurm_jobs  # kept under its old name: tests and callers import it from here
+from .slurm import job_states as slurm_jobs  # kept under its old name: tests/test_submit_liveness.py imports it from here
 from .spec import JobSpec
 
 ALIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
@@ -116,8 +118,6 @@ def prepare_run_dir(spec: JobSpec, rendered: RenderedRun, *, resume: bool, force
 
 
 def submit_slurm(spec: JobSpec, *, resume: bool = False, force: bool = False) -> Submission:
-    import submitit
-
     from .launch.node import NodeLauncher
     from .jobs import ConvertJob
 
@@ -125,21 +125,36 @@ def submit_slurm(spec: JobSpec, *, resume: bool = False, force: bool = False) ->
     run = RunDir(rendered.run_dir)
     with _submit_lock(run):
         prepare_run_dir(spec, rendered, resume=resume, force=force)
-        folder = submitit_folder(run.root)
-        train_exec = submitit.SlurmExecutor(folder=folder, python=rendered.python, max_num_timeout=0)
-        train_exec.update_parameters(**rendered.train.executor_params)
-        train_job = train_exec.submit(NodeLauncher(str(run.root)))
+        launcher = NodeLauncher(str(run.root))
+        train_job = _submitit_submit(run, rendered, rendered.train.executor_params, launcher, "train")
         convert_id = None
         state = {"backend": "slurm", "name": spec.name, "train_job_id": train_job.job_id, "convert_job_id": None,
                  "submitted_at": time.time(), "spec_sha256": spec.sha256(), "resume": resume}
         run.write_state(state)  # the training job exists now: record it before anything else can fail
         if spec.convert.enabled:
-            convert_exec = submitit.SlurmExecutor(folder=folder, python=rendered.python, max_num_timeout=0)
-            convert_exec.update_parameters(**convert_executor_params(spec, train_job.job_id))
-            convert_id = convert_exec.submit(ConvertJob(str(run.root))).job_id
+            params = convert_executor_params(spec, train_job.job_id)
+            convert_id = _submitit_submit(run, rendered, params, ConvertJob(str(run.root)), "convert").job_id
             state["convert_job_id"] = convert_id
             run.write_state(state)
     return Submission(run.root, "slurm", train_job.job_id, convert_id)
+
+
+def _submitit_submit(run: RunDir, rendered: RenderedRun, params: Dict[str, Any], job_callable: Callable[[], Any],
+                     kind: str) -> Any:
+    """Submit one job through submitit's public API (a submitit Job comes back); keep the sbatch file submitit
+    wrote (<run>/slurm/<job id>/<job id>_submission.sh) in submit/, next to the plain scripts."""
+    import submitit
+
+    executor = submitit.SlurmExecutor(folder=submitit_folder(run.root), python=submitit_python(rendered.python),
+                                      max_num_timeout=0)
+    executor.update_parameters(**params)
+    job = executor.submit(job_callable)
+    try:  # the job exists whatever happens here: a missing copy is only a warning
+        write_atomic(run.submit / submitit_copy_name(kind), Path(job.paths.submission_file).read_text())
+    except OSError as exc:
+        print(f"warning: could not copy submitit's sbatch file of job {job.job_id} into {run.submit}: {exc}",
+              file=sys.stderr)
+    return job
 
 
 def submit_local(spec: JobSpec, *, resume: bool = False, force: bool = False, preempt_after_s: Optional[float] = None) -> Submission:

@@ -29,8 +29,9 @@ def _dapt():
 @pytest.mark.parametrize("name,attr", [
     ("ernie_dapt.train.sbatch", "train_sbatch"),
     ("ernie_dapt.convert.sbatch", "convert_sbatch"),
-    ("ernie_dapt.submitit.train.sbatch", "submitit_train"),
-    ("ernie_dapt.submitit.convert.sbatch", "submitit_convert"),
+    # what `render` prints for each submitit job: its parameters, then the file submitit writes from them
+    ("ernie_dapt.submitit.train.txt", "submitit_train"),
+    ("ernie_dapt.submitit.convert.txt", "submitit_convert"),
     ("ernie_dapt.submit.sh", "submit_sh"),
 ])
 def test_golden_render_of_the_seed_configuration(name, attr):
@@ -38,8 +39,8 @@ def test_golden_render_of_the_seed_configuration(name, attr):
     text = {
         "train_sbatch": rendered.train_sbatch,
         "convert_sbatch": rendered.convert_sbatch,
-        "submitit_train": rendered.train.sbatch_text,
-        "submitit_convert": rendered.convert.sbatch_text,
+        "submitit_train": rendered.train.describe(),
+        "submitit_convert": rendered.convert.describe(),
         "submit_sh": rendered.submit_sh,
     }[attr]
     golden = GOLDEN / name
@@ -53,7 +54,8 @@ def test_seed_render_has_the_essentials():
     assert "#SBATCH --nodes=4" in r.train_sbatch and "#SBATCH --gpus-per-node=8" in r.train_sbatch
     assert "#SBATCH --signal=B:USR2@180" in r.train_sbatch and "#SBATCH --requeue" in r.train_sbatch
     assert "#SBATCH --open-mode=append" in r.train_sbatch
-    assert r.convert.executor_params["additional_parameters"] == {"dependency": "afterok:<train job id>", "kill-on-invalid-dep": "yes"}
+    assert (r.convert.options["dependency"], r.convert.options["kill-on-invalid-dep"]) == ("afterok:<train job id>", "yes")
+    assert r.train.describe() in r.describe() and r.convert.describe() in r.describe()
     # submitit's warning goes to every srun task (each node's launcher), not only the batch shell
     assert "#SBATCH --signal=USR2@180" in r.train.sbatch_text
 
@@ -117,7 +119,7 @@ def test_hostile_values_stay_values_in_the_sbatch_script(tmp_path):
         assert not (workdir / leftover).exists() and not (tmp_path / leftover).exists()
     # the job name is one quoted sbatch value; its backslash doubled, since sbatch reads '\\' as an escape even
     # inside single quotes (plain shlex.quote made sbatch refuse this script: "Unmatched `'`")
-    from ernie_cluster.render import sbatch_quote
+    from ernie_cluster.slurm_options import sbatch_quote
     assert f"#SBATCH --job-name={sbatch_quote(HOSTILE)}" in rendered.train_sbatch
     assert sbatch_quote(HOSTILE) == __import__('shlex').quote(HOSTILE.replace("\\", "\\\\"))
 
@@ -199,8 +201,8 @@ def test_extra_sbatch_reaches_the_conversion_job_except_training_only_options(tm
     for key, value in extra.items():  # training gets every option
         assert f"#SBATCH --{key}={value}" in r.train_sbatch and f"#SBATCH --{key}={value}" in r.train.sbatch_text
     shared = {"mail-type": "END", "reservation": "maint"}
-    assert r.convert.executor_params["additional_parameters"] == {
-        **shared, "dependency": "afterok:<train job id>", "kill-on-invalid-dep": "yes"}
+    assert {k: v for k, v in r.convert.executor_params["additional_parameters"].items() if k in extra} == {
+        **shared, "kill-on-invalid-dep": "yes"}
     for text in (r.convert_sbatch, r.convert.sbatch_text):
         options = [l for l in text.splitlines() if l.startswith("#SBATCH --")]
         assert all(f"#SBATCH --{k}={v}" in options for k, v in shared.items()), text

@@ -250,6 +250,96 @@ def test_cause_counts() -> None:
 
 
 # ---------------------------------------------------------------------------
+# the conclusion of an attempt, without Slurm or processes: attempt.decide_attempt
+# ---------------------------------------------------------------------------
+
+
+def _decide(total: att.NodeOutcome, policy: RequeuePolicy = RequeuePolicy(), **kw) -> att.AttemptVerdict:
+    facts = dict(job_id="7", restart=0, on_slurm=True, attempts=[], spec_path="/runs/x/spec.yaml", node="n0",
+                 nodes=2, started=100.0, ended=160.0, launcher_rc=0)
+    facts.update(kw)
+    return att.decide_attempt(total, policy, **facts)
+
+
+def test_decide_attempt_tells_timeout_from_preemption_by_the_time_left() -> None:
+    stopped = att.NodeOutcome("stopped", 40, "2 trainer(s) saved and stopped", signal="SIGUSR2")
+    p = RequeuePolicy(signal_lead_s=120)
+    v = _decide(stopped, p, remaining_s=150.04)  # within the lead plus the margin: the time limit
+    assert (v.cause, v.requeue, v.action, v.exit_code) == ("timeout", True, "requeue", att.EXIT_STOPPED)
+    assert v.record == {"job_id": "7", "restart": 0, "node": "n0", "nodes": 2, "reason": "stopped",
+                        "cause": "timeout", "ranks": [], "step": 40, "signal": "SIGUSR2", "started": 100.0,
+                        "ended": 160.0, "exit_code": 0, "action": "requeue",
+                        "message": f"2 trainer(s) saved and stopped; {v.why}", "remaining_s": 150.0,
+                        "backend": "slurm"}
+    assert _decide(stopped, p, remaining_s=3600.0).cause == "preempted"
+    assert _decide(stopped, p, remaining_s=None).cause == "preempted"  # unknown: not a time limit
+    assert _decide(stopped, p, remaining_s=60.0, preempted=True).cause == "preempted"  # Slurm says so
+    assert _decide(stopped, p, on_slurm=False).cause == "signal"
+    assert _decide(stopped, p, on_slurm=False).record["backend"] == "local"
+    # a cause of its own wins over the outside signal
+    died = att.NodeOutcome("stopped", 40, "paddle.distributed.launch exited", cause="launcher-died")
+    assert _decide(died, p, remaining_s=10.0).cause == "launcher-died"
+
+
+def test_decide_attempt_applies_the_caps_and_says_how_to_go_on() -> None:
+    stopped = att.NodeOutcome("stopped", 40, "saved")
+    v = _decide(stopped, RequeuePolicy(max_requeues=3), restart=3)
+    assert (v.requeue, v.action, v.exit_code) == (False, "requeue-denied", att.EXIT_REQUEUE_DENIED)
+    assert v.record["message"] == ("saved; restart 3 reached cluster.requeue.max_requeues=3; continue from its "
+                                   "checkpoint (step 40) with `python -m ernie_cluster submit /runs/x/spec.yaml "
+                                   "--resume`")
+    # a failure that may be transient: retried (exit 75) within max_failure_requeues, else the run ends (exit 1)
+    crashed = att.NodeOutcome("failed", 40, "rank 1: boom", retryable=True, cause="crashed", ranks=[1])
+    v = _decide(crashed, RequeuePolicy(max_failure_requeues=1))
+    assert (v.record["reason"], v.action, v.exit_code) == ("failed", "requeue", att.EXIT_STOPPED)
+    assert v.record["ranks"] == [1] and "--resume" not in v.record["message"]
+    v = _decide(crashed, RequeuePolicy(max_failure_requeues=1), restart=1,
+                attempts=[{"job_id": "7", "restart": 0, "reason": "failed", "cause": "crashed", "action": "requeue"}])
+    assert (v.requeue, v.action, v.exit_code) == (False, "none", att.EXIT_FAILED)
+    assert "max_failure_requeues=1" in v.record["message"] and "from the last checkpoint" in v.record["message"]
+    # a failure a new attempt would repeat: no requeue, no policy words, no hint
+    nan = att.NodeOutcome("failed", 40, "rank 0: loss is NaN", cause="nonfinite", ranks=[0])
+    v = _decide(nan, RequeuePolicy(max_failure_requeues=5))
+    assert (v.requeue, v.action, v.exit_code, v.why) == (False, "none", att.EXIT_FAILED, "")
+    assert v.record["message"] == "rank 0: loss is NaN"
+    done = _decide(att.NodeOutcome("completed", 100, "all 2 trainers completed"))
+    assert (done.cause, done.action, done.exit_code) == (None, "none", att.EXIT_OK)
+
+
+def test_decide_attempt_never_requeues_a_cancelled_job() -> None:
+    stopped = att.NodeOutcome("stopped", 40, "saved", signal="SIGUSR2")
+    v = _decide(stopped, cancelled=True, remaining_s=3600.0)
+    assert (v.cause, v.requeue, v.action, v.exit_code) == ("cancelled", False, "none", att.EXIT_STOPPED)
+    assert v.record["message"] == "saved; cancelled by `python -m ernie_cluster cancel`"
+    # a cancelled job whose trainers failed first: the failure's cause, still no requeue and no resume hint
+    crashed = att.NodeOutcome("failed", 40, "rank 1: boom", retryable=True, cause="crashed", ranks=[1])
+    v = _decide(crashed, RequeuePolicy(max_failure_requeues=3), cancelled=True)
+    assert (v.cause, v.requeue, v.action, v.exit_code) == ("crashed", False, "none", att.EXIT_FAILED)
+    assert "--resume" not in v.record["message"]
+
+
+def test_a_failed_scontrol_requeue_is_recorded_as_such() -> None:
+    v = _decide(att.NodeOutcome("stopped", 40, "saved"), remaining_s=3600.0)
+    failed = v.requeue_failed("scontrol: error: Job is not requeueable")
+    assert (failed.action, failed.exit_code) == ("requeue-failed", att.EXIT_STOPPED)
+    assert failed.record["message"] == f"{v.record['message']}; scontrol requeue failed: scontrol: error: Job is " \
+                                       f"not requeueable"
+    assert v.action == "requeue"  # the verdict it came from is unchanged
+    crashed = att.NodeOutcome("failed", 40, "rank 1: boom", retryable=True, cause="crashed", ranks=[1])
+    v = _decide(crashed, RequeuePolicy(max_failure_requeues=1)).requeue_failed("timeout")
+    assert (v.action, v.exit_code) == ("requeue-failed", att.EXIT_FAILED)
+
+
+def test_after_launcher_death_is_pure() -> None:
+    stopped = att.NodeOutcome("stopped", 9, "2 trainer(s) saved and stopped")
+    o = att.after_launcher_death(stopped, -9, [0, 1])
+    assert (o.reason, o.cause, o.step) == ("stopped", "launcher-died", 9) and "no step lost" in o.message
+    assert stopped.cause is None and stopped.message == "2 trainer(s) saved and stopped"  # not changed
+    done = att.NodeOutcome("completed", 9, "all 2 trainers completed")
+    assert att.after_launcher_death(done, 0, [0]) is done
+
+
+# ---------------------------------------------------------------------------
 # outside signals: a preemption and a time limit on Slurm, a cancel
 # ---------------------------------------------------------------------------
 

@@ -325,6 +325,47 @@ def test_paddle_job_id() -> None:
     assert len(long) <= 80 and long.endswith("-123456789")
 
 
+def test_launch_environment(tmp_path: Path) -> None:
+    from ernie_cluster.launch.command import launch_environment
+
+    run = RunDir(tmp_path / "run")
+    cenv = SlurmEnvironment.from_env(slurm_env(2, 1, "n[1-2]", SLURM_RESTART_COUNT="3"), resolver=fake_resolver,
+                                     use_scontrol=False)
+    env = {"HOME": "/home/u", "HF_TOKEN": "x", "PADDLE_MASTER": "1.2.3.4:9", "PYTHONPATH": "/elsewhere"}
+    child, secrets, overrides = launch_environment(env, run, cenv, tmp_path / "control")
+    assert (secrets, overrides) == (["HF_TOKEN"], ["PADDLE_MASTER"])
+    assert "HF_TOKEN" not in child and "PADDLE_MASTER" not in child and child["HOME"] == "/home/u"
+    assert child["ERNIE_CLUSTER_CONTROL_DIR"] == str(tmp_path / "control")
+    assert (child["ERNIE_CLUSTER_ATTEMPT"], child["ERNIE_CLUSTER_NODE_RANK"], child["ERNIE_CLUSTER_NUM_NODES"]) == \
+        ("4242-3", "1", "2")
+    assert child["ERNIE_CLUSTER_TRAIN_LOCK_HELD"] == str(run.train_lock) and child["PYTHONUNBUFFERED"] == "1"
+    assert env["PADDLE_MASTER"] == "1.2.3.4:9"  # the node's own environment is left as it was
+
+
+def test_open_node_dir_keeps_an_earlier_run_of_the_attempt_aside(tmp_path: Path) -> None:
+    from ernie_cluster.launch.exchange import NODE_RESULT, open_node_dir
+
+    run = RunDir(tmp_path / "run")
+    cenv = LocalEnvironment.from_env({"ERNIE_CLUSTER_LOCAL_JOB_ID": "local9"})
+    node_dir = open_node_dir(run, cenv)
+    assert node_dir == run.attempt_log_dir("local9", 0, 0) and (node_dir / "control").is_dir()
+    (node_dir / "control" / "trainer.0.pid").write_text("123\n")
+    (node_dir / NODE_RESULT).write_text("{}\n")
+    assert open_node_dir(run, cenv) == node_dir
+    assert not any((node_dir / "control").iterdir()) and not (node_dir / NODE_RESULT).exists()
+    assert len(list(node_dir.glob("control.stale-*"))) == 1 and len(list(node_dir.glob(f"{NODE_RESULT}.stale-*"))) == 1
+
+
+def test_launch_result_adopts_node0_verdict() -> None:
+    from ernie_cluster.launch.results import LaunchResult
+
+    result = LaunchResult(reason="stopped", exit_code=att.EXIT_STOPPED, message="node 1 saved", node_rank=1)
+    result.adopt({"reason": "stopped", "exit_code_node": 5, "cause": "timeout", "action": "requeue-denied",
+                  "message": "denied"})
+    assert (result.exit_code, result.cause, result.action, result.message, result.node_rank) == \
+        (5, "timeout", "requeue-denied", "denied", 1)
+
+
 # ---------------------------------------------------------------------------
 # classification and requeue policy
 # ---------------------------------------------------------------------------

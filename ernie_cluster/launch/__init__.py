@@ -8,7 +8,7 @@
 - `supervise`: paddle's launcher and the trainers under it: signals forwarded by pid, stops, watchdogs
 - `exchange`: node-to-node results and node 0's decision, through files in the attempt directory
 - `results`: what a node launcher returns
-- `node`: `NodeLauncher` (one attempt, top to bottom) and `python -m ernie_cluster.launch`
+- `node`: `NodeLauncher` (one attempt, top to bottom); `__main__`: `python -m ernie_cluster.launch`
 
 Nothing here imports paddle: this runs on the node before any trainer.
 """

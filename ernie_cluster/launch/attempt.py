@@ -1,10 +1,15 @@
 """How an attempt ended and whether it may be requeued: pure functions over the trainers' exit records.
 
+`classify_node` reads one node's trainers, `combine_nodes` joins the nodes, and `decide_attempt` concludes
+the attempt: its cause, the requeue policy's verdict, every node's exit code and the attempts.jsonl record.
+The node launcher (`node`) gathers the facts and carries out the verdict (scontrol requeue, the records).
+
 Reasons (the `reason` of an attempts.jsonl record):
   completed  every trainer wrote {"reason": "completed"}
   stopped    trainers saved at a step boundary and stopped: no step lost
   failed     a trainer reported "failed" (non-finite loss, crash...), a trainer left no exit record,
-             no trainer started, or the launcher could not run
+             no trainer started or the start hung, data preparation failed, or paddle's launcher could
+             not be built or started; one whose cause may be transient (below) may still be requeued
 
 Causes (the `cause`: what ended the attempt, and which cap of `cluster.requeue` a requeue counts against):
   preempted      Slurm's warning signal, not near the time limit    max_requeues
@@ -16,7 +21,8 @@ Causes (the `cause`: what ended the attempt, and which cap of `cluster.requeue` 
   crashed        a trainer reported an exception; `ranks` says which
   hung           the trainers were not past their first collective in time (start watchdog)
   start-failed   no trainer started
-                 (these five: max_failure_requeues, and max_requeues)
+                 (these five may be transient: the attempt they ended, failed or stopped, is requeued
+                 within max_failure_requeues, and max_requeues)
   nonfinite, setup, data, error
                  failures a new attempt would repeat: never requeued
   peer-failed    this node stopped because another node failed (a node's view only)
@@ -29,11 +35,14 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from ..spec import RequeuePolicy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..rundir import AttemptRecord
 
 TIMEOUT_MARGIN_S = 90.0  # Slurm may send the --signal warning up to 60 s early; squeue adds latency
 
@@ -43,7 +52,7 @@ EXIT_CONFIG = 2
 EXIT_LOCKED = 3
 EXIT_DATA = 4
 EXIT_REQUEUE_DENIED = 5
-EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped cleanly; Slurm requeues it / the local supervisor may restart it
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped cleanly, or a transient failure being retried: requeue requested
 
 # Failures a new attempt may not repeat; "failure" is what records said before causes were told apart.
 TRANSIENT_CAUSES = ("launcher-died", "trainer-died", "crashed", "hung", "start-failed", "failure")
@@ -174,6 +183,20 @@ def classify_node(control: ControlState, expected: int, launcher_rc: Optional[in
                        signal=signals[0] if signals else None, stopped_at=min(times) if times else None)
 
 
+def after_launcher_death(outcome: NodeOutcome, launcher_rc: Optional[int], orphaned: List[int]) -> NodeOutcome:
+    """The paddle launcher exited while trainer ranks `orphaned` ran, before any stop signal: it died
+    (killed, OOM, a bug of its own). A trainer that had failed already is the cause instead (paddle exits
+    after one)."""
+    died = f"paddle.distributed.launch exited (code {launcher_rc}) while trainer ranks {orphaned} still ran"
+    if outcome.reason == "stopped":
+        return replace(outcome, cause="launcher-died",
+                       message=f"{died}; they saved at step {outcome.step} and stopped: no step lost")
+    if outcome.cause == "trainer-died" and set(outcome.ranks) <= set(orphaned):
+        # they could not stop cleanly once it was gone
+        return replace(outcome, cause="launcher-died", message=f"{died}; {outcome.message}")
+    return outcome
+
+
 def combine_nodes(outcomes: Mapping[int, NodeOutcome]) -> NodeOutcome:
     """The attempt's outcome from every node's: any failure fails it; completed only if all completed."""
     if not outcomes:
@@ -214,6 +237,20 @@ def stop_cause(remaining_s: Optional[float], signal_lead_s: int, margin_s: float
     if remaining_s is None:
         return "preempted"
     return "timeout" if remaining_s <= signal_lead_s + margin_s else "preempted"
+
+
+def attempt_cause(total: NodeOutcome, *, on_slurm: bool, signal_lead_s: int, cancelled: bool = False,
+                  remaining_s: Optional[float] = None, preempted: Optional[bool] = None,
+                  margin_s: float = TIMEOUT_MARGIN_S) -> Optional[str]:
+    """What ended the attempt: a failure's own cause (or launcher-died); for a stop with none, `cancel`, else
+    the outside signal: on Slurm a preemption or the time limit (`stop_cause`), off Slurm 'signal'."""
+    if total.reason != "stopped" or total.cause is not None:
+        return total.cause
+    if cancelled:
+        return "cancelled"
+    if on_slurm:
+        return stop_cause(remaining_s, signal_lead_s, margin_s, preempted=preempted)
+    return "signal"
 
 
 @dataclass
@@ -278,6 +315,74 @@ def decide_requeue(reason: str, cause: Optional[str], restart_count: int, policy
     return RequeueDecision(True, "requeue", f"{what}: restart {restart_count + 1} of at most {policy.max_requeues}")
 
 
+@dataclass
+class AttemptVerdict:
+    """Node 0's conclusion of an attempt (`decide_attempt`): its attempts.jsonl record, and what follows."""
+
+    record: "AttemptRecord"
+    requeue: bool  # the policy allows a requeue (Slurm: `scontrol requeue`; locally the supervisor restarts)
+    why: str  # the requeue policy's reason, for the log
+    exit_code: int  # every node's exit status for the attempt (a node that failed itself keeps its own)
+
+    @property
+    def cause(self) -> Optional[str]:
+        return self.record["cause"]
+
+    @property
+    def action(self) -> str:
+        return self.record["action"]
+
+    def requeue_failed(self, detail: str) -> "AttemptVerdict":
+        """The verdict once `scontrol requeue` failed: action requeue-failed, and its exit code."""
+        record = dict(self.record, action="requeue-failed",
+                      message=f"{self.record['message']}; scontrol requeue failed: {detail}")
+        return AttemptVerdict(record, self.requeue, self.why,  # type: ignore[arg-type]
+                              exit_code_for(record["reason"], "requeue-failed"))
+
+
+def decide_attempt(total: NodeOutcome, policy: RequeuePolicy, *, job_id: str, restart: int, on_slurm: bool,
+                   attempts: Iterable[Mapping[str, Any]] = (), cancelled: bool = False,
+                   remaining_s: Optional[float] = None, preempted: Optional[bool] = None,
+                   margin_s: float = TIMEOUT_MARGIN_S, spec_path: str = "spec.yaml", node: str = "",
+                   nodes: int = 1, started: float = 0.0, ended: float = 0.0,
+                   launcher_rc: Optional[int] = None) -> AttemptVerdict:
+    """Conclude an attempt: its cause, whether `policy` (cluster.requeue) lets it be requeued, the exit code.
+
+    `total`: every node's outcome combined (`combine_nodes`); `attempts`: the run's earlier records (the
+    caps count their requeues); `cancelled`: `python -m ernie_cluster cancel` asked to cancel this job (no
+    requeue then); `remaining_s`, `preempted`: the time left in the allocation and Slurm's preemption state
+    when the stop signal came. The rest is copied into the record."""
+    cause = attempt_cause(total, on_slurm=on_slurm, cancelled=cancelled, remaining_s=remaining_s,
+                          preempted=preempted, signal_lead_s=policy.signal_lead_s, margin_s=margin_s)
+    decision = decide_requeue(total.reason, cause, restart, policy, attempts, job_id, retryable=total.retryable)
+    if cancelled and (decision.requeue or cause == "cancelled"):
+        decision = RequeueDecision(False, "none", "cancelled by `python -m ernie_cluster cancel`")
+    record = {
+        "job_id": job_id, "restart": restart, "node": node, "nodes": nodes,
+        "reason": total.reason, "cause": cause, "ranks": total.ranks, "step": total.step,
+        "signal": total.signal, "started": started, "ended": ended,
+        "exit_code": launcher_rc, "action": decision.action,
+        "message": _attempt_message(total, decision, cancelled, spec_path),
+        "remaining_s": None if remaining_s is None else round(remaining_s, 1),
+        "backend": "slurm" if on_slurm else "local",
+    }
+    return AttemptVerdict(record, decision.requeue, decision.why,  # type: ignore[arg-type]
+                          exit_code_for(total.reason, decision.action))
+
+
+def _attempt_message(total: NodeOutcome, decision: RequeueDecision, cancelled: bool, spec_path: str) -> str:
+    """What happened, the requeue policy's word on it, and how to go on when nothing else will."""
+    message = total.message
+    if decision.why:
+        message = f"{message}; {decision.why}"
+    if not decision.requeue and (decision.action == "requeue-denied"
+                                 or (total.reason == "failed" and decision.why and not cancelled)):
+        saved = f"its checkpoint (step {total.step})" if total.reason == "stopped" and total.step is not None \
+            else "the last checkpoint"
+        message = f"{message}; continue from {saved} with `python -m ernie_cluster submit {spec_path} --resume`"
+    return message
+
+
 def cause_counts(attempts: Iterable[Mapping[str, Any]]) -> Dict[str, Dict[str, int]]:
     """Per cause (the reason for a completed attempt): how many attempts ended so, how many were requeued."""
     counts: Dict[str, Dict[str, int]] = {}
@@ -289,6 +394,7 @@ def cause_counts(attempts: Iterable[Mapping[str, Any]]) -> Dict[str, Dict[str, i
 
 
 def exit_code_for(reason: str, action: str) -> int:
+    """A launcher's exit status for an attempt that ended with `reason` and requeue `action`."""
     if reason == "completed":
         return EXIT_OK
     if reason == "stopped":

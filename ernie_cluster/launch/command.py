@@ -1,4 +1,4 @@
-"""The exact `paddle.distributed.launch` command line for one node: one pure function.
+"""The exact `paddle.distributed.launch` command line for one node, and its environment: pure functions.
 
 paddle 2.6.2's launcher takes a `training_script` plus its arguments; a script that does not
 end in `.py` is executed as given. So the "script" is the Python interpreter itself and its
@@ -20,10 +20,12 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
+from ..envvars import child_pythonpath, launcher_environment
 from ..rundir import RunDir
 from ..spec import JobSpec
+from ..train.control import CONTROL_DIR_ENV
 from .cluster_env import ClusterEnvironment
 
 TRAIN_MODULE = "ernie_cluster.train"
@@ -91,3 +93,24 @@ def build_launch_command(
         python, "-u", "-m", train_module, "--run-dir", str(Path(run.root)),
     ]
     return argv
+
+
+def launch_environment(env: Mapping[str, str], run: RunDir, cenv: ClusterEnvironment,
+                       control: Path) -> Tuple[Dict[str, str], List[str], List[str]]:
+    """(the environment for paddle.distributed.launch, secret names dropped, paddle overrides dropped): this
+    node's environment less secrets (paddle writes its environment into the logs) and variables that
+    would override its flags, plus the attempt's ERNIE_CLUSTER_* variables the trainers read."""
+    child_env, secrets, overrides = launcher_environment(env)
+    child_env.update({
+        CONTROL_DIR_ENV: str(control),
+        "ERNIE_CLUSTER_RUN_DIR": str(run.root),
+        "ERNIE_CLUSTER_JOB_ID": cenv.job_id,
+        "ERNIE_CLUSTER_RESTART_COUNT": str(cenv.restart_count),
+        "ERNIE_CLUSTER_NODE_RANK": str(cenv.node_rank),
+        "ERNIE_CLUSTER_NUM_NODES": str(cenv.num_nodes),
+        "ERNIE_CLUSTER_ATTEMPT": cenv.attempt,
+        "ERNIE_CLUSTER_TRAIN_LOCK_HELD": str(run.train_lock),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": child_pythonpath(env),  # the checkout first only when running from one
+    })
+    return child_env, secrets, overrides

@@ -1,4 +1,5 @@
-"""Node-to-node exchange: each node's node_result.json, node 0's attempt.json verdict, and Slurm actions."""
+"""Node-to-node exchange through the attempt directory RUN/logs/attempt-<job>-<restart>/: each node's
+node<k>/ (control/, node_result.json), node 0's attempt.json verdict; and node 0's Slurm actions."""
 
 from __future__ import annotations
 
@@ -21,6 +22,21 @@ HANDLED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT
 def ignore_all_stop_signals() -> None:
     for sig in HANDLED_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+def open_node_dir(run: RunDir, cenv: ClusterEnvironment) -> Path:
+    """This node's directory for the attempt, with an empty control/ and no node_result.json: the files of an
+    earlier run of the same attempt are kept aside (renamed *.stale-<time>)."""
+    node_dir = run.attempt_log_dir(cenv.job_id, cenv.restart_count, cenv.node_rank)
+    control = node_dir / "control"
+    node_dir.mkdir(parents=True, exist_ok=True)
+    if control.exists() and any(control.iterdir()):  # same attempt run twice: keep the old files
+        control.rename(node_dir / f"control.stale-{int(time.time())}")
+    control.mkdir(parents=True, exist_ok=True)
+    stale_result = node_dir / NODE_RESULT
+    if stale_result.exists():
+        stale_result.rename(node_dir / f"{NODE_RESULT}.stale-{int(time.time())}")
+    return node_dir
 
 
 def write_node_result(node_dir: Path, own: Dict[str, Any]) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 
 class AttemptFailed(RuntimeError):
-    """Raised by `NodeLauncher.__call__` on Slurm when the attempt did not complete and is not requeued."""
+    """Raised by `NodeLauncher.__call__` on Slurm when the attempt failed (even a failure being retried:
+    exit code 75) or stopped without a requeue (the policy denied it: exit code 5)."""
 
     def __init__(self, result: "LaunchResult"):
         self.result = result
@@ -32,3 +33,10 @@ class LaunchResult:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+    def adopt(self, decision: Mapping[str, Any]) -> None:
+        """Take node 0's verdict for the attempt (its attempt.json), exit code included."""
+        self.reason = decision.get("reason", self.reason)
+        self.exit_code = int(decision.get("exit_code_node", self.exit_code))
+        self.cause, self.action = decision.get("cause"), decision.get("action", "none")
+        self.message = decision.get("message", self.message)

@@ -1,4 +1,18 @@
-"""Process supervision: run paddle's launcher, forward stop signals to the trainers, escalate, reap."""
+"""Process supervision: run paddle's launcher, forward stop signals to the trainers, escalate, reap.
+
+paddle.distributed.launch runs in its own session with USR1/USR2 ignored (it has no handler for them
+and would die), with $ERNIE_CLUSTER_CONTROL_DIR naming the control directory the trainers register in.
+- A stop signal (recorded by the node launcher): SIGUSR2 ("save at the next step boundary and stop")
+  to every live trainer pid there; trainers are in their own sessions, so signals to the paddle
+  launcher never reach them. Not done after a grace period (`stop_grace`): SIGTERM the launcher and
+  the trainers, then SIGKILL what is left.
+- Start watchdog: trainers not all past their first collective in time (`ready.<rank>`): SIGTERM the
+  launcher and the trainers at once (SIGKILL later); the attempt is `hung`. The same when another node
+  published a failure (this node then only followed it: `peer-failed`).
+- The paddle launcher exits while trainers still run, with no stop signal: it died. The trainers are
+  asked to save and stop with SIGUSR2 (`launcher-died`), then TERMed and KILLed: none outlives it.
+What happened is left on the `NodeLauncher` (`_start_failed`, `_peer_failed`, `_orphaned`, ...).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +27,7 @@ from ..procs import pid_alive, start_ticks
 from ..spec import JobSpec
 from . import attempt as att
 from .cluster_env import ClusterEnvironment
+from .exchange import failed_peer
 
 if TYPE_CHECKING:  # pragma: no cover
     from .node import NodeLauncher
@@ -119,7 +134,7 @@ class Supervisor:
                               f"being preempted: {launcher._preempted_at_signal}")
                 elif cenv.is_slurm and cenv.end_time is not None:
                     remaining = cenv.end_time - when
-                grace = launcher._grace(self.env, self.spec, remaining, not cenv.is_slurm)
+                grace = stop_grace(launcher.stop_grace_s, self.env, self.spec, remaining, not cenv.is_slurm)
                 self.escalate_at = time.monotonic() + grace
                 self._log(f"waiting up to {grace:.0f}s for the trainers to stop")
             else:
@@ -189,9 +204,9 @@ class Supervisor:
                 self.escalate(now)
             if cenv.num_nodes > 1 and now >= next_peer_check and not self.term_sent:
                 next_peer_check = now + 2.0
-                failed_peer = launcher._failed_peer(control.parent.parent, cenv)
-                if failed_peer:
-                    note = f"node {failed_peer[0]} failed: {failed_peer[1]}"
+                peer = failed_peer(control.parent.parent, cenv)
+                if peer:
+                    note = f"node {peer[0]} failed: {peer[1]}"
                     self.note = note
                     self._log(f"ERROR: {note}; stopping this node's launcher")
                     launcher._peer_failed = note

@@ -37,7 +37,6 @@ class StopFlag:
     def __init__(self) -> None:
         self.signal_name: Optional[str] = None
         self.count = 0
-        self.received_at: Optional[float] = None
 
     def __bool__(self) -> bool:
         return self.signal_name is not None
@@ -47,7 +46,6 @@ class StopFlag:
         self.count += 1
         if self.signal_name is None:
             self.signal_name = signal.Signals(signum).name
-            self.received_at = time.time()
 
     def install(self) -> "StopFlag":
         for name in STOP_SIGNALS:
@@ -59,7 +57,6 @@ class StopFlag:
     def set(self, name: str) -> None:
         if self.signal_name is None:
             self.signal_name = name
-            self.received_at = time.time()
 
 
 def control_dir() -> Optional[Path]:

@@ -3,8 +3,8 @@
 `data_tools` (numpy only) owns the sample index maps, masking and collation; this module
 only adapts its entry points to the trainer:
 
-* `open_datasets(spec, run, dist)`: the train/valid/test datasets from the index maps in
-  `RUN/data_cache`. Normally the node launcher built them before the trainers started,
+* `open_datasets(spec, cache_dir, is_builder=...)`: the train/valid/test datasets from the index
+  maps in `RUN/data_cache`. Normally the node launcher built them before the trainers started,
   so every rank only reads; standalone, global rank 0 builds and the others wait.
   The builder also warns about documents that give no sample (per split, with the reason)
   and records them in `RUN/data_cache/data_report.json`, which `status` shows.

@@ -38,11 +38,3 @@ class DistEnv:
         if not 0 <= rank < world:
             raise RuntimeError(f"inconsistent launcher environment: rank {rank} not in [0, {world})")
         return cls(rank, world, local_rank, local_size, node_rank)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1

@@ -1,4 +1,5 @@
-"""What both engines share: the step result, seeding; the optimizer-state layout (from checkpoint.py)."""
+"""What both engines share: the process-group interface, the step result, seeding; the optimizer-state
+layout (its home is ckpt_state.py, part of the checkpoint format)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,23 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-# The optimizer-state layout has its home in checkpoint.py; re-exported for the engines.
-from .checkpoint import (ACC_KINDS, ACC_RE, LOSS_SCALING_KEYS, empty_optimizer_state, get_accumulator,  # noqa: F401
+# The optimizer-state layout has its home in ckpt_state.py; re-exported for the engines.
+from .ckpt_state import (ACC_KINDS, ACC_RE, LOSS_SCALING_KEYS, empty_optimizer_state, get_accumulator,  # noqa: F401
                          put_accumulator)
+
+
+class Collective:
+    """What the trainer and checkpointing need from the engine's process group (stop-flag agreement,
+    barriers, evaluation sums); these single-process defaults are what one process needs."""
+
+    def barrier(self) -> None:  # pragma: no cover - trivial
+        pass
+
+    def max_int(self, value: int) -> int:
+        return int(value)
+
+    def sum_floats(self, values):
+        return [float(v) for v in values]
 
 
 @dataclass

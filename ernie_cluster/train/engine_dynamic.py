@@ -23,9 +23,8 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from .checkpoint import Collective
-from .engine_common import (ACC_KINDS, StepResult, empty_optimizer_state, get_accumulator, gpu_device_id, mean_results,
-                            put_accumulator, step_seed)
+from .engine_common import (ACC_KINDS, Collective, StepResult, empty_optimizer_state, get_accumulator, gpu_device_id,
+                            mean_results, put_accumulator, step_seed)
 from .engine_static import make_lr_scheduler
 from .model import canonical_names, create_model, forward_losses, no_decay
 
@@ -246,6 +245,3 @@ class DynamicEngine:
             loss, lm, sop, _, _ = forward_losses(self.model, self._to_tensors(mb), self.binary_head)
         self.model.train()
         return StepResult(float(loss.numpy()), float(lm.numpy()), float(sop.numpy()))
-
-    def close(self) -> None:
-        pass

@@ -9,8 +9,8 @@ initial weights and conversion all speak structured names.
 Fleet strategy as in the reference `run_pretrain_static.py` (A.3): gradient merge with
 `k_steps = accumulate_steps` when there is no sharding, AMP fp16 with the reference's
 white/black lists and dynamic loss scaling from `train.amp_init_loss_scaling`, recompute
-on the encoder layer outputs, sharding configs when `sharding_degree > 1`, and the
-reference's ExecutionStrategy/BuildStrategy settings.
+on the encoder layer outputs, sharding configs when `sharding_degree > 1` (built, but the
+spec refuses sharding for now), and the reference's ExecutionStrategy/BuildStrategy settings.
 
 Recompute and dropout: Fleet's recompute pass gives every dropout a `seed` op so the
 recomputed forward draws the forward's mask, but that op's seed comes from
@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 
-from .checkpoint import Collective
-from .engine_common import (ACC_KINDS, ACC_RE, LOSS_SCALING_KEYS, StepResult, dropout_seed, empty_optimizer_state,
-                            get_accumulator, gpu_device_id, put_accumulator,
-                            mean_results, step_seed)
+from .engine_common import (ACC_KINDS, ACC_RE, LOSS_SCALING_KEYS, Collective, StepResult, dropout_seed,
+                            empty_optimizer_state, get_accumulator, gpu_device_id, mean_results, put_accumulator,
+                            step_seed)
 from .model import FEED_SPECS, canonical_names, create_model, forward_losses, no_decay
 
 log = logging.getLogger("ernie_cluster.train")
@@ -153,6 +152,15 @@ def seed_dropout_ops(block, rng_prefix: str = DROPOUT_RNG_PREFIX) -> List[str]:
     return names
 
 
+def feed_shape(name: str, seq_len: int) -> List[int]:
+    """The static program's shape of feed `name` (batch dimension -1)."""
+    return {
+        "input_ids": [-1, seq_len], "token_type_ids": [-1, seq_len], "position_ids": [-1, seq_len],
+        "attention_mask": [-1, 1, 1, seq_len], "masked_positions": [-1], "masked_lm_labels": [-1, 1],
+        "masked_lm_weights": [-1], "next_sentence_labels": [-1, 1],
+    }[name]
+
+
 class StaticCollective(Collective):
     """Stop-flag agreement, barriers and eval sums for static multi-GPU runs: all-reduces on ring 0."""
 
@@ -203,48 +211,17 @@ class StaticEngine:
         self.config = config
         self.schedule = schedule
         self.binary_head = bool(spec.data.masking.binary_head)
-        self.accumulate_steps = spec.accumulate_steps if spec.train.sharding_degree <= 1 else 1
         self.micro_per_step = spec.accumulate_steps
         t = spec.train
         paddle.enable_static()
-        if t.device == "gpu":
-            self.place = paddle.CUDAPlace(gpu_device_id(dist))
-        else:
-            self.place = paddle.CPUPlace()
+        self.place = paddle.CUDAPlace(gpu_device_id(dist)) if t.device == "gpu" else paddle.CPUPlace()
         fleet.init(is_collective=True)
         paddle.seed(t.seed)  # identical initialisation on every rank
         self.main = paddle.static.Program()
         self.startup = paddle.static.Program()
         with paddle.utils.unique_name.guard(), paddle.static.program_guard(self.main, self.startup):
-            feeds = {}
-            for name, dtype in FEED_SPECS:
-                shape = {
-                    "input_ids": [-1, t.max_seq_len], "token_type_ids": [-1, t.max_seq_len],
-                    "position_ids": [-1, t.max_seq_len], "attention_mask": [-1, 1, 1, t.max_seq_len],
-                    "masked_positions": [-1], "masked_lm_labels": [-1, 1], "masked_lm_weights": [-1],
-                    "next_sentence_labels": [-1, 1],
-                }[name]
-                feeds[name] = paddle.static.data(name, shape, dtype)
-            self.model = create_model(config)
-            checkpoints: List[str] = []
-            if t.use_recompute:
-                for layer in self.model.ernie.encoder.layers:
-                    layer.register_forward_post_hook(lambda _l, _i, out: checkpoints.append(out.name))
-            self.loss, self.lm_loss, self.sop_loss, self.logits, self.sop_logits = forward_losses(self.model, feeds, self.binary_head)
-            self.names: Dict[str, str] = {k: v.name for k, v in self.model.state_dict().items()}
-            self.eval_program = self.main.clone(for_test=True)
-            # After the clone: evaluation keeps its plain (is_test) dropouts.
-            self.dropout_rngs = seed_dropout_ops(self.main.global_block()) if t.use_recompute else []
-            self.canonical, self.aliases = canonical_names(self.names)
-            decay_vars = {self.names[n] for n in self.canonical if not no_decay(n)}
-            self.lr = make_lr_scheduler(schedule)
-            clip = paddle.nn.ClipGradByGlobalNorm(t.grad_clip) if t.grad_clip > 0 else None
-            optimizer = paddle.optimizer.AdamW(
-                learning_rate=self.lr, beta1=t.adam_beta1, beta2=t.adam_beta2, epsilon=t.adam_epsilon,
-                weight_decay=t.weight_decay, apply_decay_param_fun=lambda vname: vname in decay_vars, grad_clip=clip)
-            self.strategy = fleet_strategy(spec, checkpoints)
-            optimizer = fleet.distributed_optimizer(optimizer, strategy=self.strategy)
-            optimizer.minimize(self.loss)
+            checkpoints = self._build_forward()
+            self._build_optimizer(checkpoints)
         if t.use_recompute:
             log.info("recompute: %d checkpoints (encoder layer outputs); %d dropouts seeded per (seed, rank, step)",
                      len(checkpoints), len(self.dropout_rngs))
@@ -257,6 +234,43 @@ class StaticEngine:
         self.fetch = [self.loss, self.lm_loss, self.sop_loss] + ([self._loss_scaling_var] if self._loss_scaling_var else [])
         self.eval_fetch = [self.loss, self.lm_loss, self.sop_loss]
         self._dump_program()
+
+    # -- program ----------------------------------------------------------------
+    def _build_forward(self) -> List[str]:
+        """Feeds, model, losses, the eval clone and the seeded dropouts; returns the recompute checkpoints
+        (filled while the forward is built)."""
+        import paddle
+
+        t = self.spec.train
+        feeds = {name: paddle.static.data(name, feed_shape(name, t.max_seq_len), dtype) for name, dtype in FEED_SPECS}
+        self.model = create_model(self.config)
+        checkpoints: List[str] = []
+        if t.use_recompute:
+            for layer in self.model.ernie.encoder.layers:
+                layer.register_forward_post_hook(lambda _l, _i, out: checkpoints.append(out.name))
+        self.loss, self.lm_loss, self.sop_loss, _, _ = forward_losses(self.model, feeds, self.binary_head)
+        self.names: Dict[str, str] = {k: v.name for k, v in self.model.state_dict().items()}
+        self.eval_program = self.main.clone(for_test=True)
+        # After the clone: evaluation keeps its plain (is_test) dropouts.
+        self.dropout_rngs = seed_dropout_ops(self.main.global_block()) if t.use_recompute else []
+        self.canonical, self.aliases = canonical_names(self.names)
+        return checkpoints
+
+    def _build_optimizer(self, recompute_checkpoints: List[str]) -> None:
+        """AdamW (no decay on biases and norms) from the LR schedule, under the Fleet strategy; minimize."""
+        import paddle
+        from paddle.distributed import fleet
+
+        t = self.spec.train
+        decay_vars = {self.names[n] for n in self.canonical if not no_decay(n)}
+        self.lr = make_lr_scheduler(self.schedule)
+        clip = paddle.nn.ClipGradByGlobalNorm(t.grad_clip) if t.grad_clip > 0 else None
+        optimizer = paddle.optimizer.AdamW(
+            learning_rate=self.lr, beta1=t.adam_beta1, beta2=t.adam_beta2, epsilon=t.adam_epsilon,
+            weight_decay=t.weight_decay, apply_decay_param_fun=lambda vname: vname in decay_vars, grad_clip=clip)
+        self.strategy = fleet_strategy(self.spec, recompute_checkpoints)
+        optimizer = fleet.distributed_optimizer(optimizer, strategy=self.strategy)
+        optimizer.minimize(self.loss)
 
     # -- persistables ---------------------------------------------------------
     def _classify_persistables(self) -> None:
@@ -289,7 +303,7 @@ class StaticEngine:
             elif var.type == paddle_var_type_lod_tensor():
                 self.extra_vars.append(name)
         missing = [(n, k) for n in self.canonical for k in ACC_KINDS if (n, k) not in self.acc_vars]
-        if missing and self.spec.train.sharding_degree <= 1:
+        if missing:
             log.warning("static engine: %d Adam accumulators not found (e.g. %s)", len(missing), missing[:3])
 
     def _dump_program(self) -> None:
@@ -386,15 +400,6 @@ class StaticEngine:
                            use_program_cache=True)
         loss, lm, sop = (float(np.asarray(x).reshape(-1)[0]) for x in out)
         return StepResult(loss, lm, sop)
-
-    def forward_outputs(self, mb: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """Eval-mode losses and logits for one batch (conversion verification)."""
-        fetch = [self.loss, self.lm_loss, self.sop_loss, self.logits, self.sop_logits]
-        out = self.exe.run(self.eval_program, feed={k: mb[k] for k in self.feed_names}, fetch_list=fetch)
-        return dict(zip(("loss", "lm_loss", "sop_loss", "logits", "sop_logits"), (np.asarray(x) for x in out)))
-
-    def close(self) -> None:
-        pass
 
 
 def paddle_var_type_lod_tensor():

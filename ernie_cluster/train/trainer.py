@@ -1,18 +1,18 @@
 """The training program every trainer process runs: `python -m ernie_cluster.train --run-dir RUN`.
 
-Start-up: read RUN/spec.yaml, write the pid file, install the stop-flag handlers, open the
-datasets, build the engine (static Fleet or dynamic data parallel), resume from the newest
-complete compatible checkpoint (rank 0 chooses, all ranks agree), else start from the
-model directory's weights (every tensor, verified: `model.starting_weights`; logged as
-`initialised weights from <dir>: <summary>`, evaluated on the validation split at step 0,
-recorded in VisualDL and in every checkpoint's trainer_state.json), or from random weights
-with model.random_init.
+Start-up (`Trainer._setup`, `_resume_or_start`): read RUN/spec.yaml, write the pid file, install
+the stop-flag handlers, open the datasets, build the engine (static Fleet or dynamic data
+parallel), resume from the newest complete compatible checkpoint (rank 0 chooses, all ranks
+agree), else start from the model directory's weights (every tensor, verified:
+`model.starting_weights`; logged as `initialised weights from <dir>: <summary>`, evaluated on
+the validation split at step 0, recorded in VisualDL and in every checkpoint's
+trainer_state.json), or from random weights with model.random_init (`start.py`).
 
-Loop, at every step boundary: the ranks agree (one max all-reduce) on "continue / stop
-signal / non-finite loss"; a stop saves a checkpoint at that boundary and exits 0 with
-exit.<rank>.json {"reason": "stopped"}; a non-finite loss exits 4 with {"reason": "failed"}.
-Periodic checkpoints every `checkpoint_steps`, snapshots every `save_steps`, evaluation
-every `eval_freq`; at max_steps a final checkpoint, a snapshot and the test-split
+Loop (`Trainer._train`): batch -> step -> log -> test hooks -> the ranks agree (one max
+all-reduce) on "continue / stop signal / non-finite loss" -> evaluation every `eval_freq`,
+checkpoint every `checkpoint_steps`, snapshot every `save_steps`. A stop saves a checkpoint at
+that boundary and exits 0 with exit.<rank>.json {"reason": "stopped"}; a non-finite loss exits 4
+with {"reason": "failed"}. At max_steps a final checkpoint, a snapshot and the test-split
 evaluation, then {"reason": "completed"} and exit 0.
 
 Exit codes: 0 completed or stopped; 3 setup problem (incompatible checkpoint, bad model
@@ -37,12 +37,10 @@ EXIT_ERROR = 1
 EXIT_SETUP = 3
 EXIT_NONFINITE = 4
 
+# A rank's vote at a step boundary; the ranks act on the maximum.
 CODE_CONTINUE = 0
 CODE_STOP = 1
 CODE_FAIL = 2
-NO_CHECKPOINT = -1
-REFUSED = -2
-NOT_RANK0 = -(2 ** 62)
 
 
 # Test hooks: behave as if a stop signal arrived right after this step; crash rank 0 once after step N
@@ -97,7 +95,7 @@ class Trainer:
         self.stop = StopFlag().install()
         self._load_frozen = load_frozen
         self.spec = None
-        self.step: Optional[int] = None
+        self.step: Optional[int] = None  # completed steps; None until the start point is known (exit records)
 
     # ------------------------------------------------------------------
     def main(self) -> int:
@@ -128,20 +126,74 @@ class Trainer:
 
     # ------------------------------------------------------------------
     def _train(self) -> int:
+        """Start up, then one step per iteration until max_steps, an agreed stop or a failure; the exit code."""
         import numpy as np  # noqa: F401 - numpy before paddle (paddle 2.6 import-order bug)
 
         from . import control
-        from .checkpoint import (CheckpointManager, CheckpointError, IncompatibleCheckpoint, build_trainer_state, capture_rng,
-                                 find_latest, restore_rng, verify_checkpoint)
-        from .data import close_stream, eval_micro_batches, open_datasets, train_stream
-        from .engine_common import paddle_seed_scheme
-        from .metrics import Metrics
-        from .model import check_run_vocab, model_config, starting_weights
+        from .data import close_stream, train_stream
+
+        t_start = time.time()
+        t = self.spec.train
+        self._setup()
+        self.step = self._resume_or_start()
+        self._open_metrics()
+        self._read_test_hooks()
+        log.info("start-up took %.1fs; training steps %d -> %d", time.time() - t_start, self.step, t.max_steps)
+        self._evaluate_start()
+        self.stream = None
+        if self.step < t.max_steps:
+            self.stream = train_stream(self.spec, self.datasets["train"], self.dist, self.step)
+        try:
+            code = self._agree()
+            control.write_ready(self.dist.rank)  # every rank answered: the rendezvous worked
+            while True:
+                if code != CODE_CONTINUE:
+                    return self._stop_or_fail(code)
+                if self.step >= t.max_steps:
+                    return self._complete()
+                micro_batches = self._next_batch()
+                lr = self.schedule.for_update(self.step)
+                res = self.engine.train_step(self.step, micro_batches)
+                self.step += 1
+                self._log_step(res, lr, micro_batches)
+                self._test_hooks()
+                code = self._agree(failing=self.nonfinite_run > self.nonfinite_limit)
+                if code == CODE_CONTINUE:  # a stop or a failure skips the periodic work: see the loop's top
+                    self._maybe_evaluate()
+                    self._maybe_checkpoint()
+                    self._maybe_snapshot()
+        finally:
+            close_stream(self.stream)
+            self.metrics.close()
+
+    # -- start-up ---------------------------------------------------------
+    def _setup(self) -> None:
+        """Check the launcher's world against the spec, open the data, build the engine and checkpoint manager."""
+        from .checkpoint import CheckpointManager
+        from .data import open_datasets
+        from .model import check_run_vocab, model_config
         from .schedule import LRSchedule
 
         spec, dist, run = self.spec, self.dist, self.run
-        t = spec.train
-        t_start = time.time()
+        self._check_world()
+        self.config = model_config(spec)
+        self.schedule = LRSchedule.from_spec(spec)
+        self.datasets = open_datasets(spec, run.data_cache, is_builder=dist.rank == 0)
+        vocab = check_run_vocab(spec)  # the corpus's recorded vocab must be the run's (and the model's)
+        if dist.rank == 0:
+            log.info("%s", vocab.summary())
+        # A re-tokenized or edited corpus under the same prefix would silently shift the data position.
+        corpus = self.datasets["train"].indexed
+        self.compat_key = dict(spec.compat_key(), corpus={"documents": corpus.n_docs, "tokens": corpus.n_tokens})
+        self.engine = create_engine(spec, dist, self.config, self.schedule)
+        self.collective = self.engine.collective
+        self.manager = CheckpointManager(run.checkpoints, dist.rank, dist.world_size, spec.train.keep_checkpoints,
+                                         self.collective)
+
+    def _check_world(self) -> None:
+        from .checkpoint import CheckpointError
+
+        spec, dist, t = self.spec, self.dist, self.spec.train
         log.info("trainer rank %d/%d (local %d) pid %d: engine %s, device %s, gbs %d = micro %d x accumulate %d x dp %d",
                  dist.rank, dist.world_size, dist.local_rank, os.getpid(), t.resolved_engine, t.device,
                  spec.global_batch_size, t.micro_batch_size, spec.accumulate_steps, dist.world_size)
@@ -153,240 +205,187 @@ class Trainer:
                 f"{spec.accumulate_steps} x world {dist.world_size}: the launcher started a different number of "
                 "trainers than the spec describes")
 
-        config = model_config(spec)
-        schedule = LRSchedule.from_spec(spec)
-        datasets = open_datasets(spec, run.data_cache, is_builder=dist.rank == 0)
-        vocab = check_run_vocab(spec)  # the corpus's recorded vocab must be the run's (and the model's)
-        if dist.rank == 0:
-            log.info("%s", vocab.summary())
-        # A re-tokenized or edited corpus under the same prefix would silently shift the data position.
-        corpus = datasets["train"].indexed
-        compat_key = dict(spec.compat_key(), corpus={"documents": corpus.n_docs, "tokens": corpus.n_tokens})
-        engine = create_engine(spec, dist, config, schedule)
-        collective = engine.collective
-        manager = CheckpointManager(run.checkpoints, dist.rank, dist.world_size, t.keep_checkpoints, collective,
-                                    sharded_optimizer=engine.name == "static" and t.sharding_degree > 1)
+    def _resume_or_start(self) -> int:
+        """Resume the checkpoint every rank agreed on, else start from the starting weights; the step to run next."""
+        from .start import agree_on_checkpoint, resume, start_fresh
 
-        # ---- resume: rank 0 chooses, everyone agrees --------------------------
-        choice = NOT_RANK0
-        refusal: Optional[Exception] = None
-        chosen = None
-        if dist.rank == 0:
-            try:
-                chosen = find_latest(run.checkpoints, compat_key)
-                choice = chosen.step if chosen is not None else NO_CHECKPOINT
-            except IncompatibleCheckpoint as exc:
-                refusal, choice = exc, REFUSED
-        choice = collective.max_int(choice)
-        if choice == REFUSED:
-            raise refusal if refusal is not None else CheckpointError(
-                "rank 0 refused the newest checkpoint (incompatible spec); see its log")
-        step = 0
-        resumed_from = None
-        starting: Optional[Dict[str, Any]] = None  # what step 0 started from (trainer_state "starting_weights")
-        start_report = None
-        if choice >= 0:
-            from .checkpoint import step_dir_name
-
-            path = run.checkpoints / step_dir_name(choice)
-            if chosen is not None:  # rank 0 verified it fully a moment ago
-                info = chosen
-            else:  # the other ranks check that they see the same complete files (shared file system)
-                ok, reason, info = verify_checkpoint(path, full=False)
-                if not ok or info is None:
-                    raise CheckpointError(f"checkpoint {path} chosen by rank 0 does not verify on rank {dist.rank}: "
-                                          f"{reason} (is {run.checkpoints} on a file system all nodes share?)")
-            loaded = manager.load(info)
-            engine.set_model_state(loaded.model_state)
-            engine.set_optimizer_state(loaded.optimizer)
-            if loaded.rng is not None:
-                restore_rng(loaded.rng)
-            step = int(loaded.trainer_state["step"])
-            resumed_from = str(path)
-            st = loaded.trainer_state
-            if st.get("engine") != engine.name:
-                log.info("resuming a %s-engine checkpoint in the %s engine", st.get("engine"), engine.name)
-            if st.get("spec_sha256") != spec.sha256():
-                log.info("the spec changed since the checkpoint (compatible fields only)")
-            log.info("resumed from %s: step %d, consumed samples %d", path, step, st.get("consumed_samples", -1))
-            starting = st.get("starting_weights")
-            if dist.rank == 0 and isinstance(starting, dict):
-                log.info("this run started from %s", _describe_start(starting))
+        self.resumed_from: Optional[str] = None
+        self.start_report = None  # the starting weights' report (a fresh start from a model directory only)
+        info = agree_on_checkpoint(self.run.checkpoints, self.compat_key, self.dist, self.collective)
+        if info is not None:
+            step, self.starting = resume(info, self.manager, self.engine, self.spec, self.dist.rank)
+            self.resumed_from = str(info.path)
         else:
-            import random
+            step = 0
+            self.starting, self.start_report = start_fresh(self.spec, self.engine, self.dist.rank)
+        self.last_saved: Optional[int] = step if self.resumed_from else None
+        self.last_snapshot: Optional[int] = None
+        self.nonfinite_run = 0
+        self.nonfinite_limit = 20 if self.spec.train.use_amp else 0
+        return step
 
-            random.seed(t.seed + dist.rank)
-            np.random.seed((t.seed + dist.rank) % (2 ** 32))
-            started = starting_weights(spec, engine.param_shapes(), fresh=engine.model_state)
-            if started is None:
-                starting = {"random_init": True, "architecture": spec.model.model_name_or_path}
-                log.info("random initialisation (model.random_init: true): architecture of %s, seed %d; no weights "
-                         "are read", spec.model.model_name_or_path, t.seed)
-            else:
-                weights, start_report = started
-                engine.set_model_state(weights, strict=True)
-                del weights
-                _verify_loaded(engine, start_report)
-                starting = start_report.as_dict()
-                log.info("initialised weights from %s: %s", spec.model.model_name_or_path, start_report.summary())
-                for note in start_report.notes:
-                    log.info("starting weights: %s", note)
-                if start_report.fresh_heads:
-                    log.warning("starting weights: %d pretraining head tensor(s) are not in %s and start from a fresh "
-                                "initialisation (model.allow_missing_heads): %s", len(start_report.fresh_heads),
-                                start_report.path, ", ".join(start_report.fresh_heads))
-        self.step = step
+    def _open_metrics(self) -> None:
+        from .metrics import Metrics
+        from .start import describe_start
 
-        metrics = Metrics(rank=dist.rank, visualdl_dir=run.visualdl, global_batch_size=spec.global_batch_size,
-                          seq_len=t.max_seq_len, max_steps=t.max_steps, logging_freq=t.logging_freq, use_amp=t.use_amp)
+        spec, t = self.spec, self.spec.train
+        self.metrics = Metrics(rank=self.dist.rank, visualdl_dir=self.run.visualdl,
+                               global_batch_size=spec.global_batch_size, seq_len=t.max_seq_len,
+                               max_steps=t.max_steps, logging_freq=t.logging_freq, use_amp=t.use_amp)
         # What produced these curves, beside them in VisualDL (per attempt: a resume may change max_steps).
-        metrics.text("config/spec", spec.to_yaml(), step)
-        if not resumed_from:
-            metrics.text("init/starting_weights", start_report.text() if start_report is not None
-                         else _describe_start(starting or {}), 0)
-        last_saved = step if resumed_from else None
-        last_snapshot = None
-        nonfinite_run = 0
-        nonfinite_limit = 20 if t.use_amp else 0
-        signal_name = None
+        self.metrics.text("config/spec", spec.to_yaml(), self.step)
+        if not self.resumed_from:
+            self.metrics.text("init/starting_weights", self.start_report.text() if self.start_report is not None
+                              else describe_start(self.starting or {}), 0)
 
-        def trainer_state(at: int) -> Dict[str, Any]:
-            return build_trainer_state(
-                step=at, global_batch_size=spec.global_batch_size, lr_schedule=schedule.state(at),
-                spec_sha256=spec.sha256(), compat_key=compat_key, engine=engine.name, world_size=dist.world_size,
-                dp_degree=spec.dp_degree, accumulate_steps=spec.accumulate_steps, model_config=config,
-                max_steps=t.max_steps, starting_weights=starting)
+    def _evaluate_start(self) -> None:
+        """Where DAPT starts: the loaded model's loss on this corpus's validation split, before any step."""
+        if self.start_report is not None and self.spec.train.eval_iters > 0:
+            self._evaluate("valid", 0, 0, self.spec.train.eval_iters * self.spec.accumulate_steps)
 
-        def save(at: int) -> None:
-            nonlocal last_saved
-            if last_saved == at:
-                return
-            t0 = time.time()
-            manager.save(at, model_state=engine.model_state, optimizer_state=engine.optimizer_state,
-                         trainer_state=trainer_state(at), rng_state=capture_rng(dist.rank, paddle_seed_scheme(t.seed, dist.rank)))
-            last_saved = at
-            metrics.exclude(time.time() - t0)
+    # -- the step ---------------------------------------------------------
+    def _agree(self, failing: bool = False) -> int:
+        """All ranks' vote at a step boundary (one max all-reduce): continue, stop (a signal) or fail."""
+        local = CODE_FAIL if failing else (CODE_STOP if self.stop else CODE_CONTINUE)
+        return self.collective.max_int(local)
 
-        def snapshot(at: int) -> None:
-            nonlocal last_snapshot
-            if last_snapshot == at or dist.rank != 0:
-                return
-            t0 = time.time()
-            write_snapshot(spec, config, run.snapshots / f"model_{at}", engine.model_state())
-            last_snapshot = at
-            log.info("snapshot %s written", run.snapshots / f"model_{at}")
-            metrics.exclude(time.time() - t0)
+    def _next_batch(self):
+        got, micro_batches = next(self.stream)
+        if got != self.step:
+            raise RuntimeError(f"data stream is at step {got}, the trainer at {self.step}")
+        return micro_batches
 
-        def evaluate(split: str, at: int, index: int, n: int) -> None:
-            ds = datasets.get(split) if isinstance(datasets, dict) else None
-            if n <= 0 or ds is None or len(ds) == 0:
-                return
-            t0 = time.time()
-            mbs = eval_micro_batches(spec, ds, dist, index, n)
-            res = [engine.eval_batch(mb) for mb in mbs]
-            # Every rank evaluates its own share; the logged figure is the mean over all ranks' micro-batches.
-            local = [sum(r.loss for r in res), sum(r.lm_loss for r in res), sum(r.sop_loss for r in res), len(res)]
-            total = collective.sum_floats(local)
-            n_total = max(1.0, total[3])
-            loss, lm, sop = total[0] / n_total, total[1] / n_total, total[2] / n_total
-            metrics.eval_record(split, at, loss=loss, local_loss=local[0] / max(1, len(res)), micro_batches=len(res))
-            if dist.rank == 0:
-                dt = time.time() - t0
-                samples = int(total[3]) * t.micro_batch_size
-                log.info("%s at step %d | loss %.6f | lm_loss %.6f | sop_loss %.6f | %d micro-batches | %.1f samples/s",
-                         split, at, loss, lm, sop, int(total[3]), samples / max(dt, 1e-9))
-                metrics.scalars(split, at, {"loss": loss, "lm_loss": lm, "sop_loss": sop,
-                                            "samples_per_s": samples / max(dt, 1e-9)})
-            metrics.exclude(time.time() - t0)
+    def _log_step(self, res, lr: float, micro_batches) -> None:
+        """Count non-finite losses in a row (tolerated with AMP's loss scaling only), log the step."""
+        if res.finite:
+            self.nonfinite_run = 0
+        else:
+            self.nonfinite_run += 1
+            log.warning("non-finite loss at step %d (%d in a row)", self.step, self.nonfinite_run)
+        self.metrics.step(self.step, res.loss, res.lm_loss, res.sop_loss, lr, res.loss_scale,
+                          data_digest=batch_digest(micro_batches) if self.metrics.loss_log is not None else None)
 
+    def _read_test_hooks(self) -> None:
         stop_at = os.environ.get(STOP_AT_ENV)
-        stop_at_step = int(stop_at) if stop_at else None
+        self.stop_at_step = int(stop_at) if stop_at else None
         crash_step, _, crash_marker = os.environ.get(CRASH_ONCE_ENV, "").partition(":")
-        log.info("start-up took %.1fs; training steps %d -> %d", time.time() - t_start, step, t.max_steps)
-        if start_report is not None and t.eval_iters > 0:
-            # where DAPT starts: the loaded model's loss on this corpus's validation split, before any step
-            evaluate("valid", 0, 0, t.eval_iters * spec.accumulate_steps)
-        stream = train_stream(spec, datasets["train"], dist, step) if step < t.max_steps else None
-        try:
-            code = collective.max_int(CODE_STOP if self.stop else CODE_CONTINUE)
-            control.write_ready(dist.rank)  # every rank answered: the rendezvous worked
-            while True:
-                if code == CODE_FAIL:
-                    raise NonFiniteLoss(f"non-finite loss at step {step} (on at least one rank); "
-                                        f"the last good checkpoint is {last_saved if last_saved is not None else 'none'}")
-                if code == CODE_STOP:
-                    signal_name = self.stop.signal_name or "peer"
-                    log.info("stop requested (%s): checkpoint at step %d, then exit", signal_name, step)
-                    if step > 0 and t.checkpoint_on_signal:
-                        save(step)
-                    control.write_exit(dist.rank, "stopped", step, signal=signal_name if self.stop else "peer",
-                                       param_digest=param_digest(engine))
-                    return EXIT_OK
-                if step >= t.max_steps:
-                    break
-                got, micro_batches = next(stream)
-                if got != step:
-                    raise RuntimeError(f"data stream is at step {got}, the trainer at {step}")
-                lr = schedule.for_update(step)
-                res = engine.train_step(step, micro_batches)
-                step += 1
-                self.step = step
-                if res.finite:
-                    nonfinite_run = 0
-                else:
-                    nonfinite_run += 1
-                    log.warning("non-finite loss at step %d (%d in a row)", step, nonfinite_run)
-                metrics.step(step, res.loss, res.lm_loss, res.sop_loss, lr, res.loss_scale,
-                             data_digest=batch_digest(micro_batches) if metrics.loss_log is not None else None)
-                if stop_at_step is not None and step == stop_at_step:
-                    self.stop.set("TEST_STOP_AT_STEP")
-                if crash_marker and dist.rank == 0 and step == int(crash_step) and not os.path.exists(crash_marker):
-                    Path(crash_marker).write_text(f"{step}\n")
-                    raise RuntimeError(f"{CRASH_ONCE_ENV}: simulated transient fault after step {step}")
-                local = CODE_FAIL if nonfinite_run > nonfinite_limit else (CODE_STOP if self.stop else CODE_CONTINUE)
-                code = collective.max_int(local)
-                if code != CODE_CONTINUE:
-                    continue
-                if t.eval_iters > 0 and step % t.eval_freq == 0 and step < t.max_steps:
-                    evaluate("valid", step, step // t.eval_freq, t.eval_iters * spec.accumulate_steps)
-                if step % t.checkpoint_steps == 0 and step < t.max_steps:
-                    save(step)
-                if step % t.save_steps == 0 and step < t.max_steps:
-                    snapshot(step)
-            # ---- completed -----------------------------------------------------
-            close_stream(stream)
-            stream = None
-            save(step)
-            snapshot(step)
-            if t.eval_iters > 0:
-                evaluate("test", step, 0, t.eval_iters * 10 * spec.accumulate_steps)
-            collective.barrier()
-            control.write_exit(dist.rank, "completed", step, param_digest=param_digest(engine))
-            log.info("training completed at step %d", step)
-            return EXIT_OK
-        finally:
-            close_stream(stream)
-            metrics.close()
+        self.crash_once = (crash_step, crash_marker)
 
+    def _test_hooks(self) -> None:
+        """After a step: a test's stop "signal" (STOP_AT_ENV) or rank 0's one simulated crash (CRASH_ONCE_ENV)."""
+        if self.stop_at_step is not None and self.step == self.stop_at_step:
+            self.stop.set("TEST_STOP_AT_STEP")
+        crash_step, marker = self.crash_once
+        if marker and self.dist.rank == 0 and self.step == int(crash_step) and not os.path.exists(marker):
+            Path(marker).write_text(f"{self.step}\n")
+            raise RuntimeError(f"{CRASH_ONCE_ENV}: simulated transient fault after step {self.step}")
 
-def _verify_loaded(engine, report) -> None:
-    """The engine's parameters must be the loaded tensors, bit for bit (the report's checksum; fresh heads aside)."""
-    from ..weights import tensor_checksum
-    from .model import ModelSetupError
+    # -- periodic work ----------------------------------------------------
+    def _maybe_evaluate(self) -> None:
+        t = self.spec.train
+        if t.eval_iters > 0 and self.step % t.eval_freq == 0 and self.step < t.max_steps:
+            self._evaluate("valid", self.step, self.step // t.eval_freq, t.eval_iters * self.spec.accumulate_steps)
 
-    fresh = set(report.fresh_heads)
-    got = tensor_checksum({k: v for k, v in engine.model_state().items() if k not in fresh})
-    if got != report.checksum:
-        raise ModelSetupError(f"the {engine.name} engine's parameters after loading {report.path} have sha256 "
-                              f"{got[:16]}, the loaded tensors {report.checksum[:16]}: the weights did not arrive")
+    def _maybe_checkpoint(self) -> None:
+        if self.step % self.spec.train.checkpoint_steps == 0 and self.step < self.spec.train.max_steps:
+            self._save(self.step)
 
+    def _maybe_snapshot(self) -> None:
+        if self.step % self.spec.train.save_steps == 0 and self.step < self.spec.train.max_steps:
+            self._snapshot(self.step)
 
-def _describe_start(starting: Dict[str, Any]) -> str:
-    if starting.get("random_init"):
-        return f"random weights (model.random_init), architecture of {starting.get('architecture')}"
-    fresh = starting.get("fresh_heads") or []
-    return (f"{starting.get('path')} ({starting.get('layout')}, {starting.get('n_tensors')} tensors, sha256 "
-            f"{str(starting.get('checksum'))[:16]}{f', {len(fresh)} fresh head tensors' if fresh else ''})")
+    def _evaluate(self, split: str, at: int, index: int, n: int) -> None:
+        """`n` micro-batches of `split` (the `index`-th evaluation) on every rank; rank 0 logs the mean over all."""
+        from .data import eval_micro_batches
+
+        ds = self.datasets.get(split) if isinstance(self.datasets, dict) else None
+        if n <= 0 or ds is None or len(ds) == 0:
+            return
+        t0 = time.time()
+        res = [self.engine.eval_batch(mb) for mb in eval_micro_batches(self.spec, ds, self.dist, index, n)]
+        local = [sum(r.loss for r in res), sum(r.lm_loss for r in res), sum(r.sop_loss for r in res), len(res)]
+        total = self.collective.sum_floats(local)
+        n_total = max(1.0, total[3])
+        loss, lm, sop = total[0] / n_total, total[1] / n_total, total[2] / n_total
+        self.metrics.eval_record(split, at, loss=loss, local_loss=local[0] / max(1, len(res)), micro_batches=len(res))
+        if self.dist.rank == 0:
+            dt = time.time() - t0
+            samples = int(total[3]) * self.spec.train.micro_batch_size
+            log.info("%s at step %d | loss %.6f | lm_loss %.6f | sop_loss %.6f | %d micro-batches | %.1f samples/s",
+                     split, at, loss, lm, sop, int(total[3]), samples / max(dt, 1e-9))
+            self.metrics.scalars(split, at, {"loss": loss, "lm_loss": lm, "sop_loss": sop,
+                                             "samples_per_s": samples / max(dt, 1e-9)})
+        self.metrics.exclude(time.time() - t0)
+
+    def _save(self, at: int) -> None:
+        """The resumable checkpoint at step `at` (collective; once per step)."""
+        from .checkpoint import capture_rng
+        from .engine_common import paddle_seed_scheme
+
+        if self.last_saved == at:
+            return
+        t0 = time.time()
+        seed = self.spec.train.seed
+        self.manager.save(at, model_state=self.engine.model_state, optimizer_state=self.engine.optimizer_state,
+                          trainer_state=self._trainer_state(at),
+                          rng_state=capture_rng(self.dist.rank, paddle_seed_scheme(seed, self.dist.rank)))
+        self.last_saved = at
+        self.metrics.exclude(time.time() - t0)
+
+    def _trainer_state(self, at: int) -> Dict[str, Any]:
+        from .checkpoint import build_trainer_state
+
+        spec = self.spec
+        return build_trainer_state(
+            step=at, global_batch_size=spec.global_batch_size, lr_schedule=self.schedule.state(at),
+            spec_sha256=spec.sha256(), compat_key=self.compat_key, engine=self.engine.name,
+            world_size=self.dist.world_size, dp_degree=spec.dp_degree, accumulate_steps=spec.accumulate_steps,
+            model_config=self.config, max_steps=spec.train.max_steps, starting_weights=self.starting)
+
+    def _snapshot(self, at: int) -> None:
+        """Rank 0 writes a from_pretrained-loadable model directory snapshots/model_<at> (once per step)."""
+        if self.last_snapshot == at or self.dist.rank != 0:
+            return
+        t0 = time.time()
+        out = self.run.snapshots / f"model_{at}"
+        write_snapshot(self.spec, self.config, out, self.engine.model_state())
+        self.last_snapshot = at
+        log.info("snapshot %s written", out)
+        self.metrics.exclude(time.time() - t0)
+
+    # -- the end ----------------------------------------------------------
+    def _stop_or_fail(self, code: int) -> int:
+        """The ranks agreed to stop (checkpoint at this boundary, exit 0) or that a loss is non-finite (raise)."""
+        from . import control
+
+        if code == CODE_FAIL:
+            last = self.last_saved if self.last_saved is not None else "none"
+            raise NonFiniteLoss(f"non-finite loss at step {self.step} (on at least one rank); "
+                                f"the last good checkpoint is {last}")
+        signal_name = self.stop.signal_name or "peer"  # "peer": another rank was signalled
+        log.info("stop requested (%s): checkpoint at step %d, then exit", signal_name, self.step)
+        if self.step > 0 and self.spec.train.checkpoint_on_signal:
+            self._save(self.step)
+        control.write_exit(self.dist.rank, "stopped", self.step, signal=signal_name,
+                           param_digest=param_digest(self.engine))
+        return EXIT_OK
+
+    def _complete(self) -> int:
+        """max_steps reached: final checkpoint, snapshot and test-split evaluation, then exit 0."""
+        from . import control
+        from .data import close_stream
+
+        t = self.spec.train
+        close_stream(self.stream)
+        self.stream = None
+        self._save(self.step)
+        self._snapshot(self.step)
+        if t.eval_iters > 0:
+            self._evaluate("test", self.step, 0, t.eval_iters * 10 * self.spec.accumulate_steps)
+        self.collective.barrier()
+        control.write_exit(self.dist.rank, "completed", self.step, param_digest=param_digest(self.engine))
+        log.info("training completed at step %d", self.step)
+        return EXIT_OK
 
 
 def batch_digest(micro_batches) -> str:

@@ -1,0 +1,223 @@
+"""Reading checkpoints: list the step directories, verify one against its manifest, find the newest
+complete compatible one, load it.
+
+A reader trusts a checkpoint only when its manifest verifies (every file present, same size and
+sha256), scanning newest first and skipping damaged ones with a warning. See ``checkpoint.py``
+for the layout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..durable import sha256_file
+from .ckpt_names import MANIFEST_FILE, MODEL_FILE, OPT_FILE, OPT_FORMAT, STATE_FILE, STEP_RE, opt_shard_file, rng_file
+from .ckpt_state import CheckpointError, IncompatibleCheckpoint, json_default
+
+log = logging.getLogger("ernie_cluster.train")
+
+
+@dataclass
+class CheckpointInfo:
+    path: Path
+    step: int
+    manifest: Dict[str, Any] = field(default_factory=dict)
+    trainer_state: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedCheckpoint:
+    info: CheckpointInfo
+    model_state: Dict[str, np.ndarray]
+    optimizer: Dict[str, Any]
+    rng: Optional[Dict[str, Any]]
+
+    @property
+    def step(self) -> int:
+        return self.info.step
+
+    @property
+    def trainer_state(self) -> Dict[str, Any]:
+        return self.info.trainer_state
+
+
+def paddle_load(path: Path) -> Any:
+    import paddle
+
+    return paddle.load(str(path), return_numpy=True)
+
+
+def list_step_dirs(ckpt_dir: Path) -> List[Tuple[int, Path]]:
+    if not ckpt_dir.is_dir():
+        return []
+    out = []
+    for entry in ckpt_dir.iterdir():
+        m = STEP_RE.match(entry.name)
+        if m and entry.is_dir() and not entry.is_symlink():
+            out.append((int(m.group(1)), entry))
+    return sorted(out, reverse=True)
+
+
+# ---------------------------------------------------------------------------
+# manifest verification
+# ---------------------------------------------------------------------------
+
+
+def _read_manifest(path: Path) -> Tuple[Optional[Dict[str, Any]], str]:
+    """(manifest, "") or (None, why it cannot be trusted): readable, lists files, lists the required ones."""
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, "no MANIFEST.json (the save did not finish)"
+    except (OSError, ValueError) as exc:
+        return None, f"unreadable MANIFEST.json: {exc}"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return None, "MANIFEST.json lists no files"
+    for required in (MODEL_FILE, OPT_FILE, STATE_FILE, rng_file(0)):
+        if required not in files:
+            return None, f"MANIFEST.json does not list {required}"
+    return manifest, ""
+
+
+def _check_files(path: Path, files: Dict[str, Any], *, full: bool) -> str:
+    """"" when every listed file has its size (and, with `full`, its sha256), else the first problem."""
+    for name, meta in files.items():
+        try:
+            size = (path / name).stat().st_size
+        except FileNotFoundError:
+            return f"{name} is missing"
+        if size != meta.get("size"):
+            return f"{name} has {size} bytes, the manifest says {meta.get('size')}"
+    if full:
+        from concurrent.futures import ThreadPoolExecutor
+
+        names = sorted(files, key=lambda n: -int(files[n].get("size") or 0))
+        with ThreadPoolExecutor(max_workers=min(4, len(names)), thread_name_prefix="ckpt-verify") as pool:
+            digests = dict(zip(names, pool.map(lambda n: sha256_file(path / n), names)))
+        for name, meta in files.items():
+            digest = digests[name]
+            if digest != meta.get("sha256"):
+                return f"{name} is corrupted (sha256 {digest[:12]}... != manifest {str(meta.get('sha256'))[:12]}...)"
+    return ""
+
+
+def verify_checkpoint(path: Path, *, full: bool = True) -> Tuple[bool, str, Optional[CheckpointInfo]]:
+    """Check a checkpoint directory against its manifest. Returns (ok, reason, info)."""
+    m = STEP_RE.match(path.name)
+    if not m:
+        return False, f"{path.name} is not a step_<N> directory", None
+    manifest, reason = _read_manifest(path)
+    if manifest is None:
+        return False, reason, None
+    reason = _check_files(path, manifest["files"], full=full)
+    if reason:
+        return False, reason, None
+    if int(manifest.get("step", -1)) != int(m.group(1)):
+        return False, f"manifest step {manifest.get('step')} does not match the directory name", None
+    try:
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return False, f"unreadable {STATE_FILE}: {exc}", None
+    return True, "ok", CheckpointInfo(path=path, step=int(m.group(1)), manifest=manifest, trainer_state=state)
+
+
+# ---------------------------------------------------------------------------
+# the newest complete, compatible checkpoint
+# ---------------------------------------------------------------------------
+
+
+def compat_differences(saved: Dict[str, Any], current: Dict[str, Any], prefix: str = "") -> List[str]:
+    """Dotted field paths whose values differ, as 'field: checkpoint X, spec Y'."""
+    diffs: List[str] = []
+    for key in sorted(set(saved) | set(current)):
+        path = f"{prefix}{key}"
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += compat_differences(a, b, path + ".")
+        elif a != b:
+            hint = ""
+            if path == "data.shuffle_documents" and a == "<absent>":
+                hint = " (the checkpoint's run used contiguous splits: set data.shuffle_documents: false to continue it)"
+            diffs.append(f"{path}: checkpoint {a!r}, spec {b!r}{hint}")
+    return diffs
+
+
+def _refuse_incompatible(info: CheckpointInfo, compat_key: Dict[str, Any]) -> None:
+    # Only the fields the caller names: the converter knows the spec, the trainer the corpus too.
+    saved = {k: v for k, v in info.trainer_state.get("compat_key", {}).items() if k in compat_key}
+    saved_norm = json.loads(json.dumps(saved, sort_keys=True))
+    cur_norm = json.loads(json.dumps(compat_key, sort_keys=True, default=json_default))
+    diffs = compat_differences(saved_norm, cur_norm)
+    if diffs:
+        raise IncompatibleCheckpoint(
+            f"checkpoint {info.path} was written by an incompatible spec; these fields differ:\n  "
+            + "\n  ".join(diffs)
+            + "\nResuming would silently change the data order or the model. Fix: either use a new "
+            "output_dir for this spec (a fresh run), or put the checkpoint's values back into the spec "
+            "to continue this run.")
+
+
+def find_latest(ckpt_dir: Path, compat_key: Optional[Dict[str, Any]] = None, *, full: bool = True) -> Optional[CheckpointInfo]:
+    """Newest checkpoint whose manifest verifies; damaged ones are skipped with a warning.
+
+    Raises IncompatibleCheckpoint when the newest complete checkpoint was written by a spec
+    with a different compat key (global batch, sequence length, model shape, data, seed).
+    """
+    for step, path in list_step_dirs(ckpt_dir):
+        ok, reason, info = verify_checkpoint(path, full=full)
+        if not ok:
+            log.warning("checkpoint %s is damaged and skipped: %s", path, reason)
+            continue
+        assert info is not None
+        if compat_key is not None:
+            _refuse_incompatible(info, compat_key)
+        return info
+    return None
+
+
+# ---------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------
+
+
+def _load_optimizer(info: CheckpointInfo) -> Dict[str, Any]:
+    """optimizer.pdopt; a sharded save's index is merged with every optimizer_rank<r>.pdopt."""
+    optimizer = paddle_load(info.path / OPT_FILE)
+    if not isinstance(optimizer, dict) or optimizer.get("format") != OPT_FORMAT:
+        raise CheckpointError(f"{info.path / OPT_FILE} is not an {OPT_FORMAT} optimizer state")
+    if optimizer.get("sharded"):
+        n = int(optimizer["sharded"])
+        for r in range(n):
+            name = opt_shard_file(r)
+            if name not in info.manifest.get("files", {}):
+                raise CheckpointError(f"{info.path} is sharded over {n} ranks but lacks {name}")
+            shard = paddle_load(info.path / name)
+            for pname, accs in shard.get("accumulators", {}).items():
+                optimizer["accumulators"].setdefault(pname, {}).update(accs)
+            for key, value in shard.get("extra", {}).items():
+                optimizer["extra"].setdefault(f"rank{r}:{key}", value)
+    return optimizer
+
+
+def load_checkpoint(info: CheckpointInfo, rank: int) -> LoadedCheckpoint:
+    """The model state, the (merged) optimizer state and `rank`'s RNG state of a verified checkpoint."""
+    model_state = paddle_load(info.path / MODEL_FILE)
+    optimizer = _load_optimizer(info)
+    rng = None
+    rpath = info.path / rng_file(rank)
+    if rpath.is_file():
+        with open(rpath, "rb") as f:
+            rng = pickle.load(f)
+    else:
+        log.warning("checkpoint %s has no RNG state for rank %d (saved with world size %s); "
+                    "python/numpy RNG start fresh", info.path, rank, info.manifest.get("world_size"))
+    return LoadedCheckpoint(info=info, model_state={k: np.asarray(v) for k, v in model_state.items()},
+                            optimizer=optimizer, rng=rng)

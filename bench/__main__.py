@@ -41,6 +41,30 @@ def _tail(text: str, lines: int = 12) -> str:
     return "\n".join((text or "").strip().splitlines()[-lines:])
 
 
+def _failed(name: str, msg: str, info: Dict[str, Any]) -> Tuple[str, List[Dict[str, Any]], Dict[str, Any]]:
+    return "failed", [status_row(name, "failed", msg)], {**info, "error": msg}
+
+
+def _communicate(proc: subprocess.Popen, timeout: float) -> Tuple[str, str, bool]:
+    """(stdout, stderr, timed out) of a child that leads its own session; past `timeout` it is stopped
+    (TERM, then KILL) with whatever it started, by that group id."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        return stdout, stderr, False
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=15)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        stdout, stderr = proc.communicate()
+    return stdout, stderr, True
+
+
 def run_module(name: str, *, modules_dir: Path, quick: bool, timeout: float, env: Dict[str, str],
                verbose: bool = False) -> Tuple[str, List[Dict[str, Any]], Dict[str, Any]]:
     """Run one module in its own process. Returns (status, rows, info); never raises for the module's faults."""
@@ -59,21 +83,7 @@ def run_module(name: str, *, modules_dir: Path, quick: bool, timeout: float, env
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=str(REPO), env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
-        timed_out = False
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            # the child leads its own session: stop it and whatever it started, by that group id
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                stdout, stderr = proc.communicate(timeout=15)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                stdout, stderr = proc.communicate()
+        stdout, stderr, timed_out = _communicate(proc, timeout)
         seconds = time.perf_counter() - t0
         info: Dict[str, Any] = {"seconds": round(seconds, 2), "returncode": proc.returncode, "command": " ".join(cmd),
                                 "load_avg_before": load_before, "load_avg_after": load_avg()}
@@ -81,16 +91,20 @@ def run_module(name: str, *, modules_dir: Path, quick: bool, timeout: float, env
             sys.stdout.write(stdout)
             sys.stderr.write(stderr)
         if timed_out:
-            msg = f"timed out after {timeout:.0f} s and was stopped; last output: {_tail(stderr or stdout, 6)}"
-            return "failed", [status_row(name, "failed", msg)], {**info, "error": msg}
+            return _failed(name, f"timed out after {timeout:.0f} s and was stopped; last output: "
+                                 f"{_tail(stderr or stdout, 6)}", info)
         if proc.returncode != 0:
-            msg = f"exited {proc.returncode}: {_tail(stderr or stdout)}"
-            return "failed", [status_row(name, "failed", msg)], {**info, "error": msg}
+            return _failed(name, f"exited {proc.returncode}: {_tail(stderr or stdout)}", info)
         try:
             payload = json.loads(out_json.read_text())
         except (OSError, ValueError) as exc:
-            msg = f"exited 0 but wrote no readable result JSON ({type(exc).__name__}); was it written with bench.common.module_main?"
-            return "failed", [status_row(name, "failed", msg)], {**info, "error": msg}
+            return _failed(name, f"exited 0 but wrote no readable result JSON ({type(exc).__name__}); was it "
+                                 f"written with bench.common.module_main?", info)
+    return _module_rows(name, payload, info)
+
+
+def _module_rows(name: str, payload: Any, info: Dict[str, Any]) -> Tuple[str, List[Dict[str, Any]], Dict[str, Any]]:
+    """(status, rows, info) from the JSON a module wrote."""
     if isinstance(payload, list):
         payload = {"rows": payload}
     if payload.get("skipped"):
@@ -98,16 +112,14 @@ def run_module(name: str, *, modules_dir: Path, quick: bool, timeout: float, env
     rows = []
     for row in payload.get("rows") or []:
         if not isinstance(row, dict) or "name" not in row:
-            msg = f"returned a row that is not a dict with a name: {row!r:.200}"
-            return "failed", [status_row(name, "failed", msg)], {**info, "error": msg}
+            return _failed(name, f"returned a row that is not a dict with a name: {row!r:.200}", info)
         rows.append(normalize_row(row))
     if not rows:
-        msg = "returned no rows"
-        return "failed", [status_row(name, "failed", msg)], {**info, "error": msg}
+        return _failed(name, "returned no rows", info)
     return "ok", rows, info
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help=f"each module's quick mode; whole run kept under {QUICK_BUDGET_S:.0f} s")
@@ -119,56 +131,75 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, metavar="S",
                         help=f"per-module limit (default {QUICK_MODULE_TIMEOUT_S:.0f} s with --quick, {FULL_MODULE_TIMEOUT_S:.0f} s without)")
     parser.add_argument("--verbose", "-v", action="store_true", help="show each module's own output")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+class _Needs:
+    """Why a module cannot run here (NEEDS), each need checked once."""
+
+    def __init__(self, env: Dict[str, str]):
+        self.env = env
+        self.slurm_problem: Optional[str] = None
+        self.checked = False
+
+    def missing(self, name: str) -> Optional[str]:
+        if "slurm" in NEEDS.get(name, ()):
+            if not self.checked:
+                self.slurm_problem, self.checked = slurm_available(self.env), True
+            if self.slurm_problem:
+                return f"needs Slurm: {self.slurm_problem}"
+        return None
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parse_args(argv)
     modules_dir = Path(args.modules_dir)
     names = discover(modules_dir)
     if args.only:
-        wanted = [n.strip() if n.strip().startswith("bench_") else f"bench_{n.strip()}" for n in args.only.split(",") if n.strip()]
-        names = wanted
+        names = [n.strip() if n.strip().startswith("bench_") else f"bench_{n.strip()}" for n in args.only.split(",")
+                 if n.strip()]
     timeout = args.timeout or (QUICK_MODULE_TIMEOUT_S if args.quick else FULL_MODULE_TIMEOUT_S)
     deadline = time.monotonic() + QUICK_BUDGET_S if args.quick else None
-
     env = slurm_env()  # SLURM_CONF of the local cluster when the caller did not set one
-    slurm_problem: Dict[str, Optional[str]] = {}
-
-    def missing_need(name: str) -> Optional[str]:
-        for need in NEEDS.get(name, ()):
-            if need == "slurm":
-                if "slurm" not in slurm_problem:
-                    slurm_problem["slurm"] = slurm_available(env)
-                if slurm_problem["slurm"]:
-                    return f"needs Slurm: {slurm_problem['slurm']}"
-        return None
+    needs = _Needs(env)
 
     started = _dt.datetime.now(_dt.timezone.utc)
     rows: List[Dict[str, Any]] = []
     modules: Dict[str, Dict[str, Any]] = {}
     for name in names:
-        info: Dict[str, Any]
-        note = None
+        note: Optional[str]
         if not (modules_dir / f"{name}.py").is_file():
             note = "not written yet" if name in KNOWN_MODULES else f"no {name}.py in {modules_dir}"
         else:
-            note = missing_need(name)
+            note = needs.missing(name)
         limit = timeout
         if deadline is not None and deadline - time.monotonic() < timeout:
             limit = deadline - time.monotonic()
             if note is None and limit < 10:
                 note = f"--quick time budget ({QUICK_BUDGET_S:.0f} s) spent by the modules before it"
-        if note is not None:
-            print(f"skipping {name}: {note}", flush=True)
-            status, mod_rows, info = "skipped", [status_row(name, "skipped", f"skipped: {note}")], {"note": note}
-        else:
-            print(f"running {name}{' --quick' if args.quick else ''} (limit {limit:.0f} s) ...", flush=True)
-            status, mod_rows, info = run_module(name, modules_dir=modules_dir, quick=args.quick, timeout=limit,
-                                                env=env, verbose=args.verbose)
-            print(f"  {name}: {status}, {len(mod_rows)} row(s), {info.get('seconds', 0):.1f} s", flush=True)
+        status, mod_rows, info = _one_module(name, note, args, modules_dir, limit, env)
         for row in mod_rows:
             row["module"] = name
         modules[name] = {"status": status, **info}
         rows.extend(mod_rows)
+    return _report(args, started, modules, rows)
 
+
+def _one_module(name: str, note: Optional[str], args: argparse.Namespace, modules_dir: Path, limit: float,
+                env: Dict[str, str]) -> Tuple[str, List[Dict[str, Any]], Dict[str, Any]]:
+    if note is not None:
+        print(f"skipping {name}: {note}", flush=True)
+        return "skipped", [status_row(name, "skipped", f"skipped: {note}")], {"note": note}
+    print(f"running {name}{' --quick' if args.quick else ''} (limit {limit:.0f} s) ...", flush=True)
+    status, mod_rows, info = run_module(name, modules_dir=modules_dir, quick=args.quick, timeout=limit,
+                                        env=env, verbose=args.verbose)
+    print(f"  {name}: {status}, {len(mod_rows)} row(s), {info.get('seconds', 0):.1f} s", flush=True)
+    return status, mod_rows, info
+
+
+def _report(args: argparse.Namespace, started: _dt.datetime, modules: Dict[str, Dict[str, Any]],
+            rows: List[Dict[str, Any]]) -> int:
+    """The table, the JSON; exit status 1 when a module failed."""
     total_s = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds()
     print()
     print_table(rows, title=f"ernie_cluster benchmarks{' (quick)' if args.quick else ''} — {machine_summary()}")

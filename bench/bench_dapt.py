@@ -49,6 +49,8 @@ import numpy as np  # noqa: E402  (before paddle: paddle 2.6 import-order bug)
 
 from bench.common import (REPO, RESULTS_DIR, Skip, git_commit, machine_info, machine_summary, make_row,  # noqa: E402
                           module_main, normalize_row, write_json)
+from bench.dapt_figures import at_step, first_reaching, interpolated_crossing, plot  # noqa: E402
+from ernie_cluster.rundir import RunDir  # noqa: E402
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
@@ -104,7 +106,7 @@ def submit(work: Path, name: str, *, corpus: str, vocab: str, prefix: Path, step
 def snapshots(run: Path) -> Dict[int, Path]:
     """step -> snapshot directory of a run."""
     out = {}
-    for d in (run / "snapshots").glob("model_*"):
+    for d in RunDir(run).snapshots.glob("model_*"):
         m = re.fullmatch(r"model_(\d+)", d.name)
         if m and (d / "model_state.pdparams").is_file():
             out[int(m.group(1))] = d
@@ -241,70 +243,6 @@ def mlm_loss(model_or_dir, batches: Sequence[Dict[str, np.ndarray]]) -> Tuple[fl
     return total / max(tokens, 1), tokens
 
 
-# --------------------------------------------------------------------- figures ---
-
-def first_reaching(curve: Sequence[Tuple[int, float]], target: float) -> Optional[int]:
-    """The first step whose loss is <= target, or None."""
-    for step, loss in curve:
-        if loss <= target:
-            return step
-    return None
-
-
-def interpolated_crossing(curve: Sequence[Tuple[int, float]], target: float) -> Optional[float]:
-    """The step where the piecewise-linear curve first goes down to target, or None."""
-    for (s0, l0), (s1, l1) in zip(curve, curve[1:]):
-        if l0 <= target:
-            return float(s0)
-        if l1 <= target:
-            return s0 + (s1 - s0) * (l0 - target) / (l0 - l1)
-    return float(curve[-1][0]) if curve and curve[-1][1] <= target else None
-
-
-def at_step(curve: Sequence[Tuple[int, float]], step: int) -> Tuple[int, float]:
-    """The evaluated point nearest to `step` (ties: the earlier one)."""
-    return min(curve, key=lambda p: (abs(p[0] - step), p[0]))
-
-
-def plot(path: Path, dom_a, dom_b, gen_a, gen_b, target: float, reach: Optional[int], general_loss: float,
-         domain_steps: int, general_steps: int, uniform: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ax1.plot(*zip(*dom_a), "o-", ms=3, color="tab:blue", label="(a) DAPT: from the general model")
-    ax1.plot(*zip(*dom_b), "s-", ms=3, color="tab:orange", label="(b) from random weights")
-    ax1.axhline(target, color="tab:orange", ls=":", lw=1, label=f"(b) at step {domain_steps}: {target:.3f}")
-    if reach is not None:
-        ax1.axvline(reach, color="tab:blue", ls=":", lw=1, label=f"(a) reaches it at step {reach}")
-    ax1.axvline(domain_steps * GOAL_FRACTION, color="grey", ls="--", lw=0.8, label="1/3 of the steps")
-    ax1.set_xlabel("steps on the domain corpus")
-    ax1.set_ylabel("domain validation MLM loss")
-    ax1.set_title("domain: clinical notes")
-    ax1.legend(fontsize=8)
-    ax1.grid(alpha=0.3)
-    ax2.plot(*zip(*gen_a), "o-", ms=3, color="tab:blue", label="(a) DAPT")
-    ax2.plot(*zip(*gen_b), "s-", ms=3, color="tab:orange", label="(b) from random weights")
-    ax2.axhline(general_loss, color="tab:green", ls=":", lw=1,
-                label=f"general model ({general_steps} general steps): {general_loss:.3f}")
-    ax2.axhline(uniform, color="grey", ls="--", lw=0.8, label=f"uniform guess over the vocab: ln V = {uniform:.2f}")
-    ax2.set_xlabel("steps on the domain corpus")
-    ax2.set_ylabel("general validation MLM loss")
-    ax2.set_title("general corpus: what (a) forgets")
-    ax2.legend(fontsize=8)
-    ax2.grid(alpha=0.3)
-    fig.suptitle(f"Tiny ERNIE ({general_steps} general steps, then {domain_steps} domain steps), "
-                 "eval on fixed validation batches", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------ run ---
 
 def step_counts() -> Tuple[int, int]:
@@ -320,68 +258,92 @@ def step_counts() -> Tuple[int, int]:
 def run(quick: bool) -> List[Dict[str, Any]]:
     if quick:
         raise Skip("full mode only (about 12 minutes on 2 cores): bench/run --only dapt")
-    from bench import dapt_corpora as corpora
-
     general_steps, domain_steps = step_counts()
-    save_every = domain_steps // SNAPSHOTS
     keep = os.environ.get("BENCH_DAPT_KEEP")
     work = Path(keep).resolve() if keep else Path(tempfile.mkdtemp(prefix="ernie-bench-dapt-"))
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     try:
-        paths = corpora.write_corpora(str(work / "corpora"))
-        div = corpora.divergence(corpora.token_counts(corpora.read_documents(paths["general"]), paths["vocab"]),
-                                 corpora.token_counts(corpora.read_documents(paths["domain"]), paths["vocab"]))
-        common = {"vocab": paths["vocab"]}
-        gen = submit(work, "general", corpus=paths["general"], prefix=work / "data" / "general", steps=general_steps,
-                     save_steps=general_steps, convert=True, **common)
-        general_dir = gen["run"] / "converted"
-        dapt = submit(work, "dapt", corpus=paths["domain"], prefix=work / "data" / "domain", steps=domain_steps,
-                      save_steps=save_every, model=general_dir, **common)
-        scratch = submit(work, "scratch", corpus=paths["domain"], prefix=work / "data" / "domain",
-                         steps=domain_steps, save_steps=save_every, **common)
-
-        t_eval = time.perf_counter()
-        snaps_a, snaps_b = snapshots(dapt["run"]), snapshots(scratch["run"])
-        if max(snaps_a, default=0) != domain_steps or max(snaps_b, default=0) != domain_steps:
-            raise RuntimeError(f"missing final snapshots: (a) {list(snaps_a)}, (b) {list(snaps_b)}")
-        general_state = load_state(general_dir)
-        first = min(snaps_a)
-        corr_a = tensor_correlation(load_state(snaps_a[first]), general_state)
-        corr_b = tensor_correlation(load_state(snaps_b[first]), general_state)
-        check_warm_start(dapt["workerlog"].read_text(errors="replace"), general_dir, corr_a, corr_b)
-        same_setup(dapt["run"], scratch["run"])
-
-        dom_batches = eval_batches(dapt["run"], work / "eval_cache" / "domain")
-        gen_batches = eval_batches(gen["run"], work / "eval_cache" / "general")
-        general_model = load_model(general_dir)
-        gen_on_dom, dom_tokens = mlm_loss(general_model, dom_batches)
-        gen_on_gen, gen_tokens = mlm_loss(general_model, gen_batches)
-        del general_model
-        dom_a, dom_b, gen_a, gen_b = [(0, gen_on_dom)], [], [(0, gen_on_gen)], []
-        for snaps, dom, gen_curve in ((snaps_a, dom_a, gen_a), (snaps_b, dom_b, gen_b)):
-            for step, d in snaps.items():
-                model = load_model(d)
-                dom.append((step, mlm_loss(model, dom_batches)[0]))
-                gen_curve.append((step, mlm_loss(model, gen_batches)[0]))
-        uniform = float(np.log(json.loads((general_dir / "config.json").read_text())["vocab_size"]))
-        eval_s = time.perf_counter() - t_eval
-        step1 = {"a": first_losses(dapt["loss_log"])[0], "b": first_losses(scratch["loss_log"])[0]}
+        m = _train(work, general_steps, domain_steps)
+        m.update(_evaluate(work, m, domain_steps))
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+    m.update(general_steps=general_steps, domain_steps=domain_steps, wall=time.perf_counter() - t_start)
+    rows = _rows(m)
+    plot(PNG, m["dom_a"], m["dom_b"], m["gen_a"], m["gen_b"], m["dom_b"][-1][1], m["reach"], m["gen_on_gen"],
+         domain_steps, general_steps, m["uniform"], GOAL_FRACTION)
+    _write_result(m, rows)
+    return rows
 
+
+def _train(work: Path, general_steps: int, domain_steps: int) -> Dict[str, Any]:
+    """The corpora, their divergence and the three runs: general (converted), (a) DAPT from it, (b) scratch."""
+    from bench import dapt_corpora as corpora
+
+    save_every = domain_steps // SNAPSHOTS
+    paths = corpora.write_corpora(str(work / "corpora"))
+    div = corpora.divergence(corpora.token_counts(corpora.read_documents(paths["general"]), paths["vocab"]),
+                             corpora.token_counts(corpora.read_documents(paths["domain"]), paths["vocab"]))
+    vocab = paths["vocab"]
+    gen = submit(work, "general", corpus=paths["general"], prefix=work / "data" / "general", steps=general_steps,
+                 save_steps=general_steps, convert=True, vocab=vocab)
+    dapt = submit(work, "dapt", corpus=paths["domain"], prefix=work / "data" / "domain", steps=domain_steps,
+                  save_steps=save_every, model=RunDir(gen["run"]).converted, vocab=vocab)
+    scratch = submit(work, "scratch", corpus=paths["domain"], prefix=work / "data" / "domain",
+                     steps=domain_steps, save_steps=save_every, vocab=vocab)
+    return {"div": div, "gen": gen, "dapt": dapt, "scratch": scratch, "save_every": save_every}
+
+
+def _evaluate(work: Path, m: Dict[str, Any], domain_steps: int) -> Dict[str, Any]:
+    """Refuse unless (a) started from the general model; then every snapshot's loss on both validation splits."""
+    t_eval = time.perf_counter()
+    gen, dapt, scratch = m["gen"], m["dapt"], m["scratch"]
+    general_dir = RunDir(gen["run"]).converted
+    snaps_a, snaps_b = snapshots(dapt["run"]), snapshots(scratch["run"])
+    if max(snaps_a, default=0) != domain_steps or max(snaps_b, default=0) != domain_steps:
+        raise RuntimeError(f"missing final snapshots: (a) {list(snaps_a)}, (b) {list(snaps_b)}")
+    general_state = load_state(general_dir)
+    first = min(snaps_a)
+    corr_a = tensor_correlation(load_state(snaps_a[first]), general_state)
+    corr_b = tensor_correlation(load_state(snaps_b[first]), general_state)
+    check_warm_start(dapt["workerlog"].read_text(errors="replace"), general_dir, corr_a, corr_b)
+    same_setup(dapt["run"], scratch["run"])
+
+    dom_batches = eval_batches(dapt["run"], work / "eval_cache" / "domain")
+    gen_batches = eval_batches(gen["run"], work / "eval_cache" / "general")
+    general_model = load_model(general_dir)
+    gen_on_dom, dom_tokens = mlm_loss(general_model, dom_batches)
+    gen_on_gen, gen_tokens = mlm_loss(general_model, gen_batches)
+    del general_model
+    dom_a: List[Tuple[int, float]] = [(0, gen_on_dom)]
+    gen_a: List[Tuple[int, float]] = [(0, gen_on_gen)]
+    dom_b: List[Tuple[int, float]] = []
+    gen_b: List[Tuple[int, float]] = []
+    for snaps, dom, gen_curve in ((snaps_a, dom_a, gen_a), (snaps_b, dom_b, gen_b)):
+        for step, d in snaps.items():
+            model = load_model(d)
+            dom.append((step, mlm_loss(model, dom_batches)[0]))
+            gen_curve.append((step, mlm_loss(model, gen_batches)[0]))
+    return {"first": first, "corr_a": corr_a, "corr_b": corr_b, "gen_on_dom": gen_on_dom, "gen_on_gen": gen_on_gen,
+            "dom_tokens": dom_tokens, "gen_tokens": gen_tokens, "dom_a": dom_a, "dom_b": dom_b, "gen_a": gen_a,
+            "gen_b": gen_b, "eval_s": time.perf_counter() - t_eval,
+            "uniform": float(np.log(json.loads((general_dir / "config.json").read_text())["vocab_size"])),
+            "step1": {"a": first_losses(dapt["loss_log"])[0], "b": first_losses(scratch["loss_log"])[0]}}
+
+
+def _rows(m: Dict[str, Any]) -> List[Dict[str, Any]]:
+    dom_a, dom_b, domain_steps, save_every = m["dom_a"], m["dom_b"], m["domain_steps"], m["save_every"]
     target = dom_b[-1][1]
-    reach = first_reaching(dom_a, target)
+    m["reach"] = reach = first_reaching(dom_a, target)
     ratio = reach / domain_steps if reach is not None else None
     met = ratio is not None and ratio <= GOAL_FRACTION + 1e-9
-    final_a, final_gen_a = dom_a[-1][1], gen_a[-1][1]
-    wall = time.perf_counter() - t_start
-    machine = machine_summary()
+    gen_on_dom, gen_on_gen, uniform, div = m["gen_on_dom"], m["gen_on_gen"], m["uniform"], m["div"]
+    m["machine"] = machine = machine_summary()
     setup = (f"tiny ERNIE of {SPEC} (hidden 64, 2 layers, seq 128, batch 16, lr 1e-3 warmup 5% linear to 1e-4), "
-             f"{general_steps} general steps, then {domain_steps} domain steps for (a) and (b) each, same data order "
-             f"and seed; losses on {EVAL_SAMPLES} fixed domain validation samples ({dom_tokens} masked tokens) and "
-             f"{EVAL_SAMPLES} general ones ({gen_tokens} tokens), eval mode")
+             f"{m['general_steps']} general steps, then {domain_steps} domain steps for (a) and (b) each, same data "
+             f"order and seed; losses on {EVAL_SAMPLES} fixed domain validation samples ({m['dom_tokens']} masked "
+             f"tokens) and {EVAL_SAMPLES} general ones ({m['gen_tokens']} tokens), eval mode")
     rows = [
         make_row("dapt_steps_to_scratch_final_loss", reach, "steps",
                  baseline=f"(b) from random weights, all its steps (final domain valid MLM loss {target:.3f})",
@@ -392,7 +354,7 @@ def run(quick: bool) -> List[Dict[str, Any]]:
                        f"{interpolated_crossing(dom_a, target):.0f}; step 0 = the general model, {gen_on_dom:.3f})"
                        if reach is not None else
                        f"(a) never reaches (b)'s final domain loss {target:.3f}; its best is "
-                       f"{min(l for _, l in dom_a):.3f}, its final {final_a:.3f}") + "; " + setup),
+                       f"{min(l for _, l in dom_a):.3f}, its final {dom_a[-1][1]:.3f}") + "; " + setup),
     ]
     for frac in (0.1, GOAL_FRACTION, 1.0):
         sa, la = at_step(dom_a, round(domain_steps * frac))
@@ -404,38 +366,40 @@ def run(quick: bool) -> List[Dict[str, Any]]:
         make_row("dapt_domain_loss_general_model", gen_on_dom, "loss",
                  baseline="the same model on the general validation split", baseline_value=gen_on_gen, machine=machine,
                  note=f"the general model before any domain step: the domain is new to it (distribution shift). "
-                      f"Training lm_loss of the first domain step: (a) {step1['a']:.3f} (the general model's level), "
-                      f"(b) {step1['b']:.3f} (ln V = {uniform:.3f}: random weights)"),
-        make_row("dapt_general_loss_after", final_gen_a, "loss",
+                      f"Training lm_loss of the first domain step: (a) {m['step1']['a']:.3f} (the general model's "
+                      f"level), (b) {m['step1']['b']:.3f} (ln V = {uniform:.3f}: random weights)"),
+        make_row("dapt_general_loss_after", m["gen_a"][-1][1], "loss",
                  baseline="general model before DAPT", baseline_value=gen_on_gen, machine=machine,
                  note=f"general validation MLM loss after {domain_steps} DAPT steps (forgetting); a uniform guess "
-                      f"over the vocab scores ln V = {uniform:.3f}; (b) ends at {gen_b[-1][1]:.3f} on the general "
+                      f"over the vocab scores ln V = {uniform:.3f}; (b) ends at {m['gen_b'][-1][1]:.3f} on the general "
                       "split"),
         make_row("dapt_corpus_divergence", div["jsd_bits"], "bits", goal=">= 0.3 bits and top-50 overlap <= 50%",
                  goal_met=div["jsd_bits"] >= 0.3 and div["top_overlap"] <= 0.5, machine=machine, higher_is_better=True,
                  note=(f"Jensen-Shannon divergence of the token unigram distributions (general vs domain); "
                        f"{div['top_overlap']:.0%} of the 50 most frequent tokens are shared; "
                        f"{div['q_mass_rare_in_p']:.0%} of the domain's tokens are >= 10x rarer in the general corpus")),
-        make_row("dapt_wall_s", wall, "s", machine=machine,
-                 note=(f"general {gen['wall_s']:.0f} s, (a) {dapt['wall_s']:.0f} s, (b) {scratch['wall_s']:.0f} s "
-                       f"(each: submit, tokenize if needed, train, snapshots), evaluation {eval_s:.0f} s; "
-                       f"warm-start check: median weight correlation with the general model at step {first}: "
-                       f"(a) {corr_a:.3f}, (b) {corr_b:.3f}")),
+        make_row("dapt_wall_s", m["wall"], "s", machine=machine,
+                 note=(f"general {m['gen']['wall_s']:.0f} s, (a) {m['dapt']['wall_s']:.0f} s, (b) "
+                       f"{m['scratch']['wall_s']:.0f} s (each: submit, tokenize if needed, train, snapshots), "
+                       f"evaluation {m['eval_s']:.0f} s; warm-start check: median weight correlation with the general "
+                       f"model at step {m['first']}: (a) {m['corr_a']:.3f}, (b) {m['corr_b']:.3f}")),
     ]
-    plot(PNG, dom_a, dom_b, gen_a, gen_b, target, reach, gen_on_gen, domain_steps, general_steps, uniform)
+    return rows
+
+
+def _write_result(m: Dict[str, Any], rows: List[Dict[str, Any]]) -> None:
     result = {
-        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "seconds": round(wall, 2),
-        "quick": False, "git": git_commit(), "machine": machine_info(), "machine_summary": machine,
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "seconds": round(m["wall"], 2),
+        "quick": False, "git": git_commit(), "machine": machine_info(), "machine_summary": m["machine"],
         "rows": [dict(normalize_row(r), module="bench_dapt") for r in rows],
-        "curves": {"domain_a": dom_a, "domain_b": dom_b, "general_a": gen_a, "general_b": gen_b},
-        "divergence": div, "png": str(PNG.relative_to(REPO)),
-        "steps": {"general": general_steps, "domain": domain_steps, "snapshot_every": save_every},
-        "warm_start": {"corr_a": corr_a, "corr_b": corr_b, "first_snapshot": first},
-        "first_step_train_lm_loss": step1,
+        "curves": {"domain_a": m["dom_a"], "domain_b": m["dom_b"], "general_a": m["gen_a"], "general_b": m["gen_b"]},
+        "divergence": m["div"], "png": str(PNG.relative_to(REPO)),
+        "steps": {"general": m["general_steps"], "domain": m["domain_steps"], "snapshot_every": m["save_every"]},
+        "warm_start": {"corr_a": m["corr_a"], "corr_b": m["corr_b"], "first_snapshot": m["first"]},
+        "first_step_train_lm_loss": m["step1"],
     }
     write_json(RESULT_JSON, result)
     print(f"bench_dapt: wrote {PNG} and {RESULT_JSON}", file=sys.stderr)
-    return rows
 
 
 if __name__ == "__main__":

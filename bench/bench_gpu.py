@@ -14,7 +14,6 @@ into .venv-gpu and runs this); raises Skip elsewhere.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil

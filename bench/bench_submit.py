@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -22,12 +21,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from ernie_cluster import slurm
+from ernie_cluster.rundir import RunDir
 
-from bench.common import REPO, make_row, measure, module_main, row_from_measure, slurm_available, slurm_env, summarize, \
-    time_process
+from bench.common import (REPO, make_row, measure, module_main, row_from_measure, slurm_answered, slurm_available,
+                          slurm_env, summarize, time_process)
 
 PY = sys.executable
 DAPT_SPEC = REPO / "jobs" / "ernie_dapt.yaml"
@@ -106,13 +106,6 @@ def _sbatch(env: Dict[str, str], partition: str, *extra: str) -> str:
     return slurm.parsable_job_id(out)
 
 
-def _answered(out: slurm.Answer) -> slurm.Reply:
-    """Slurm's reply; the benchmark stops when Slurm does not answer (a missing or hung tool)."""
-    if isinstance(out, slurm.NoAnswer):
-        raise RuntimeError(f"{out.args[0]} did not answer: {out.reason}")
-    return out
-
-
 def _pick_partition(env: Dict[str, str]) -> str:
     names = slurm.sinfo_partitions(env=env, timeout="query")
     parts = [] if isinstance(names, slurm.NoAnswer) else [p.rstrip("*") for p in names]
@@ -137,65 +130,15 @@ def bench_submit(quick: bool) -> List[Dict[str, Any]]:
         os.environ["SLURM_CONF"] = env["SLURM_CONF"]  # submit_slurm() below runs sbatch with os.environ
     try:
         spec_path = _tiny_slurm_spec(tmp, partition)
-        from ernie_cluster.spec import load_spec
-        from ernie_cluster.submit import submit_slurm
-
-        sb1, cli, sb2, inproc = [], [], [], []
+        samples: Dict[str, List[float]] = {"sb1": [], "cli": [], "sb2": [], "inproc": []}
         for i in range(warmup + repeats):
-            # baseline 1: one plain sbatch
-            t0 = time.perf_counter()
-            job_ids.append(_sbatch(env, partition))
-            t_sb1 = time.perf_counter() - t0
-
-            # the figure: a fresh `python -m ernie_cluster submit` (train + conversion job)
-            run_dir = tmp / f"run-cli-{i}"
-            run_dirs.append(run_dir)
-            t0 = time.perf_counter()
-            out = subprocess.run([PY, "-m", "ernie_cluster", "submit", str(spec_path), f"output_dir={run_dir}"],
-                                 capture_output=True, text=True, env=env, cwd=str(REPO), timeout=120)
-            t_cli = time.perf_counter() - t0
-            job_ids += re.findall(r"(?:training|conversion) job: (\d+)", out.stdout)
-            if out.returncode != 0:
-                raise RuntimeError(f"ernie_cluster submit exited {out.returncode}: {out.stderr.strip()[-800:]}")
-
-            # baseline 2: the same two jobs by plain sbatch (train, then convert afterok)
-            t0 = time.perf_counter()
-            first = _sbatch(env, partition)
-            job_ids.append(first)
-            job_ids.append(_sbatch(env, partition, f"--dependency=afterok:{first}", "--kill-on-invalid-dep=yes"))
-            t_sb2 = time.perf_counter() - t0
-
-            # in-process: submit_slurm() with everything imported and the spec loaded
-            run_dir = tmp / f"run-lib-{i}"
-            run_dirs.append(run_dir)
-            spec = load_spec(spec_path, [f"output_dir={run_dir}"])
-            t0 = time.perf_counter()
-            sub = submit_slurm(spec)
-            t_lib = time.perf_counter() - t0
-            job_ids += [j for j in (sub.train_job_id, sub.convert_job_id) if j]
-
+            times = _submit_round(i, spec_path, tmp, partition, env, job_ids, run_dirs)
             if i >= warmup:
-                for samples, t in ((sb1, t_sb1), (cli, t_cli), (sb2, t_sb2), (inproc, t_lib)):
-                    samples.append(t)
+                for key, t in times.items():
+                    samples[key].append(t)
             _cancel_runs(run_dirs[-2:], env)  # untimed; keeps the queue short between repeats
-            _answered(slurm.scancel(job_ids, env=env))
-        m_sb1, m_cli, m_sb2, m_lib = summarize(sb1), summarize(cli), summarize(sb2), summarize(inproc)
-        ratio = m_cli["median"] / m_sb1["median"]
-        bare = summarize([time_process([PY, "-c", "pass"], env=env) for _ in range(3)])["median"]
-        return [
-            row_from_measure(
-                "submit_cli_s", m_cli, "s", baseline="plain `sbatch --wrap true` (1 job)", baseline_value=m_sb1["median"],
-                higher_is_better=False, goal=f"<= {SUBMIT_GOAL_RATIO:g}x plain sbatch", goal_met=ratio <= SUBMIT_GOAL_RATIO,
-                note=f"fresh `python -m ernie_cluster submit` of a tiny spec on partition {partition}: 2 jobs (train + "
-                     f"afterok conversion), run directory, state.json; includes interpreter start + imports "
-                     f"(bare python start here: {bare:.3f} s). {repeats} repeats interleaved; all jobs held with "
-                     f"--begin and cancelled"),
-            row_from_measure(
-                "submit_inprocess_s", m_lib, "s", baseline="the same 2 jobs by plain sbatch (train + afterok convert)",
-                baseline_value=m_sb2["median"], higher_is_better=False, goal=f"<= {SUBMIT_GOAL_RATIO:g}x plain sbatch",
-                goal_met=m_lib["median"] / m_sb2["median"] <= SUBMIT_GOAL_RATIO,
-                note="submit_slurm() with modules imported and spec loaded: submitit + run-directory overhead per run"),
-        ]
+            slurm_answered(slurm.scancel(job_ids, env=env))
+        return _submit_rows({k: summarize(v) for k, v in samples.items()}, partition, repeats, env)
     finally:
         _scancel_all(run_dirs, job_ids, env)
         if saved_conf is None:
@@ -205,10 +148,70 @@ def bench_submit(quick: bool) -> List[Dict[str, Any]]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _submit_round(i: int, spec_path: Path, tmp: Path, partition: str, env: Dict[str, str], job_ids: List[str],
+                  run_dirs: List[Path]) -> Dict[str, float]:
+    """One interleaved repeat: seconds of each way to submit; every job id and run directory is recorded."""
+    from ernie_cluster.spec import load_spec
+    from ernie_cluster.submit import submit_slurm
+
+    # baseline 1: one plain sbatch
+    t0 = time.perf_counter()
+    job_ids.append(_sbatch(env, partition))
+    t_sb1 = time.perf_counter() - t0
+
+    # the figure: a fresh `python -m ernie_cluster submit` (train + conversion job)
+    run_dir = tmp / f"run-cli-{i}"
+    run_dirs.append(run_dir)
+    t0 = time.perf_counter()
+    out = subprocess.run([PY, "-m", "ernie_cluster", "submit", str(spec_path), f"output_dir={run_dir}"],
+                         capture_output=True, text=True, env=env, cwd=str(REPO), timeout=120)
+    t_cli = time.perf_counter() - t0
+    job_ids += re.findall(r"(?:training|conversion) job: (\d+)", out.stdout)
+    if out.returncode != 0:
+        raise RuntimeError(f"ernie_cluster submit exited {out.returncode}: {out.stderr.strip()[-800:]}")
+
+    # baseline 2: the same two jobs by plain sbatch (train, then convert afterok)
+    t0 = time.perf_counter()
+    first = _sbatch(env, partition)
+    job_ids.append(first)
+    job_ids.append(_sbatch(env, partition, f"--dependency=afterok:{first}", "--kill-on-invalid-dep=yes"))
+    t_sb2 = time.perf_counter() - t0
+
+    # in-process: submit_slurm() with everything imported and the spec loaded
+    run_dir = tmp / f"run-lib-{i}"
+    run_dirs.append(run_dir)
+    spec = load_spec(spec_path, [f"output_dir={run_dir}"])
+    t0 = time.perf_counter()
+    sub = submit_slurm(spec)
+    t_lib = time.perf_counter() - t0
+    job_ids += [j for j in (sub.train_job_id, sub.convert_job_id) if j]
+    return {"sb1": t_sb1, "cli": t_cli, "sb2": t_sb2, "inproc": t_lib}
+
+
+def _submit_rows(m: Dict[str, Dict[str, Any]], partition: str, repeats: int, env: Dict[str, str]) -> List[Dict[str, Any]]:
+    ratio = m["cli"]["median"] / m["sb1"]["median"]
+    bare = summarize([time_process([PY, "-c", "pass"], env=env) for _ in range(3)])["median"]
+    return [
+        row_from_measure(
+            "submit_cli_s", m["cli"], "s", baseline="plain `sbatch --wrap true` (1 job)",
+            baseline_value=m["sb1"]["median"], higher_is_better=False,
+            goal=f"<= {SUBMIT_GOAL_RATIO:g}x plain sbatch", goal_met=ratio <= SUBMIT_GOAL_RATIO,
+            note=f"fresh `python -m ernie_cluster submit` of a tiny spec on partition {partition}: 2 jobs (train + "
+                 f"afterok conversion), run directory, state.json; includes interpreter start + imports "
+                 f"(bare python start here: {bare:.3f} s). {repeats} repeats interleaved; all jobs held with "
+                 f"--begin and cancelled"),
+        row_from_measure(
+            "submit_inprocess_s", m["inproc"], "s", baseline="the same 2 jobs by plain sbatch (train + afterok convert)",
+            baseline_value=m["sb2"]["median"], higher_is_better=False, goal=f"<= {SUBMIT_GOAL_RATIO:g}x plain sbatch",
+            goal_met=m["inproc"]["median"] / m["sb2"]["median"] <= SUBMIT_GOAL_RATIO,
+            note="submit_slurm() with modules imported and spec loaded: submitit + run-directory overhead per run"),
+    ]
+
+
 def _cancel_runs(run_dirs: List[Path], env: Dict[str, str]) -> None:
     """`python -m ernie_cluster cancel RUN`, what a user does."""
     for run_dir in run_dirs:
-        if (run_dir / "state.json").exists():
+        if RunDir(run_dir).state.exists():
             subprocess.run([PY, "-m", "ernie_cluster", "cancel", str(run_dir)], capture_output=True, env=env,
                            cwd=str(REPO), timeout=60)
 
@@ -218,15 +221,14 @@ def _scancel_all(run_dirs: List[Path], job_ids: List[str], env: Dict[str, str]) 
     ids = list(job_ids)
     for run_dir in run_dirs:
         try:
-            state = json.loads((run_dir / "state.json").read_text())
+            ids += RunDir(run_dir).job_ids().values()
         except (OSError, ValueError):
             continue
-        ids += [str(state[k]) for k in ("train_job_id", "convert_job_id") if state.get(k)]
     ids = sorted(set(ids), key=int)
     if not ids:
         return
     for _ in range(3):
-        _answered(slurm.scancel(ids, env=env))
+        slurm_answered(slurm.scancel(ids, env=env))
         left = _still_queued(ids, env)
         if not left:
             return
@@ -235,7 +237,7 @@ def _scancel_all(run_dirs: List[Path], job_ids: List[str], env: Dict[str, str]) 
 
 
 def _still_queued(job_ids: List[str], env: Dict[str, str]) -> List[str]:
-    out = _answered(slurm.squeue("%i %T", job_ids, env=env))
+    out = slurm_answered(slurm.squeue("%i %T", job_ids, env=env))
     return [line.split()[0] for line in out.stdout.splitlines()
             if line.split() and line.split()[-1] not in ("CANCELLED", "COMPLETED", "FAILED")]
 

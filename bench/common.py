@@ -45,10 +45,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from ernie_cluster import slurm  # every Slurm command of the benchmarks goes through it
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
-LOCAL_SLURM = REPO / "scripts" / "local-slurm"
 
 ROW_KEYS = ("name", "value", "unit", "baseline", "baseline_value", "ratio", "higher_is_better", "goal",
             "goal_met", "runs", "spread", "machine")
@@ -215,17 +216,23 @@ def slurm_env(base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     return env
 
 
+def slurm_answered(out: slurm.Answer) -> slurm.Reply:
+    """Slurm's reply; a benchmark stops when Slurm does not answer (a missing or hung tool)."""
+    if isinstance(out, slurm.NoAnswer):
+        raise RuntimeError(f"{out.args[0]} did not answer: {out.reason}")
+    return out
+
+
 def slurm_available(env: Optional[Mapping[str, str]] = None, timeout: float = 10) -> Optional[str]:
     """None when a Slurm controller answers `sinfo` here; else why not."""
     env = slurm_env(env)
     if not shutil.which("sinfo", path=env.get("PATH")):
         return "no sinfo on PATH (Slurm client not installed)"
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=timeout, env=env)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"sinfo did not answer: {type(exc).__name__}"
-    if out.returncode != 0:
-        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or [""]
+    out = slurm.call(["sinfo", "-h", "-o", "%R"], timeout=timeout, env=env)
+    if not out.answered:
+        return f"sinfo did not answer: {out.error}"
+    if not out.ok:
+        tail = out.error.splitlines()[-1:] or [""]
         hint = "" if env.get("SLURM_CONF") else " (SLURM_CONF unset; start the local cluster: scripts/local-slurm start)"
         return f"sinfo failed: {tail[0]}{hint}"
     return None

@@ -1,23 +1,25 @@
 """`python -m ernie_cluster {validate,render,submit,status,logs,cancel,pretrained}`.
 
-Exit status: 0 success, 1 runtime failure, 2 bad input (spec, overrides, refused submission).
+Exit status: 0 success, 1 runtime failure, 2 bad input (spec, overrides, refused submission), 130 interrupted.
 This module and everything it imports at the top stays light: no paddle on the login node.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 # The CLI uses no pydantic plugin; looking for them scans every installed package's metadata at the
 # first model class (about 45 ms of each `render`). An explicit setting by the user still wins.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from .spec import JobSpec, SpecError, SpecProblem, load_spec  # noqa: E402
+
+if TYPE_CHECKING:
+    from .render import RenderedRun
 
 EXIT_BAD_INPUT = 2
 
@@ -160,22 +162,7 @@ def _run_spec_command(args: argparse.Namespace, spec: JobSpec) -> int:
         rendered = render(spec)
         print(rendered.describe(sbatch_only=getattr(args, "sbatch", False)))
         if getattr(args, "out", None):
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "train.sbatch").write_text(rendered.train_sbatch)
-            if rendered.convert_sbatch:
-                (out / "convert.sbatch").write_text(rendered.convert_sbatch)
-            (out / "submit.sh").write_text(rendered.submit_sh)
-            (out / "submit.sh").chmod(0o755)
-            # Slurm opens --output before the script runs, so its directory must exist already (submit.sh
-            # creates it too: the run directory may not be writable from the machine that renders).
-            try:
-                (rendered.run_dir / "slurm").mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                print(f"warning: cannot create {rendered.run_dir}/slurm here ({exc.strerror}); submit.sh creates it",
-                      file=sys.stderr)
-            print(f"# wrote {out}/train.sbatch{', convert.sbatch' if rendered.convert_sbatch else ''} and submit.sh; "
-                  f"submit with: {out}/submit.sh (or sbatch them yourself)", file=sys.stderr)
+            _write_rendered(rendered, Path(args.out))
         return 0
     from .submit import SubmitError, submit_local, submit_slurm
 
@@ -197,10 +184,30 @@ def _run_spec_command(args: argparse.Namespace, spec: JobSpec) -> int:
             print(f"conversion job: {sub.convert_job_id} (afterok:{sub.train_job_id})")
         print(f"follow it with: python -m ernie_cluster status {sub.run_dir}")
         return 0
-    from .runs import RunDir, collect_status
+    from .rundir import RunDir
+    from .runs import collect_status
 
     status = collect_status(RunDir(sub.run_dir))
     return 0 if status.jobs and status.jobs[0]["state"] == "COMPLETED" else 1
+
+
+def _write_rendered(rendered: RenderedRun, out: Path) -> None:
+    """`render --out DIR`: the sbatch scripts and submit.sh, ready for a plain sbatch submission."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.sbatch").write_text(rendered.train_sbatch)
+    if rendered.convert_sbatch:
+        (out / "convert.sbatch").write_text(rendered.convert_sbatch)
+    (out / "submit.sh").write_text(rendered.submit_sh)
+    (out / "submit.sh").chmod(0o755)
+    # Slurm opens --output before the script runs, so its directory must exist already (submit.sh
+    # creates it too: the run directory may not be writable from the machine that renders).
+    try:
+        (rendered.run_dir / "slurm").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"warning: cannot create {rendered.run_dir}/slurm here ({exc.strerror}); submit.sh creates it",
+              file=sys.stderr)
+    print(f"# wrote {out}/train.sbatch{', convert.sbatch' if rendered.convert_sbatch else ''} and submit.sh; "
+          f"submit with: {out}/submit.sh (or sbatch them yourself)", file=sys.stderr)
 
 
 def _run_dir_command(args: argparse.Namespace) -> int:

@@ -9,14 +9,14 @@
    (pretraining heads included). A parameter the model lacks, a model parameter the
    checkpoint lacks, or a shape mismatch is a loud error (exit 3) listing them all:
    never a silently partial conversion.
-3. Writes `model_state.pdparams`, `config.json` + `model_config.json` and the tokenizer
-   files (`vocab.txt`, `tokenizer_config.json`, `special_tokens_map.json`) into a temp dir
-   next to the output.
-4. Verification (`convert.verify`, default on): one fixed batch of the valid split goes
-   through the *static* program loaded from the checkpoint and through
-   `ErnieForPretraining.from_pretrained(<temp dir>)` with dropout off; the largest absolute
-   difference of losses and logits must be <= `convert.tolerance`; `ErnieModel.from_pretrained`
-   must load too. The result is `convert_report.json` in the output.
+3. Writes `model_state.pdparams`, `config.json` + `model_config.json` and, when the spec
+   has a vocab, the tokenizer files (`vocab.txt`, `tokenizer_config.json`,
+   `special_tokens_map.json`) into a temp dir next to the output.
+4. Verification (`convert.verify`, default on): one fixed batch of the valid split (of the
+   train split when valid is empty) goes through the *static* program loaded from the
+   checkpoint and through `ErnieForPretraining.from_pretrained(<temp dir>)` with dropout
+   off; the largest absolute difference of losses and logits must be <= `convert.tolerance`;
+   `ErnieModel.from_pretrained` must load too. The result is `convert_report.json` in the output.
 5. Only a verified (or unverified by request) output replaces the previous one, with a
    rename: a good earlier conversion is never overwritten by a partial one. A failed
    verification leaves `<output>.failed_report.json` and exits 2.
@@ -30,18 +30,18 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
+
+from .rundir import CONVERT_REPORT, RunDir
 
 log = logging.getLogger("ernie_cluster.convert")
 
 EXIT_OK = 0
 EXIT_VERIFY = 2
 EXIT_MAPPING = 3
-REPORT_FILE = "convert_report.json"
 
 
 class ConversionError(RuntimeError):
@@ -102,7 +102,7 @@ def _expected_shapes(config: Dict[str, Any]) -> Dict[str, Tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def static_forward(config: Dict[str, Any], seq_len: int, binary_head: bool, state: Dict[str, Any], batch: Dict[str, Any]) -> Dict[str, Any]:
+def static_forward(config: Dict[str, Any], binary_head: bool, state: Dict[str, Any], batch: Dict[str, Any]) -> Dict[str, Any]:
     """The checkpoint through a static program (eval mode): losses and logits."""
     import numpy as np
     import paddle
@@ -170,10 +170,9 @@ def fixed_batch(spec, run) -> Tuple[Dict[str, Any], str]:
 def convert(run_dir: Path, checkpoint: Optional[str] = None, output: Optional[str] = None, verify: Optional[bool] = None) -> Dict[str, Any]:
     import numpy as np
 
-    from .rundir import RunDir
     from .spec import load_frozen
     from .train.checkpoint import MODEL_FILE, paddle_load, write_model_dir
-    from .train.model import model_config, save_tokenizer, write_model_config
+    from .train.model import model_config
 
     run = RunDir(Path(run_dir).resolve())
     spec = load_frozen(run.spec)
@@ -186,7 +185,6 @@ def convert(run_dir: Path, checkpoint: Optional[str] = None, output: Optional[st
     state = {k: np.asarray(v) for k, v in paddle_load(info.path / MODEL_FILE).items()}
     expected = _expected_shapes(config)
     check_mapping(state, expected)
-    binary_head = bool(spec.data.masking.binary_head)
 
     report: Dict[str, Any] = {
         "checkpoint": str(info.path), "checkpoint_step": info.step, "n_params": len(expected),
@@ -196,26 +194,19 @@ def convert(run_dir: Path, checkpoint: Optional[str] = None, output: Optional[st
     }
 
     def extras(tmp: Path) -> None:
+        """Into the temp model directory, after the weights: config, tokenizer, the verification, the report."""
+        from .train.model import save_tokenizer, write_model_config
+
         write_model_config(config, tmp)
         save_tokenizer(spec, tmp)
         if verify:
-            batch, split = fixed_batch(spec, run)
-            ref = static_forward(config, spec.train.max_seq_len, binary_head, state, batch)
-            got = dynamic_forward(tmp, binary_head, batch)
-            diffs = {k: float(np.max(np.abs(ref[k].astype("float64") - got[k].astype("float64")))) for k in ref}
-            max_diff = max(diffs.values())
-            from paddlenlp.transformers import ErnieModel
-
-            ErnieModel.from_pretrained(str(tmp))  # the bare encoder must load too
-            report.update({"batch_split": split, "diffs": diffs, "max_abs_diff": max_diff,
-                           "static_loss": float(ref["loss"].reshape(-1)[0]), "dynamic_loss": float(got["loss"].reshape(-1)[0]),
-                           "passed": bool(max_diff <= spec.convert.tolerance), "ernie_model_loads": True})
+            report.update(verify_model_dir(tmp, spec, run, config, state))
             if not report["passed"]:
                 raise VerificationFailed(report)
         else:
             report.update({"passed": None, "max_abs_diff": None})
         report["seconds"] = round(time.time() - t0, 3)
-        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        (tmp / CONVERT_REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 
     try:
         write_model_dir(out_dir, state, extras)
@@ -226,6 +217,24 @@ def convert(run_dir: Path, checkpoint: Optional[str] = None, output: Optional[st
     log.info("converted step %d: %d parameters, max |static - dynamic| = %s (tolerance %g) -> %s",
              info.step, report["n_params"], report.get("max_abs_diff"), spec.convert.tolerance, out_dir)
     return report
+
+
+def verify_model_dir(model_dir: Path, spec, run: RunDir, config: Dict[str, Any], state: Dict[str, Any]) -> Dict[str, Any]:
+    """One fixed batch through the checkpoint's static program and through the model directory (dynamic):
+    the report's verification part (`passed` when the largest difference is within convert.tolerance)."""
+    import numpy as np
+    from paddlenlp.transformers import ErnieModel
+
+    binary_head = bool(spec.data.masking.binary_head)
+    batch, split = fixed_batch(spec, run)
+    ref = static_forward(config, binary_head, state, batch)
+    got = dynamic_forward(model_dir, binary_head, batch)
+    diffs = {k: float(np.max(np.abs(ref[k].astype("float64") - got[k].astype("float64")))) for k in ref}
+    max_diff = max(diffs.values())
+    ErnieModel.from_pretrained(str(model_dir))  # the bare encoder must load too
+    return {"batch_split": split, "diffs": diffs, "max_abs_diff": max_diff,
+            "static_loss": float(ref["loss"].reshape(-1)[0]), "dynamic_loss": float(got["loss"].reshape(-1)[0]),
+            "passed": bool(max_diff <= spec.convert.tolerance), "ernie_model_loads": True}
 
 
 class VerificationFailed(ConversionError):

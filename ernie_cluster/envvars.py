@@ -1,10 +1,13 @@
-"""Which environment variables may reach `paddle.distributed.launch` and its trainers.
+"""The environment of the processes this package starts: which variables may reach
+`paddle.distributed.launch` and its trainers, and the PYTHONPATH they (and the tokenizer) get.
 
 paddle.distributed.launch writes its whole environment into the run's logs (`envlog.N`,
 `backup_env.N.json` and the first line of its pod log), so secrets never reach it. And it takes
 some variables as defaults for its own flags, overriding the command line the node launcher
 computed from the Slurm allocation (a stale `PADDLE_MASTER` from an outer job would send every
 node to the wrong master), so those are removed too.
+
+Standard library only: the node launcher imports it, and the spec checks `environment.env` with it.
 """
 
 from __future__ import annotations

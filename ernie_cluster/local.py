@@ -1,8 +1,10 @@
 """The local backend: the same chain as on Slurm, run on this machine by a small supervisor.
 
 It plays Slurm's part: starts the node launcher (attempt 0), optionally sends the preemption warning
-once (`--preempt-after`, seconds after training started), requeues a stopped attempt like `scontrol requeue` would (same policy caps),
-then runs the conversion only if training completed (afterok).
+once (`--preempt-after`, seconds after training started), restarts a stopped attempt, or a failed one
+the launcher marked for requeue, like `scontrol requeue` would (same `cluster.requeue` caps), then
+runs the conversion only if training completed (afterok). Its progress goes into state.json
+(`local_state`, `restarts`); `cancel` TERMs it.
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ import os
 import signal
 import subprocess
 import threading
-import time
-from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Optional, Tuple
 
-from .rundir import RunDir
+from .launch.cluster_env import LOCAL_JOB_ID_ENV, LOCAL_RESTART_ENV
+from .rundir import AttemptRecord, RunDir
 from .spec import JobSpec
 
 
@@ -32,61 +33,59 @@ class LocalSupervisor:
     def _log(self, message: str) -> None:
         print(f"[ernie_cluster local] {message}", flush=True)
 
-    def _update_state(self, **values) -> None:
-        state = self.rundir.read_state()
-        state.update(values)
-        self.rundir.write_state(state)
-
-    def _on_cancel(self, signum, frame) -> None:
+    def _on_cancel(self, signum, _frame) -> None:
         # `cancel` sends TERM: pass it on as a stop so the trainers checkpoint, and do not requeue.
         self._cancelled = True
         if self._child is not None and self._child.poll() is None:
             self._child.send_signal(signal.SIGTERM)
 
-    def _attempt(self, restart: int) -> Dict:
+    def _attempt(self, restart: int) -> Tuple[AttemptRecord, int]:
+        """Run one attempt: (what the node launcher recorded, its exit status)."""
         env = dict(os.environ)
-        env.update({"ERNIE_CLUSTER_LOCAL_JOB_ID": self.job_id, "ERNIE_CLUSTER_LOCAL_RESTART": str(restart)})
+        env.update({LOCAL_JOB_ID_ENV: self.job_id, LOCAL_RESTART_ENV: str(restart)})
         cmd = [self.python, "-m", "ernie_cluster.launch", "--run-dir", str(self.rundir.root), "--local"]
         before = len(self.rundir.read_attempts())
         self._log(f"attempt {restart}: {' '.join(cmd)}")
         self._child = subprocess.Popen(cmd, env=env)
+        done = threading.Event()
         warner = None
         if self.preempt_after_s is not None and restart == 0:
-            ready = self.rundir.attempt_log_dir(self.job_id, restart, 0) / "control" / "ready.0"
-            done = threading.Event()
-
-            def warn() -> None:
-                # Count from training start, not from submit: tokenizing and start-up take a
-                # machine-dependent time, and a warning after the last step would demonstrate nothing.
-                while not ready.exists():
-                    if done.wait(0.2):
-                        return
-                if done.wait(self.preempt_after_s):
-                    return
-                if self._child is not None and self._child.poll() is None:
-                    self._log(f"simulated preemption after {self.preempt_after_s:g}s of training: "
-                              f"sending {self.spec.cluster.requeue.signal} to the job")
-                    self._child.send_signal(getattr(signal, f"SIG{self.spec.cluster.requeue.signal}"))
-            warner = threading.Thread(target=warn, daemon=True)
+            warner = threading.Thread(target=self._warn_once, args=(restart, done), daemon=True)
             warner.start()
         code = self._child.wait()
         if warner is not None:
             done.set()
             warner.join()
         attempts = self.rundir.read_attempts()[before:]
-        record = attempts[-1] if attempts else {"reason": "failed", "error": "the launcher recorded no attempt"}
-        record["exit_code"] = code
-        return record
+        if not attempts:
+            self._log(f"attempt {restart}: the launcher recorded no attempt")
+        return (attempts[-1] if attempts else AttemptRecord(reason="failed")), code
+
+    def _warn_once(self, restart: int, done: threading.Event) -> None:
+        """The simulated preemption: the requeue signal, `preempt_after_s` after training started.
+
+        Counted from training start, not from submit: tokenizing and start-up take a machine-dependent
+        time, and a warning after the last step would demonstrate nothing."""
+        ready = self.rundir.attempt_log_dir(self.job_id, restart, 0) / "control" / "ready.0"
+        while not ready.exists():
+            if done.wait(0.2):
+                return
+        if done.wait(self.preempt_after_s):
+            return
+        if self._child is not None and self._child.poll() is None:
+            self._log(f"simulated preemption after {self.preempt_after_s:g}s of training: "
+                      f"sending {self.spec.cluster.requeue.signal} to the job")
+            self._child.send_signal(getattr(signal, f"SIG{self.spec.cluster.requeue.signal}"))
 
     def run_training(self) -> bool:
         policy = self.spec.cluster.requeue
         restart = 0
         while True:
-            self._update_state(local_state="RUNNING", restarts=restart)
-            record = self._attempt(restart)
+            self.rundir.update_state(local_state="RUNNING", restarts=restart)
+            record, code = self._attempt(restart)
             reason = record.get("reason")
-            self._log(f"attempt {restart} ended: {reason} at step {record.get('step')} (exit {record['exit_code']})")
-            if reason == "completed" and record["exit_code"] == 0:
+            self._log(f"attempt {restart} ended: {reason} at step {record.get('step')} (exit {code})")
+            if reason == "completed" and code == 0:
                 return True
             allowed = record.get("action") != "requeue-denied" and policy.enabled and restart < policy.max_requeues
             retry = reason == "stopped" or (reason == "failed" and record.get("action") == "requeue")
@@ -95,7 +94,7 @@ class LocalSupervisor:
                 self._log(f"requeued (restart {restart}/{policy.max_requeues})")
                 continue
             if self._cancelled:
-                self._update_state(local_state="CANCELLED")
+                self.rundir.update_state(local_state="CANCELLED")
             return False
 
     def run(self) -> bool:
@@ -104,17 +103,17 @@ class LocalSupervisor:
             trained = self.run_training()
             if not trained:
                 if self.rundir.read_state().get("local_state") != "CANCELLED":
-                    self._update_state(local_state="FAILED")
+                    self.rundir.update_state(local_state="FAILED")
                 self._log("training did not complete: the conversion does not run (afterok)")
                 return False
             if not self.spec.convert.enabled:
-                self._update_state(local_state="COMPLETED")
+                self.rundir.update_state(local_state="COMPLETED")
                 return True
-            self._update_state(local_state="CONVERTING")
+            self.rundir.update_state(local_state="CONVERTING")
             cmd = [self.python, "-m", "ernie_cluster.convert", "--run-dir", str(self.rundir.root)]
             self._log(f"conversion: {' '.join(cmd)}")
             code = subprocess.call(cmd)
-            self._update_state(local_state="COMPLETED" if code == 0 else "FAILED", convert_exit_code=code)
+            self.rundir.update_state(local_state="COMPLETED" if code == 0 else "FAILED", convert_exit_code=code)
             if code == 0:
                 self._log(f"converted model: {self.spec.convert_dir()}")
             return code == 0

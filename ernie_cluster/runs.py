@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .rundir import RunDir
 from . import slurm
+from .rundir import CONVERT_REPORT, DATA_REPORT, AttemptRecord, RunDir, RunState
 from .slurm import job_states as slurm_jobs
 from .train.ckpt_names import MANIFEST_FILE, STATE_FILE, STEP_GLOB  # standard library only (no paddle/numpy)
 
@@ -48,7 +48,7 @@ class RunStatus:
     name: str
     backend: str
     jobs: List[Dict[str, Any]] = field(default_factory=list)
-    attempts: List[Dict[str, Any]] = field(default_factory=list)
+    attempts: List[AttemptRecord] = field(default_factory=list)
     checkpoint: Optional[Dict[str, Any]] = None
     conversion: Dict[str, Any] = field(default_factory=dict)
     max_steps: Optional[int] = None
@@ -60,7 +60,7 @@ class RunStatus:
                 "max_steps": self.max_steps, "data": self.data, "causes": _cause_counts(self.attempts)}
 
 
-def _cause_counts(attempts: List[Dict[str, Any]]) -> Dict[str, Dict[str, int]]:
+def _cause_counts(attempts: List[AttemptRecord]) -> Dict[str, Dict[str, int]]:
     from .launch.attempt import cause_counts
     return cause_counts(attempts)
 
@@ -73,41 +73,47 @@ def collect_status(run: RunDir) -> RunStatus:
         status.max_steps = load_frozen(run.spec).train.max_steps
     except Exception:  # a status must still show with a damaged spec copy
         pass
-    if status.backend == "slurm":
-        ids = {"train": state.get("train_job_id"), "convert": state.get("convert_job_id")}
-        found = slurm_jobs([i for i in ids.values() if i])
-        for kind, jid in ids.items():
-            if not jid:
-                continue
-            job_state, reason = found.get(jid, ("UNKNOWN", ""))
-            row: Dict[str, Any] = {"kind": kind, "job_id": jid, "state": job_state, "reason": reason}
-            history = slurm.job_attempts(jid)
-            row["slurm_attempts"] = history
-            restarts = slurm.restart_count(jid)
-            row["restarts"] = restarts if restarts is not None else max(0, len(history) - 1)
-            if kind == "train":
-                row["logs"] = str(run.slurm / jid)
-            status.jobs.append(row)
-    else:
-        pid = state.get("supervisor_pid")
-        status.jobs.append({"kind": "local", "job_id": str(pid), "state": state.get("local_state", "UNKNOWN"),
-                            "restarts": state.get("restarts", 0), "logs": str(run.logs)})
+    status.jobs = _slurm_jobs(run, state) if status.backend == "slurm" else [_local_job(run, state)]
     status.attempts = run.read_attempts()
     status.checkpoint = last_checkpoint(run)
-    try:  # written by the data preparation (ernie_cluster.train.data.DATA_REPORT)
-        status.data = json.loads((run.data_cache / "data_report.json").read_text())
+    try:  # written by the data preparation (ernie_cluster.train.data)
+        status.data = json.loads((run.data_cache / DATA_REPORT).read_text())
     except FileNotFoundError:
         pass
     except (OSError, ValueError):
-        status.data = {"error": "unreadable data_cache/data_report.json"}
-    report = run.converted / "convert_report.json"
+        status.data = {"error": f"unreadable data_cache/{DATA_REPORT}"}
+    report = run.converted / CONVERT_REPORT
     if report.exists():
         try:
             status.conversion = json.loads(report.read_text())
         except json.JSONDecodeError:
-            status.conversion = {"error": "unreadable convert_report.json"}
+            status.conversion = {"error": f"unreadable {CONVERT_REPORT}"}
         status.conversion["model_dir"] = str(run.converted)
     return status
+
+
+def _slurm_jobs(run: RunDir, state: RunState) -> List[Dict[str, Any]]:
+    """One row per recorded job: Slurm's state and reason, its attempts in sacct and its restarts."""
+    ids = run.job_ids(state)
+    found = slurm_jobs(list(ids.values()))
+    rows = []
+    for kind, jid in ids.items():
+        job_state, reason = found.get(jid, ("UNKNOWN", ""))
+        row: Dict[str, Any] = {"kind": kind, "job_id": jid, "state": job_state, "reason": reason}
+        history = slurm.job_attempts(jid)
+        row["slurm_attempts"] = history
+        restarts = slurm.restart_count(jid)
+        row["restarts"] = restarts if restarts is not None else max(0, len(history) - 1)
+        if kind == "train":
+            row["logs"] = str(run.slurm / jid)
+        rows.append(row)
+    return rows
+
+
+def _local_job(run: RunDir, state: RunState) -> Dict[str, Any]:
+    """The local supervisor's row: what it last wrote into state.json."""
+    return {"kind": "local", "job_id": str(state.get("supervisor_pid")), "state": state.get("local_state", "UNKNOWN"),
+            "restarts": state.get("restarts", 0), "logs": str(run.logs)}
 
 
 def print_status(status: RunStatus, *, as_json: bool = False) -> None:
@@ -159,7 +165,8 @@ def _fmt_time(value: Any) -> str:
 
 
 def log_files(run: RunDir) -> List[Path]:
-    """Slurm outputs of every job, then each node's launcher and trainer logs of every attempt, oldest first.
+    """Slurm outputs of every job, then the trainers' workerlog.N and the node launchers' launcher.log of
+    every attempt, each group sorted by path.
 
     Not paddle's own pod log, envlog.N or backup_env.N.json: they hold the launcher's whole environment."""
     files = sorted(p for p in run.slurm.rglob("*") if p.is_file() and p.suffix in (".out", ".err"))
@@ -201,42 +208,46 @@ def _scancel(job_ids: List[str], *, sig: Optional[str] = None) -> None:
 def cancel_run(run: RunDir, *, grace_s: float = 180.0, log=lambda message: None) -> List[str]:
     """Stop a run. Slurm: cancel the conversion; ask running training to checkpoint and stop (USR2 to its
     steps, recorded as cancelled: no requeue), wait up to `grace_s` for that, then scancel what is left.
-    A plain scancel would not do: its TERM reaches paddle's launcher too, which kills the trainers at once."""
+    A plain scancel would not do: its TERM reaches paddle's launcher too, which kills the trainers at once.
+    Local: record the cancel and TERM the supervisor, which passes it on as a stop and does not restart."""
     state = run.read_state()
     done = []
     if state.get("backend") == "local":
         pid = state.get("supervisor_pid")
         if pid:
-            # the node launcher reads it: the attempt is `cancelled`, not a plain stop signal
-            state["cancel_requested"] = {"job_id": f"local{pid}", "at": time.time()}
-            run.write_state(state)
+            run.request_cancel(f"local{pid}")  # the node launcher reads it: the attempt is `cancelled`
             try:
                 os.kill(int(pid), signal.SIGTERM)
                 done.append(f"local supervisor {pid}")
             except ProcessLookupError:
                 pass
         return done
-    train_id, convert_id = state.get("train_job_id"), state.get("convert_job_id")
-    if convert_id:
-        _scancel([str(convert_id)])
-        done.append(str(convert_id))
-    if not train_id:
+    ids = run.job_ids(state)
+    if "convert" in ids:
+        _scancel([ids["convert"]])
+        done.append(ids["convert"])
+    if "train" not in ids:
         return done
-    train_id = str(train_id)
-    state["cancel_requested"] = {"job_id": train_id, "at": time.time()}  # the launchers read it: no requeue
-    run.write_state(state)
+    train_id = ids["train"]
+    run.request_cancel(train_id)  # the launchers read it: no requeue
     if grace_s > 0 and slurm_jobs([train_id]).get(train_id, ("", ""))[0] == "RUNNING":
-        before = len(run.read_attempts())
-        _scancel([train_id], sig="USR2")
-        log(f"asked training job {train_id} to checkpoint and stop (up to {grace_s:.0f}s)")
-        deadline = time.time() + grace_s
-        while time.time() < deadline:
-            if len(run.read_attempts()) > before or slurm_jobs([train_id]).get(train_id, ("", ""))[0] != "RUNNING":
-                break
-            time.sleep(1.0)
-        attempts = run.read_attempts()[before:]
-        if attempts:
-            log(f"training stopped at step {attempts[-1].get('step')} ({attempts[-1].get('cause') or attempts[-1].get('reason')})")
+        _stop_training(run, train_id, grace_s, log)
     _scancel([train_id])
     done.append(train_id)
     return done
+
+
+def _stop_training(run: RunDir, train_id: str, grace_s: float, log) -> None:
+    """USR2 to the running training job's steps; wait up to `grace_s` for its attempt to end."""
+    before = len(run.read_attempts())
+    _scancel([train_id], sig="USR2")
+    log(f"asked training job {train_id} to checkpoint and stop (up to {grace_s:.0f}s)")
+    deadline = time.time() + grace_s
+    while time.time() < deadline:
+        if len(run.read_attempts()) > before or slurm_jobs([train_id]).get(train_id, ("", ""))[0] != "RUNNING":
+            break
+        time.sleep(1.0)
+    attempts = run.read_attempts()[before:]
+    if attempts:
+        last = attempts[-1]
+        log(f"training stopped at step {last.get('step')} ({last.get('cause') or last.get('reason')})")

@@ -393,7 +393,7 @@ def test_missing_model_directory_only_checks_the_overrides(tmp_path):
 
 
 def test_builtin_table_matches_paddlenlp():
-    """spec.py keeps its own copy (the submit side never imports paddle); it must say what paddlenlp says."""
+    """ernie_cluster/spec/architectures.py keeps its own copy (the submit side never imports paddle); it must say what paddlenlp says."""
     import paddle.nn.functional as F
     from paddlenlp.transformers import ErnieConfig, ErnieModel
 
@@ -453,3 +453,63 @@ def test_effective_shape_matches_what_the_trainer_builds(tmp_path):
         assert shape.config == {k: getattr(built, k) for k in shape.config}, model
         assert set(shape.config) >= {"vocab_size", "hidden_size", "num_attention_heads", "max_position_embeddings",
                                      "type_vocab_size", "hidden_act"}, model
+
+
+# ---------------------------------------------------------------------------
+# The spec package: one import for the rest of the project, and no paddle on the submit side
+# ---------------------------------------------------------------------------
+
+
+def test_every_name_imported_from_the_spec_package_is_there():
+    """Whatever module inside ernie_cluster/spec/ holds a name, `from ernie_cluster.spec import NAME` keeps working."""
+    import ast
+
+    import ernie_cluster.spec as spec
+
+    wanted = set()
+    for top in ("ernie_cluster", "data_tools", "tests", "bench", "scripts"):
+        for path in (REPO / top).rglob("*.py"):
+            if (REPO / "ernie_cluster" / "spec") in path.parents:
+                continue
+            package = ".".join(path.relative_to(REPO).parent.parts)
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    module = f"{base}.{node.module}" if node.level else node.module
+                    if module == "ernie_cluster.spec":
+                        wanted |= {alias.name for alias in node.names}
+    assert {"JobSpec", "SpecError", "load_spec", "validate_text", "load_frozen"} <= wanted
+    assert sorted(name for name in wanted if not hasattr(spec, name)) == []
+
+
+def test_validating_a_spec_imports_no_paddle(tmp_path):
+    """The submit side: importing the spec and validating one, a model directory's config read, never imports paddle."""
+    import subprocess
+    import sys
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"hidden_size": 64, "num_attention_heads": 2}')
+    spec = base_spec(tmp_path)
+    spec["model"] = {"model_name_or_path": str(model), "random_init": True}
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    code = ("import sys\nfrom ernie_cluster.spec import load_spec\n"
+            f"print(load_spec({str(path)!r}).starts_from())\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('paddle', 'paddlenlp'))\n"
+            "print(bad)\nsys.exit(bool(bad))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "random weights (model.random_init), architecture of the config of" in out.stdout
+
+
+def test_an_explicit_null_vocab_file_names_the_data_line(tmp_path):
+    """A built-in architecture without a vocab: the problem points at `data:`, also when vocab_file: null is written."""
+    spec = base_spec(tmp_path)
+    spec["data"]["vocab_file"] = None
+    text = yaml.safe_dump(spec, sort_keys=False)
+    data_line = text.splitlines().index("data:") + 1
+    assert "  vocab_file: null" in text.splitlines()
+    with pytest.raises(SpecError) as info:
+        validate_text(text, "x.yaml", [])
+    (problem,) = [p for p in info.value.problems if p.path == "data.vocab_file"]
+    assert "needs a local vocab file" in problem.message and problem.line == data_line

@@ -1,13 +1,21 @@
 """ERNIE 1.0 pretraining data: raw text -> token ids -> masked, fixed-shape batches.
 
-Modules (the training side imports only numpy-based ones; none imports paddle):
+Modules, one concern each (the training side imports only numpy-based ones; none imports paddle):
 
-* ``data_tools.create_pretraining_data`` - CLI: corpus -> ``<P>_ids.npy`` + ``<P>_idx.npz``
+* ``data_tools.create_pretraining_data`` - CLI: corpus -> ``<P>_ids.npy`` + ``<P>_idx.npz``, built from
+  ``corpus_input`` (input files -> documents), ``encoder`` (sentences -> ids and
+  whole-word ``##`` marks, worker pool) and ``corpus_output`` (the two files)
 * ``data_tools.toy_corpus``              - CLI: deterministic synthetic corpus + vocab
-* ``data_tools.dataset``                 - ``IndexedDataset``, ``ErnieDataset``, ``build_pretraining_datasets``
-* ``data_tools.masking``                 - ``MaskingConfig`` and the vectorised masking / SOP code
+* ``data_tools.vocab`` / ``tokenizer``   - vocab (with the ``##CJK`` extension) and the WordPiece tokenizer
+* ``data_tools.indexed``                 - ``IndexedDataset`` / ``IndexedCorpora``: reading tokenized corpora
+* ``data_tools.splits``                  - train/valid/test document splits
+* ``data_tools.mapping``                 - sample mapping (C++ ``data_tools._helpers`` or Python);
+  ``mapping_cache`` - its build-once / wait cache files
+* ``data_tools.masking``                 - ``MaskingConfig``, whole-word masking and the SOP samples
+* ``data_tools.dataset``                 - ``ErnieDataset``, ``build_pretraining_datasets``
 * ``data_tools.loader``                  - ``collate`` and ``PretrainingBatches``
-* ``data_tools.mapping``                 - sample mapping (C++ ``data_tools._helpers`` or Python) + cache
+* ``data_tools.synthetic``               - synthetic indexed corpora for tests and benchmarks
+* ``data_tools.errors``, ``splitmix``    - ``DataError``; the splitmix64 keys shared with ``_helpers.cpp``
 
 The names below are importable from the package itself, loaded on first use
 so that ``import data_tools`` stays instant.
@@ -20,9 +28,9 @@ _LAZY = {
     "MaskingConfig": "masking",
     "MaskingTables": "masking",
     "create_masked_lm_predictions": "masking",
-    "IndexedDataset": "dataset",
+    "IndexedDataset": "indexed",
     "ErnieDataset": "dataset",
-    "DataError": "dataset",
+    "DataError": "errors",
     "build_pretraining_datasets": "dataset",
     "get_or_build_mapping": "mapping",
     "build_mapping": "mapping",

@@ -17,7 +17,9 @@ split it lands in.
 
 :func:`get_or_build_mapping` caches the rows in ``cache_dir``: one rank builds
 (``is_builder=True``), writes atomically and on error leaves a failure marker;
-the others wait with a deadline instead of polling forever.
+the others wait with a deadline instead of polling forever (the file protocol
+is :mod:`data_tools.mapping_cache`).  The 64-bit keys are
+:mod:`data_tools.splitmix` (the same function as ``_helpers.cpp``'s ``mix64``).
 """
 
 from __future__ import annotations
@@ -28,17 +30,20 @@ import logging
 import os
 import socket
 import time
-import traceback
 from typing import Optional, Tuple
 
 import numpy as np
+
+from .errors import DataError, MappingBuildError
+from .mapping_cache import build_into_cache, wait_for_mapping
+from .splitmix import GOLDEN as _GOLDEN
+from .splitmix import M64 as _M64
+from .splitmix import mix64 as _mix64
 
 log = logging.getLogger(__name__)
 
 MAPPING_ALGORITHM_VERSION = 1
 LONG_SENTENCE_LEN = 512
-_M64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
 
 try:  # compiled by `pip install -e .` / `python setup.py build_ext --inplace`
     from . import _helpers  # type: ignore
@@ -48,12 +53,6 @@ except ImportError:  # pragma: no cover - exercised only without a build
 
 def helpers_available() -> bool:
     return _helpers is not None
-
-
-def _mix64(z: int) -> int:
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return z ^ (z >> 31)
 
 
 def short_threshold(short_seq_prob: float) -> int:
@@ -237,14 +236,6 @@ def doc_index_digest(doc_index: np.ndarray) -> str:
 # cache
 
 
-class DataError(ValueError):
-    """The corpus cannot be used as configured (missing files, too small, inconsistent)."""
-
-
-class MappingBuildError(DataError):
-    """The builder rank failed to build a sample mapping (its failure marker was found)."""
-
-
 def mapping_cache_name(prefix: str, split_name: str, split: str, doc_range: Optional[Tuple[int, int]],
                        max_seq_len: int, short_seq_prob: float, seed: int, binary_head: bool, n_sentences: int,
                        n_tokens: int, long_sentence_len: int = LONG_SENTENCE_LEN,
@@ -268,39 +259,16 @@ def mapping_cache_name(prefix: str, split_name: str, split: str, doc_range: Opti
     return f"{base}_{split_name}_{kind}_{digest}"
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _save_npy_atomic(path: str, arr: np.ndarray) -> None:
-    tmp = f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _load_mapping(path: str) -> np.ndarray:
-    arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"bad sample mapping file {path}: shape {arr.shape}")
-    return arr
-
-
-def _cached_stats(path: str) -> dict:
-    """Skip counts from the ``.json`` written next to a cached mapping ({} when missing or unreadable)."""
-    try:
-        with open(path[:-len(".npy")] + ".json", encoding="utf-8") as f:
-            meta = json.load(f)
-        return {k: int(meta[k]) for k in ("skipped_short_docs", "skipped_long_docs")}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
+def _split_key(docs: np.ndarray, doc_range: Optional[Tuple[int, int]], doc_index: Optional[np.ndarray]):
+    """``(lo, hi, doc_index, index_key, where)`` of a split given as a range or as a document index."""
+    if (doc_range is None) == (doc_index is None):
+        raise ValueError("pass exactly one of doc_range and doc_index")
+    if doc_index is not None:
+        doc_index = _check_doc_index(doc_index, len(docs) - 1)
+        index_key: Optional[Tuple[int, str]] = (int(doc_index.size), doc_index_digest(doc_index))
+        return 0, 0, doc_index, index_key, f"{doc_index.size} indexed docs"
+    lo, hi = int(doc_range[0]), int(doc_range[1])
+    return lo, hi, None, None, f"docs [{lo}, {hi})"
 
 
 def get_or_build_mapping(docs: np.ndarray, lens: np.ndarray, doc_range: Optional[Tuple[int, int]], *, prefix: str,
@@ -326,17 +294,7 @@ def get_or_build_mapping(docs: np.ndarray, lens: np.ndarray, doc_range: Optional
     Returns ``(rows, info)``; rows are memory-mapped when read from the cache.  ``info`` holds the skip
     counts (``skipped_short_docs``, ``skipped_long_docs``) when built, or read from the cache's ``.json``.
     """
-    if (doc_range is None) == (doc_index is None):
-        raise ValueError("pass exactly one of doc_range and doc_index")
-    if doc_index is not None:
-        doc_index = _check_doc_index(doc_index, len(docs) - 1)
-        lo, hi = 0, 0
-        where = f"{doc_index.size} indexed docs"
-        index_key: Optional[Tuple[int, str]] = (int(doc_index.size), doc_index_digest(doc_index))
-    else:
-        lo, hi = int(doc_range[0]), int(doc_range[1])
-        where = f"docs [{lo}, {hi})"
-        index_key = None
+    lo, hi, doc_index, index_key, where = _split_key(docs, doc_range, doc_index)
 
     def build() -> Tuple[np.ndarray, dict]:
         if doc_index is not None:
@@ -354,78 +312,23 @@ def get_or_build_mapping(docs: np.ndarray, lens: np.ndarray, doc_range: Optional
     name = mapping_cache_name(prefix, split_name, split, None if index_key else (lo, hi), max_seq_len,
                               short_seq_prob, seed, binary_head, n_sents, n_tokens, long_sentence_len,
                               doc_index=index_key)
-    path = os.path.join(cache_dir, name + ".npy")
-    meta_path = os.path.join(cache_dir, name + ".json")
-    failed_path = os.path.join(cache_dir, name + ".failed")
+    if not is_builder:
+        return wait_for_mapping(cache_dir, name, timeout_s=timeout_s, poll_s=poll_s, run_id=run_id)
+    docs_meta = {"docs": [lo, hi]} if index_key is None else \
+        {"doc_index": {"documents": index_key[0], "sha256_20": index_key[1]}}
 
-    if is_builder:
-        os.makedirs(cache_dir, exist_ok=True)
-        try:
-            os.unlink(failed_path)
-        except FileNotFoundError:
-            pass
-        if os.path.exists(path):
-            try:
-                rows = _load_mapping(path)
-                return rows, {"path": path, "cached": True, **_cached_stats(path)}
-            except Exception as e:  # corrupt / foreign file: rebuild it
-                log.warning("ignoring unreadable sample mapping %s (%s); rebuilding", path, e)
-        try:
-            t0 = time.time()
-            log.info("building sample mapping for split %r: %s -> %s", split_name, where, path)
-            rows, stats = build()
-            build_s = time.time() - t0
-            _save_npy_atomic(path, rows)
-            docs_meta = {"docs": [lo, hi]} if index_key is None else \
-                {"doc_index": {"documents": index_key[0], "sha256_20": index_key[1]}}
-            meta = {"split_name": split_name, "split": split, **docs_meta, "prefix": os.path.abspath(prefix),
-                    "max_seq_len": max_seq_len, "max_num_tokens": max_num_tokens,
-                    "short_seq_prob": short_seq_prob, "seed": seed, "binary_head": binary_head,
-                    "samples_per_epoch": int(rows.shape[0]), "build_s": round(build_s, 3),
-                    "builder": f"{socket.gethostname()}:{os.getpid()}", "run_id": run_id,
-                    "algorithm_version": MAPPING_ALGORITHM_VERSION, **stats}
-            _atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
-            log.info("sample mapping for %r: %d samples/epoch in %.2fs", split_name, rows.shape[0], build_s)
-            stats.update(path=path, cached=False, build_s=build_s)
-            return rows, stats
-        except BaseException as e:
-            marker = {"run_id": run_id, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
-                      "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-            try:
-                _atomic_write_bytes(failed_path, json.dumps(marker, indent=1).encode())
-            except OSError:
-                log.exception("could not write failure marker %s", failed_path)
-            raise
+    def describe(rows: np.ndarray, stats: dict, build_s: float) -> dict:
+        """The ``.json`` written next to the mapping (read back by the cache for the skip counts)."""
+        return {"split_name": split_name, "split": split, **docs_meta, "prefix": os.path.abspath(prefix),
+                "max_seq_len": max_seq_len, "max_num_tokens": max_num_tokens,
+                "short_seq_prob": short_seq_prob, "seed": seed, "binary_head": binary_head,
+                "samples_per_epoch": int(rows.shape[0]), "build_s": round(build_s, 3),
+                "builder": f"{socket.gethostname()}:{os.getpid()}", "run_id": run_id,
+                "algorithm_version": MAPPING_ALGORITHM_VERSION, **stats}
 
-    # --- waiter
-    started = time.time()
-    deadline = time.monotonic() + float(timeout_s)
-    next_log = time.monotonic() + 30.0
-    while True:
-        if os.path.exists(path):
-            try:
-                return _load_mapping(path), {"path": path, "cached": True, **_cached_stats(path)}
-            except (ValueError, OSError, EOFError):
-                pass  # should not happen with os.replace, but never trust a shared FS blindly
-        if os.path.exists(failed_path):
-            try:
-                with open(failed_path, encoding="utf-8") as f:
-                    marker = json.load(f)
-                fresh = (marker.get("run_id") == run_id) if run_id is not None else \
-                    (os.path.getmtime(failed_path) >= started - 2.0)
-            except (OSError, ValueError):
-                marker, fresh = {}, False
-            if fresh:
-                raise MappingBuildError(
-                    f"the builder rank failed to build the sample mapping {path} "
-                    f"({marker.get('host')}:{marker.get('pid')}): {marker.get('error')}")
-        now = time.monotonic()
-        if now >= deadline:
-            raise TimeoutError(
-                f"waited {timeout_s:.0f}s for the sample mapping {path} to be written by the builder rank "
-                f"(is_builder=True); check that rank's log, that {cache_dir} is on a shared filesystem, "
-                f"or raise the timeout")
-        if now >= next_log:
-            log.info("still waiting for sample mapping %s (%.0fs left)", path, deadline - now)
-            next_log = now + 30.0
-        time.sleep(min(poll_s, max(0.01, deadline - now)))
+    return build_into_cache(cache_dir, name, build, describe, split_name=split_name, where=where, run_id=run_id)
+
+
+__all__ = ["DataError", "MappingBuildError", "LONG_SENTENCE_LEN", "MAPPING_ALGORITHM_VERSION", "helpers_available",
+           "short_threshold", "build_mapping", "build_mapping_py", "build_mapping_for_docs", "skipped_documents",
+           "count_skipped_documents", "doc_index_digest", "mapping_cache_name", "get_or_build_mapping"]

@@ -24,14 +24,13 @@ to re-key (about 2 us, where ``np.random.RandomState(seed + idx)`` costs 160 us)
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .splitmix import M64 as _M64
 from .vocab import Vocab, is_wwm_cjk_char, load_vocab
-
-_M64 = (1 << 64) - 1
 
 
 @dataclass
@@ -88,9 +87,6 @@ class MaskingConfig:
         if unknown:
             raise ValueError(f"unknown MaskingConfig field(s) {unknown}; known: {sorted(known)}")
         return cls(**d)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
 
     def predictions_per_seq(self, max_seq_len: int) -> int:
         """P: the fixed number of prediction slots per sequence in a batch."""
@@ -179,6 +175,44 @@ def _select_spans(order: list, n: list, cwl: list, num_to_predict: int) -> int:
     return covered
 
 
+def _word_starts(ids: np.ndarray, special: np.ndarray, tables: MaskingTables, cfg: MaskingConfig,
+                 after_special: Optional[list]) -> np.ndarray:
+    """Per position: a maskable unit starts here (a whole word from the ``##`` marks, or any token with
+    ``strategy="token"``); [CLS]/[SEP] never start one."""
+    if cfg.strategy == "token":
+        return ~special
+    start = ~(tables.is_cont[ids] | special)
+    # a word never continues across [CLS]/[SEP]
+    if after_special is None:
+        after = np.flatnonzero(special[:-1]) + 1
+        start[after] = ~special[after]
+    else:
+        for p in after_special:
+            if not special[p]:
+                start[p] = True
+    return start
+
+
+def _covered_words(covered: int, w: int) -> np.ndarray:
+    """The bitmask of :func:`_select_spans` as one bool per word."""
+    nbytes = (w + 7) // 8
+    return np.unpackbits(np.frombuffer(covered.to_bytes(nbytes, "little"), dtype=np.uint8),
+                         count=w, bitorder="little").view(bool)
+
+
+def _replace_masked(inp: np.ndarray, positions: np.ndarray, tables: MaskingTables, cfg: MaskingConfig,
+                    rng: np.random.Generator) -> np.ndarray:
+    """A copy of ``inp`` with ``[MASK]`` / a random token / the token itself at ``positions`` (80/10/10)."""
+    out = inp.copy()
+    r = rng.random(positions.shape[0])
+    out[positions[r < cfg.mask_token_prob]] = tables.mask_id
+    rnd = positions[r >= 1.0 - cfg.random_token_prob]
+    if rnd.shape[0]:
+        # random vocabulary entry, as the model would see it (no ##CJK under to_chinese_char)
+        out[rnd] = tables.input_map[(rng.random(rnd.shape[0]) * tables.vocab_size).astype(np.int64)]
+    return out
+
+
 def mask_sequence(ids: np.ndarray, special: np.ndarray, tables: MaskingTables, cfg: MaskingConfig,
                   rng: np.random.Generator, max_predictions: int, spans: Optional[_Spans] = None,
                   after_special: Optional[list] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -195,18 +229,7 @@ def mask_sequence(ids: np.ndarray, special: np.ndarray, tables: MaskingTables, c
     inp = tables.input_map[ids]
     if spans is None:
         spans = _Spans(cfg)
-    if cfg.strategy == "token":
-        start = ~special
-    else:
-        start = ~(tables.is_cont[ids] | special)
-        # a word never continues across [CLS]/[SEP]
-        if after_special is None:
-            after = np.flatnonzero(special[:-1]) + 1
-            start[after] = ~special[after]
-        else:
-            for p in after_special:
-                if not special[p]:
-                    start[p] = True
+    start = _word_starts(ids, special, tables, cfg, after_special)
     boundary = np.flatnonzero(start | special)
     is_word = start[boundary]
     ends = np.empty_like(boundary)
@@ -227,21 +250,11 @@ def mask_sequence(ids: np.ndarray, special: np.ndarray, tables: MaskingTables, c
     if not covered:
         empty = np.zeros(0, dtype=np.int64)
         return inp, empty, empty
-    nbytes = (w + 7) // 8
-    wsel = np.unpackbits(np.frombuffer(covered.to_bytes(nbytes, "little"), dtype=np.uint8),
-                         count=w, bitorder="little").view(bool)
-    tok_word = np.cumsum(start) - 1
-    masked = wsel[tok_word]
+    masked = _covered_words(covered, w)[np.cumsum(start) - 1]  # the word of each token
     masked &= ~special
     positions = np.flatnonzero(masked)
     labels = inp[positions]
-    out = inp.copy()
-    r = rng.random(positions.shape[0])
-    out[positions[r < cfg.mask_token_prob]] = tables.mask_id
-    rnd = positions[r >= 1.0 - cfg.random_token_prob]
-    if rnd.shape[0]:
-        # random vocabulary entry, as the model would see it (no ##CJK under to_chinese_char)
-        out[rnd] = tables.input_map[(rng.random(rnd.shape[0]) * tables.vocab_size).astype(np.int64)]
+    out = _replace_masked(inp, positions, tables, cfg, rng)
     return out, positions.astype(np.int64, copy=False), labels
 
 

@@ -4,9 +4,10 @@ Pure Python (no numpy, no paddle) so that every other module can import it
 cheaply.  A vocabulary file has one token per line; the line number is the id
 (the same rule as ``paddlenlp.data.Vocab.load_vocabulary``).
 
-Whole-word masking marks the 2nd..nth character of a Chinese word with a
-``##`` prefix.  When the vocabulary has no ``##X`` entry for a CJK character
-``X`` (many Chinese vocabularies lack them), the id space is *extended*
+For whole-word masking the corpus tool marks the 2nd..nth character of a
+Chinese word with a ``##`` prefix (the masking reads the words from those
+marks).  When the vocabulary has no ``##X`` entry for a CJK character ``X``
+(many Chinese vocabularies lack them), the id space is *extended*
 deterministically: ``##X`` gets id ``base_size + k`` where ``k`` counts such
 characters in vocabulary order.  The corpus tool writes those extended ids and
 the dataset maps them back to the plain character before the model sees them,
@@ -19,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 PAD, CLS, SEP, MASK, UNK = "[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"
 SPECIAL_TOKENS = (PAD, CLS, SEP, MASK, UNK)
@@ -76,9 +77,6 @@ class Vocab:
     @property
     def unk_id(self) -> int:
         return self.token_to_id[UNK]
-
-    def get(self, token: str, default: Optional[int] = None) -> Optional[int]:
-        return self.token_to_id.get(token, default)
 
     def continuation_id(self, char_id: int) -> int:
         """Id of ``##X`` for the id of a CJK character ``X`` (else ``char_id``)."""

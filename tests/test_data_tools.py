@@ -769,3 +769,107 @@ def test_a_directory_of_corpora_reads_as_one(synth, synth_datasets, tmp_path):
     assert np.array_equal(again[5]["input_ids"], got["train"][5]["input_ids"])
     with pytest.raises(DataError, match="no <name>_ids.npy"):
         open_indexed(str(tmp_path / "cache"))
+
+
+# ---------------------------------------------------------------------------
+# module layout: one home per concern, the old import paths kept
+
+
+def test_names_keep_their_old_import_paths():
+    """The corpus tool, the dataset and the mapping were split into modules by concern; every name callers
+    imported from the old modules is still there, and is the very object of its new home."""
+    import importlib
+
+    moved = {
+        "create_pretraining_data": {
+            "corpus_input": ["InputError", "find_input_files", "iter_documents", "iter_batches", "TEXT_SUFFIXES",
+                             "JSON_SUFFIXES", "Doc"],
+            "encoder": ["Encoder", "_SENT_SPLIT_RE", "split_mode", "SPLIT_MODES"],
+            "corpus_output": ["NpyStreamWriter"],
+        },
+        "dataset": {
+            "indexed": ["IndexedDataset", "IndexedCorpora", "open_indexed", "corpus_prefixes"],
+            "splits": ["SPLIT_NAMES", "parse_split", "split_doc_ranges", "split_documents", "dropped_warning"],
+            "errors": ["DataError", "MappingBuildError"],
+            "mapping": ["get_or_build_mapping", "build_mapping", "build_mapping_for_docs", "build_mapping_py",
+                        "helpers_available"],
+        },
+        "mapping": {"errors": ["DataError", "MappingBuildError"]},
+    }
+    for old, homes in moved.items():
+        old_mod = importlib.import_module(f"data_tools.{old}")
+        for home, names in homes.items():
+            new_mod = importlib.import_module(f"data_tools.{home}")
+            for name in names:
+                assert getattr(old_mod, name) is getattr(new_mod, name), (old, home, name)
+    for name in __import__("data_tools").__all__:  # the package's lazy names
+        assert getattr(__import__("data_tools"), name) is not None
+    assert callable(importlib.import_module("data_tools.create_pretraining_data").main)
+
+
+def test_corpus_tool_imports_stay_light():
+    code = ("import sys, data_tools.create_pretraining_data; "
+            "bad = [m for m in ('paddle', 'paddlenlp', 'jieba', 'tqdm') if m in sys.modules]; "
+            "assert not bad, bad")
+    r = subprocess.run([PY, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_masking_has_one_home():
+    """Whole-word masking is data_tools.masking: no other module of the project builds masks."""
+    for path in sorted((REPO / "data_tools").glob("*.py")) + sorted((REPO / "ernie_cluster").rglob("*.py")):
+        if path.name == "masking.py" and path.parent.name == "data_tools":
+            continue
+        text = path.read_text(encoding="utf-8")
+        for marker in ("num_to_predict", ".is_cont[", "tables.mask_id", "def mask_sequence",
+                       "def create_masked_lm_predictions", "def _select_spans"):
+            assert marker not in text, f"{path.relative_to(REPO)} has masking code ({marker})"
+
+
+def test_splitmix_array_matches_the_scalar_function():
+    from data_tools.splitmix import GOLDEN, M64, mix64, mix64_array
+
+    rng = np.random.default_rng(3)
+    xs = np.concatenate([rng.integers(0, 1 << 63, 200, dtype=np.uint64) * np.uint64(2) + np.uint64(1),
+                         np.array([0, 1, M64, M64 - 1, 1 << 63], dtype=np.uint64)])
+    assert [int(v) for v in mix64_array(xs)] == [mix64(int(x)) for x in xs]
+    # the first outputs of the splitmix64 generator seeded with 0 (the reference sequence)
+    assert [mix64(k * GOLDEN & M64) for k in (1, 2)] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
+
+
+def test_failed_index_write_leaves_no_files(toy, tmp_path, monkeypatch):
+    """An error after the ids were streamed (here: writing the index) removes both temporary files."""
+    import data_tools.create_pretraining_data as cpd
+
+    def broken(path, *a, **k):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cpd, "write_index", broken)
+    with pytest.raises(OSError, match="disk full"):
+        create_pretraining_data([toy["corpus"]], toy["vocab"], str(tmp_path / "o" / "p"), workers=2, progress=False)
+    assert os.listdir(tmp_path / "o") == []
+
+
+def test_every_name_imported_from_a_data_tools_module_is_there():
+    """Whatever module of data_tools holds a name now, every `from data_tools.X import NAME` of the project
+    (package code, tests, benchmarks, scripts) still finds it."""
+    import ast
+    import importlib
+
+    wanted = {}
+    for top in ("ernie_cluster", "data_tools", "tests", "bench", "scripts"):
+        for path in sorted((REPO / top).rglob("*.py")):
+            package = ".".join(path.relative_to(REPO).parent.parts)
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = (f"{base}.{node.module}" if node.module else base) if node.level else node.module
+                if module and module.startswith("data_tools.") and module != "data_tools._helpers":
+                    wanted.setdefault(module, set()).update(a.name for a in node.names if a.name != "*")
+    assert {"data_tools.create_pretraining_data", "data_tools.dataset", "data_tools.mapping"} <= set(wanted)
+    missing = sorted(f"{m}.{n}" for m, names in wanted.items() for n in names
+                     if not hasattr(importlib.import_module(m), n))
+    assert missing == []

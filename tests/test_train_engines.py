@@ -2,9 +2,9 @@
 
 The spec refuses AMP on the CPU, so these tests switch it on behind validation's back: they
 check the *program construction* of the GPU path (AMP loss scaling with the reference's lists
-and init scale, recompute checkpoints on the encoder layer outputs, gradient merge, sharding
-configs) and that the loss-scaling state survives the checkpoint format. On the CPU, Fleet
-adds AMP's loss-scaling ops but no fp16 casts.
+and init scale, recompute checkpoints on the encoder layer outputs, gradient merge) and that
+the loss-scaling state survives the checkpoint format. On the CPU, Fleet adds AMP's
+loss-scaling ops but no fp16 casts.
 """
 
 from __future__ import annotations
@@ -84,18 +84,3 @@ def _check_amp_recompute_gradient_merge():
     state["loss_scaling"]["loss_scaling"] = np.array([256.0], "float32")
     engine.set_optimizer_state(state)
     assert engine.train_step(1, [_batch(2), _batch(3)]).loss_scale == 256.0
-
-
-def test_sharding_strategy_replaces_gradient_merge():
-    from ernie_cluster.train.engine_static import fleet_strategy
-
-    # Validation refuses sharding_degree > 1 until checkpoints gather sharded parameters; the strategy is built
-    # from a spec copied past validation.
-    spec = _spec(global_batch_size=8)
-    spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"nodes": 2}),
-                                   "train": spec.train.model_copy(update={"sharding_degree": 2, "dp_degree": 1})})
-    st = fleet_strategy(spec, [])
-    assert st.sharding and not st.gradient_merge
-    cfg = st.sharding_configs
-    assert (cfg["sharding_degree"], cfg["dp_degree"], cfg["gradient_merge_acc_step"]) == (2, 1, 2)
-    assert cfg["segment_broadcast_MB"] == 32 and cfg["optimize_offload"] is False

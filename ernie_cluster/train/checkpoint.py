@@ -32,12 +32,12 @@ from __future__ import annotations
 
 from ..durable import fsync_dir, fsync_file, replace_dir, sha256_file  # noqa: F401 - part of this module's API
 from .ckpt_names import (FORMAT_VERSION, LAST_LINK, MANIFEST_FILE, MODEL_FILE, OPT_FILE, OPT_FORMAT,  # noqa: F401
-                         STATE_FILE, STEP_GLOB, STEP_RE, TMP_PREFIX, opt_shard_file, rng_file, step_dir_name)
+                         STATE_FILE, STEP_GLOB, STEP_RE, TMP_PREFIX, rng_file, step_dir_name)
 from .ckpt_read import (CheckpointInfo, LoadedCheckpoint, compat_differences, find_latest,  # noqa: F401
                         list_step_dirs, load_checkpoint, paddle_load, verify_checkpoint)
 from .ckpt_state import (ACC_KINDS, ACC_RE, LOSS_SCALING_KEYS, CheckpointError, IncompatibleCheckpoint,  # noqa: F401
                          build_trainer_state, capture_rng, empty_optimizer_state, get_accumulator, put_accumulator,
-                         restore_rng, sharded_optimizer_index)
+                         restore_rng)
 from .ckpt_write import (SLOW_SAVE_ENV, CheckpointManager, paddle_save, replace_symlink, write_json,  # noqa: F401
                          write_model_dir)
 from .engine_common import Collective  # noqa: F401 - the process-group interface a CheckpointManager uses

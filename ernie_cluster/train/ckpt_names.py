@@ -25,9 +25,5 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:09d}"
 
 
-def opt_shard_file(rank: int) -> str:
-    return f"optimizer_rank{rank:05d}.pdopt"
-
-
 def rng_file(rank: int) -> str:
     return f"rng_rank{rank:05d}.pkl"

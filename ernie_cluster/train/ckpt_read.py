@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..durable import sha256_file
-from .ckpt_names import MANIFEST_FILE, MODEL_FILE, OPT_FILE, OPT_FORMAT, STATE_FILE, STEP_RE, opt_shard_file, rng_file
+from .ckpt_names import MANIFEST_FILE, MODEL_FILE, OPT_FILE, OPT_FORMAT, STATE_FILE, STEP_RE, rng_file
 from .ckpt_state import CheckpointError, IncompatibleCheckpoint, json_default
 
 log = logging.getLogger("ernie_cluster.train")
@@ -189,21 +189,10 @@ def find_latest(ckpt_dir: Path, compat_key: Optional[Dict[str, Any]] = None, *, 
 
 
 def _load_optimizer(info: CheckpointInfo) -> Dict[str, Any]:
-    """optimizer.pdopt; a sharded save's index is merged with every optimizer_rank<r>.pdopt."""
+    """optimizer.pdopt, checked to be the engine-neutral optimizer state."""
     optimizer = paddle_load(info.path / OPT_FILE)
     if not isinstance(optimizer, dict) or optimizer.get("format") != OPT_FORMAT:
         raise CheckpointError(f"{info.path / OPT_FILE} is not an {OPT_FORMAT} optimizer state")
-    if optimizer.get("sharded"):
-        n = int(optimizer["sharded"])
-        for r in range(n):
-            name = opt_shard_file(r)
-            if name not in info.manifest.get("files", {}):
-                raise CheckpointError(f"{info.path} is sharded over {n} ranks but lacks {name}")
-            shard = paddle_load(info.path / name)
-            for pname, accs in shard.get("accumulators", {}).items():
-                optimizer["accumulators"].setdefault(pname, {}).update(accs)
-            for key, value in shard.get("extra", {}).items():
-                optimizer["extra"].setdefault(f"rank{r}:{key}", value)
     return optimizer
 
 

@@ -81,11 +81,6 @@ def empty_optimizer_state() -> Dict[str, Any]:
     return {"format": OPT_FORMAT, "accumulators": {}, "loss_scaling": None, "extra": {}}
 
 
-def sharded_optimizer_index(world_size: int, loss_scaling: Any) -> Dict[str, Any]:
-    """optimizer.pdopt of a sharded save: an index; the accumulators are in optimizer_rank<r>.pdopt."""
-    return {"format": OPT_FORMAT, "sharded": world_size, "accumulators": {}, "loss_scaling": loss_scaling, "extra": {}}
-
-
 def put_accumulator(state: Dict[str, Any], name: str, kind: str, value: Any) -> None:
     state["accumulators"].setdefault(name, {})[kind] = value
 

@@ -28,9 +28,9 @@ import numpy as np
 
 from ..durable import fsync_dir, fsync_file, replace_dir, sha256_file
 from .ckpt_names import (FORMAT_VERSION, LAST_LINK, MANIFEST_FILE, MODEL_FILE, OPT_FILE, STATE_FILE, STEP_GLOB,
-                         TMP_PREFIX, opt_shard_file, rng_file, step_dir_name)
+                         TMP_PREFIX, rng_file, step_dir_name)
 from .ckpt_read import CheckpointInfo, LoadedCheckpoint, list_step_dirs, load_checkpoint, verify_checkpoint
-from .ckpt_state import CheckpointError, json_default, sharded_optimizer_index
+from .ckpt_state import CheckpointError, json_default
 from .engine_common import Collective
 
 log = logging.getLogger("ernie_cluster.train")
@@ -93,17 +93,12 @@ def _slow_save_pause() -> None:
 
 
 class CheckpointManager:
-    def __init__(self, ckpt_dir: Path, rank: int, world_size: int, keep: int, collective: Optional[Collective] = None,
-                 sharded_optimizer: bool = False):
+    def __init__(self, ckpt_dir: Path, rank: int, world_size: int, keep: int, collective: Optional[Collective] = None):
         self.dir = Path(ckpt_dir)
         self.rank = rank
         self.world_size = world_size
         self.keep = max(2, int(keep))
         self.collective = collective or Collective()
-        # With optimizer-state sharding every rank holds the Adam state of its own parameters only:
-        # each rank writes optimizer_rank<r>.pdopt and optimizer.pdopt is an index; loading merges all
-        # shards. The trainer never asks for it (the spec refuses train.sharding_degree > 1).
-        self.sharded_optimizer = bool(sharded_optimizer) and world_size > 1
 
     # -- save ---------------------------------------------------------------
     def save(
@@ -125,10 +120,10 @@ class CheckpointManager:
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir()
         self.collective.barrier()
-        shard = self._write_rank_files(tmp, rng_state, optimizer_state)
+        self._write_rank_files(tmp, rng_state)
         digests: Dict[str, Any] = {}
         if self.rank == 0:
-            digests = self._write_rank0_files(tmp, model_state, optimizer_state, trainer_state, shard)
+            digests = self._write_rank0_files(tmp, model_state, optimizer_state, trainer_state)
         self.collective.barrier()
         if self.rank == 0:
             self._finish(step, tmp, final, digests)
@@ -136,22 +131,16 @@ class CheckpointManager:
         self.collective.barrier()
         return final
 
-    def _write_rank_files(self, tmp: Path, rng_state: Dict[str, Any],
-                          optimizer_state: Callable[[], Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-        """Every rank's own files: its RNG state (and its optimizer shard, which it returns, when sharded)."""
+    def _write_rank_files(self, tmp: Path, rng_state: Dict[str, Any]) -> None:
+        """Every rank's own file: its RNG state."""
         with open(tmp / rng_file(self.rank), "wb") as f:
             pickle.dump(rng_state, f, protocol=4)
             f.flush()
             os.fsync(f.fileno())
-        if not self.sharded_optimizer:
-            return None
-        shard = optimizer_state()
-        paddle_save(shard, tmp / opt_shard_file(self.rank))
-        return shard
 
     def _write_rank0_files(self, tmp: Path, model_state: Callable[[], Dict[str, np.ndarray]],
-                           optimizer_state: Callable[[], Dict[str, Any]], trainer_state: Dict[str, Any],
-                           shard: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+                           optimizer_state: Callable[[], Dict[str, Any]],
+                           trainer_state: Dict[str, Any]) -> Dict[str, Any]:
         """Model, optimizer and trainer state; returns {file: {size, sha256}} of the big two."""
         # Each big file is hashed and fsynced in a worker thread while the next one is written.
         from concurrent.futures import ThreadPoolExecutor
@@ -162,11 +151,7 @@ class CheckpointManager:
             paddle_save(model_state(), tmp / MODEL_FILE, fsync=False)
             digests[MODEL_FILE] = pool.submit(_digest_and_fsync, tmp / MODEL_FILE)
             _slow_save_pause()
-            if shard is not None:
-                index = sharded_optimizer_index(self.world_size, shard.get("loss_scaling"))
-                paddle_save(index, tmp / OPT_FILE, fsync=False)
-            else:
-                paddle_save(optimizer_state(), tmp / OPT_FILE, fsync=False)
+            paddle_save(optimizer_state(), tmp / OPT_FILE, fsync=False)
             digests[OPT_FILE] = pool.submit(_digest_and_fsync, tmp / OPT_FILE)
             _slow_save_pause()
             write_json(tmp / STATE_FILE, trainer_state)
@@ -176,8 +161,6 @@ class CheckpointManager:
     def _finish(self, step: int, tmp: Path, final: Path, digests: Optional[Dict[str, Any]] = None) -> None:
         """Rank 0, after every rank wrote its files: manifest, rename into place, model_last, prune."""
         expected = [rng_file(r) for r in range(self.world_size)]
-        if self.sharded_optimizer:
-            expected += [opt_shard_file(r) for r in range(self.world_size)]
         missing = [name for name in expected if not (tmp / name).is_file()]
         if missing:
             raise CheckpointError(f"checkpoint step {step}: per-rank files missing after the barrier: {missing}")

@@ -7,10 +7,9 @@ parameter name its generated variable name (`ernie.encoder.layers.0.self_attn.q_
 initial weights and conversion all speak structured names.
 
 Fleet strategy as in the reference `run_pretrain_static.py` (A.3): gradient merge with
-`k_steps = accumulate_steps` when there is no sharding, AMP fp16 with the reference's
-white/black lists and dynamic loss scaling from `train.amp_init_loss_scaling`, recompute
-on the encoder layer outputs, sharding configs when `sharding_degree > 1` (built, but the
-spec refuses sharding for now), and the reference's ExecutionStrategy/BuildStrategy settings.
+`k_steps = accumulate_steps`, AMP fp16 with the reference's white/black lists and dynamic
+loss scaling from `train.amp_init_loss_scaling`, recompute on the encoder layer outputs, and
+the reference's ExecutionStrategy/BuildStrategy settings.
 
 Recompute and dropout: Fleet's recompute pass gives every dropout a `seed` op so the
 recomputed forward draws the forward's mask, but that op's seed comes from
@@ -91,18 +90,7 @@ def fleet_strategy(spec, recompute_checkpoints: List[str]):
             "use_dynamic_loss_scaling": True,
         }
     acc = spec.accumulate_steps
-    if t.sharding_degree > 1:
-        strategy.sharding = True
-        strategy.sharding_configs = {
-            "segment_broadcast_MB": 32,
-            "sharding_degree": t.sharding_degree,
-            "mp_degree": t.mp_degree,
-            "pp_degree": t.pp_degree,
-            "dp_degree": spec.dp_degree,
-            "gradient_merge_acc_step": acc,
-            "optimize_offload": False,
-        }
-    elif acc > 1:
+    if acc > 1:
         strategy.gradient_merge = True
         strategy.gradient_merge_configs = {"k_steps": acc, "avg": True}
     return strategy

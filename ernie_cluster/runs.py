@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 from . import slurm
 from .rundir import CONVERT_REPORT, DATA_REPORT, AttemptRecord, RunDir, RunState
 from .slurm import job_states as slurm_jobs
-from .train.ckpt_names import MANIFEST_FILE, STATE_FILE, STEP_GLOB  # standard library only (no paddle/numpy)
+from .train.ckpt_format import MANIFEST_FILE, STATE_FILE, STEP_GLOB  # standard library only (no paddle/numpy)
 
 
 class RunNotFound(Exception):

@@ -1,4 +1,4 @@
-"""The on-disk checkpoint format has one home (ernie_cluster/train/checkpoint.py + ckpt_names.py) and
+"""The on-disk checkpoint format has one home (ernie_cluster/train/ckpt_format.py) and
 does not drift: a checkpoint written now has exactly the file names, trainer_state.json keys and
 optimizer-state layout that the format had when the home was introduced (fixture below, derived
 from a real trainer run of the code before the refactor)."""
@@ -104,7 +104,7 @@ def test_acc_var_name_pattern():
 
 
 def test_names_module_is_light_and_runs_does_not_import_paddle_or_numpy():
-    code = ("import sys, ernie_cluster.runs, ernie_cluster.train.ckpt_names as n; "
+    code = ("import sys, ernie_cluster.runs, ernie_cluster.train.ckpt_format as n; "
             "bad = [m for m in ('paddle', 'numpy', 'ernie_cluster.train.checkpoint') if m in sys.modules]; "
             "print(n.MANIFEST_FILE); assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

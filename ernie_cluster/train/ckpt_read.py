@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..durable import sha256_file
-from .ckpt_names import MANIFEST_FILE, MODEL_FILE, OPT_FILE, OPT_FORMAT, STATE_FILE, STEP_RE, rng_file
-from .ckpt_state import CheckpointError, IncompatibleCheckpoint, json_default
+from .ckpt_format import MANIFEST_FILE, MODEL_FILE, OPT_FILE, OPT_FORMAT, STATE_FILE, STEP_RE, rng_file
+from .ckpt_format import CheckpointError, IncompatibleCheckpoint, json_default
 
 log = logging.getLogger("ernie_cluster.train")
 

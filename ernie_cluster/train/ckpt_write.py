@@ -27,10 +27,10 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from ..durable import fsync_dir, fsync_file, replace_dir, sha256_file
-from .ckpt_names import (FORMAT_VERSION, LAST_LINK, MANIFEST_FILE, MODEL_FILE, OPT_FILE, STATE_FILE, STEP_GLOB,
+from .ckpt_format import (FORMAT_VERSION, LAST_LINK, MANIFEST_FILE, MODEL_FILE, OPT_FILE, STATE_FILE, STEP_GLOB,
                          TMP_PREFIX, rng_file, step_dir_name)
 from .ckpt_read import CheckpointInfo, LoadedCheckpoint, list_step_dirs, load_checkpoint, verify_checkpoint
-from .ckpt_state import CheckpointError, json_default
+from .ckpt_format import CheckpointError, json_default
 from .engine_common import Collective
 
 log = logging.getLogger("ernie_cluster.train")

@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from ..rundir import DATA_REPORT, write_atomic  # standard library only
+
 log = logging.getLogger("ernie_cluster.train")
 
 DATA_WAIT_TIMEOUT_S = 1800.0
-DATA_REPORT = "data_report.json"  # in RUN/data_cache; read by `python -m ernie_cluster status`
 
 
 class DataSetupError(RuntimeError):
@@ -67,8 +68,6 @@ def open_datasets(spec, cache_dir: Path, *, is_builder: bool, timeout_s: float =
         for line in report["warnings"]:
             (warn or log.warning)(line)
         try:
-            from ..rundir import write_atomic
-
             write_atomic(Path(cache_dir) / DATA_REPORT, json.dumps(report, indent=1) + "\n")
         except OSError as exc:  # the report is advice: never fail a run for it
             log.warning("could not write %s: %s", Path(cache_dir) / DATA_REPORT, exc)

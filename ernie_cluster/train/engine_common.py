@@ -1,5 +1,5 @@
 """What both engines share: the process-group interface, the step result, seeding; the optimizer-state
-layout (its home is ckpt_state.py, part of the checkpoint format)."""
+layout (its home is ckpt_format.py, the checkpoint format)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-# The optimizer-state layout has its home in ckpt_state.py; re-exported for the engines.
-from .ckpt_state import (ACC_KINDS, ACC_RE, LOSS_SCALING_KEYS, empty_optimizer_state, get_accumulator,  # noqa: F401
+# The optimizer-state layout has its home in ckpt_format.py; re-exported for the engines.
+from .ckpt_format import (ACC_KINDS, ACC_RE, LOSS_SCALING_KEYS, empty_optimizer_state, get_accumulator,  # noqa: F401
                          put_accumulator)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Dict, Tuple
 
 # one spelling: the checkpoint's own names
-from ..train.ckpt_names import MANIFEST_FILE as MANIFEST_NAME, STATE_FILE as TRAINER_STATE_NAME  # noqa: F401
+from ..train.ckpt_format import MANIFEST_FILE as MANIFEST_NAME, STATE_FILE as TRAINER_STATE_NAME  # noqa: F401
 
 # ---------------------------------------------------------------------------
 # file names (PaddleNLP 2.8.1: paddlenlp/utils/env.py, transformers/tokenizer_utils_base.py)

@@ -1,7 +1,23 @@
-"""What a checkpoint holds: trainer_state.json, the engine-neutral optimizer state, per-rank RNG state.
+"""The checkpoint format, in one place: its layout, file names, versions, and what each file holds.
 
-Part of the checkpoint format (``checkpoint.py`` describes the layout and re-exports these names);
-the file names and versions are in ``ckpt_names``.
+Layout (``RunDir.checkpoints``)::
+
+    checkpoints/
+      model_last -> step_000001000        relative symlink to the newest complete checkpoint
+      step_000000500/                     kept: the newest `train.keep_checkpoints` complete ones
+      step_000001000/
+        model_state.pdparams              {structured name: numpy array} (paddle.save); tied aliases included
+        optimizer.pdopt                   {"format", "accumulators": {canonical name: {moment1, moment2,
+                                           beta1_pow_acc, beta2_pow_acc}}, "loss_scaling", "extra"}
+        trainer_state.json                step, consumed_samples, LR schedule state, spec sha256,
+                                           compat key, engine, world size, versions
+        rng_rank00000.pkl ...             per rank: python `random` and numpy global states, paddle seed scheme
+        MANIFEST.json                     written last: size and sha256 of every other file
+      .tmp.step_000001500/                a save in progress (never read; removed by the next save)
+
+Standard library only at import (numpy is imported where RNG state is captured), so submit-side
+readers such as ``runs.py`` use it without paddle or numpy. Writing is in ``ckpt_write``, finding,
+verifying and loading in ``ckpt_read``; ``checkpoint`` gathers the public names.
 """
 
 from __future__ import annotations
@@ -12,9 +28,24 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import numpy as np
+FORMAT_VERSION = 1                        # MANIFEST.json and trainer_state.json "format"
+OPT_FORMAT = "ernie_cluster.adamw.v1"     # optimizer.pdopt "format"
+MODEL_FILE = "model_state.pdparams"
+OPT_FILE = "optimizer.pdopt"
+STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "MANIFEST.json"
+LAST_LINK = "model_last"
+STEP_GLOB = "step_*"
+STEP_RE = re.compile(r"^step_(\d{9})$")
+TMP_PREFIX = ".tmp."                      # a save in progress: .tmp.step_<N>
 
-from .ckpt_names import FORMAT_VERSION, OPT_FORMAT
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:09d}"
+
+
+def rng_file(rank: int) -> str:
+    return f"rng_rank{rank:05d}.pkl"
 
 
 class CheckpointError(RuntimeError):
@@ -27,6 +58,8 @@ class IncompatibleCheckpoint(CheckpointError):
 
 def json_default(obj: Any) -> Any:
     """JSON for the numpy scalars and paths a trainer state or compat key may hold."""
+    import numpy as np
+
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.floating,)):
@@ -99,6 +132,8 @@ def get_accumulator(state: Dict[str, Any], name: str, kind: str) -> Any:
 
 
 def capture_rng(rank: int, paddle_seed_scheme: Dict[str, Any]) -> Dict[str, Any]:
+    import numpy as np
+
     return {
         "rank": rank,
         "python": random.getstate(),
@@ -111,5 +146,7 @@ def capture_rng(rank: int, paddle_seed_scheme: Dict[str, Any]) -> Dict[str, Any]
 
 
 def restore_rng(state: Dict[str, Any]) -> None:
+    import numpy as np
+
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])

@@ -28,7 +28,7 @@ from .vocab import CORPUS_VOCAB_FILE_KEY, CORPUS_VOCAB_KEY
 _CHECK_CHUNK = 1 << 22  # sentences per step when checking sents against lens (bounded extra memory)
 
 
-def _npz_string(z, key: str, path: str) -> Optional[str]:
+def npz_string(z, key: str, path: str) -> Optional[str]:
     """A 0-d (or 1-element) string array of an npz, None when absent."""
     if key not in z.files:
         return None
@@ -65,8 +65,8 @@ class IndexedDataset:
                 # The newer reference tool does not store sents; it is cumsum(lens) with a leading 0.
                 self.sents_derived = "sents" not in z.files
                 self.sents = None if self.sents_derived else np.asarray(z["sents"])
-                self.vocab_sha256: Optional[str] = _npz_string(z, CORPUS_VOCAB_KEY, idx_path)
-                self.vocab_file: Optional[str] = _npz_string(z, CORPUS_VOCAB_FILE_KEY, idx_path)
+                self.vocab_sha256: Optional[str] = npz_string(z, CORPUS_VOCAB_KEY, idx_path)
+                self.vocab_file: Optional[str] = npz_string(z, CORPUS_VOCAB_FILE_KEY, idx_path)
         except DataError:
             raise
         except (OSError, ValueError, EOFError) as e:  # not a zip, truncated, pickled arrays, ...

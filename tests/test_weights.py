@@ -718,3 +718,30 @@ def test_the_shape_reader_runs_nothing_from_the_file(tmp_path):
     (d / "model_state.pdparams").write_bytes(b"\x80\x04\x95")  # truncated
     with pytest.raises(WeightsError, match="damaged or incomplete"):
         W.tensor_shapes(src)
+
+
+def test_corpus_records_are_read_as_data_tools_reads_them(tmp_path):
+    """The key, the corpora of a prefix and the recorded digest have one home: data_tools."""
+    from data_tools.indexed import IndexedDataset, corpus_prefixes
+    from data_tools.vocab import CORPUS_VOCAB_KEY
+
+    assert W.CORPUS_VOCAB_KEY is CORPUS_VOCAB_KEY
+    data = tmp_path / "data"
+    for name in ("a_b", "a"):
+        write_corpus(data / name, "f" * 64)
+    np.save(data / "orphan_ids.npy", np.arange(3, dtype=np.uint16))  # no _idx.npz: not a corpus
+    np.savez(data / "lonely_idx.npz", lens=np.array([1], np.int32))  # no _ids.npy: not a corpus
+    assert W.corpus_idx_files(data) == [Path(p + "_idx.npz") for p in corpus_prefixes(str(data))]
+    assert [f.name for f in W.corpus_idx_files(data)] == ["a_idx.npz", "a_b_idx.npz"]  # training's order
+    assert W.corpus_idx_files(data / "a") == [data / "a_idx.npz"]
+    assert W.corpus_vocab_digest(data / "a_idx.npz") == IndexedDataset(str(data / "a")).vocab_sha256 == "f" * 64
+    (tmp_path / "empty").mkdir()
+    assert W.corpus_idx_files(tmp_path / "empty") == []  # nothing to check, as before (data_tools raises here)
+
+
+def test_a_corpus_vocab_record_that_is_not_one_string_is_refused(tmp_path):
+    idx = write_corpus(tmp_path / "c", np.array([1, 2]))
+    with pytest.raises(WeightsError, match=r"corpus index .*c_idx\.npz: cannot read it .*must be a single string"):
+        W.corpus_vocab_digest(idx)
+    np.savez(tmp_path / "b_idx.npz", vocab_sha256=np.array(b"ab" * 32))  # bytes: decoded, as data_tools does
+    assert W.corpus_vocab_digest(tmp_path / "b_idx.npz") == "ab" * 32

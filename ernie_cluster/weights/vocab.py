@@ -1,6 +1,7 @@
 """Which vocab a run uses, and refusing one that does not belong to the weights or the corpus.
 
-Standard library only, numpy when a tokenized corpus is read (its recorded ``vocab_sha256``).
+Standard library only, numpy when a tokenized corpus is read (its recorded ``vocab_sha256``).  What a corpus
+is and how it records its vocab has one home, ``data_tools`` (``vocab`` / ``indexed``); this module uses theirs.
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
-from data_tools.vocab import tokens_sha256
+from data_tools.vocab import CORPUS_VOCAB_KEY, tokens_sha256  # the key: an array in <prefix>_idx.npz
 
 from .names import VOCAB_NAME, WeightsError
 
 if TYPE_CHECKING:
     from .layouts import ModelSource
-
-CORPUS_VOCAB_KEY = "vocab_sha256"  # an array in <prefix>_idx.npz (written by data_tools.create_pretraining_data)
 
 
 def read_vocab_tokens(path: Path) -> List[str]:
@@ -68,25 +67,33 @@ class VocabCheck:
 
 
 def corpus_idx_files(prefix: str | os.PathLike) -> List[Path]:
-    """``<prefix>_idx.npz``, or for a directory every ``<name>_idx.npz`` with its ``_ids.npy`` (name order)."""
-    p = Path(prefix)
-    if p.is_dir():
-        return [f for f in sorted(p.glob("*_idx.npz")) if Path(str(f)[: -len("_idx.npz")] + "_ids.npy").is_file()]
-    return [Path(f"{p}_idx.npz")]
+    """``<prefix>_idx.npz``, or for a directory every ``<name>_idx.npz`` with its ``_ids.npy`` (name order).
+
+    The corpora are the ones ``data_tools.indexed.corpus_prefixes`` finds (what training reads); a directory with
+    none in it gives no file here (nothing to check) instead of its DataError.
+    """
+    from data_tools.errors import DataError
+    from data_tools.indexed import corpus_prefixes  # imports numpy: only when a corpus is checked
+
+    try:
+        prefixes = corpus_prefixes(os.fspath(prefix))
+    except DataError:
+        return []
+    return [Path(p + "_idx.npz") for p in prefixes]
 
 
 def corpus_vocab_digest(idx_file: Path) -> Optional[str]:
-    """The vocab digest a tokenized corpus recorded (None when it recorded none)."""
+    """The vocab digest a tokenized corpus recorded (None when it recorded none), read as ``data_tools`` reads it."""
     if not idx_file.is_file():
         raise WeightsError(f"corpus index {idx_file} does not exist")
     import numpy as np
+    # private in data_tools (no public reader of one npz record yet); IndexedDataset reads vocab_sha256 with it
+    from data_tools.indexed import npz_string
 
     try:
         with np.load(idx_file, allow_pickle=False) as z:
-            if CORPUS_VOCAB_KEY not in z.files:
-                return None
-            return str(np.asarray(z[CORPUS_VOCAB_KEY]).reshape(-1)[0])
-    except (OSError, ValueError) as exc:
+            return npz_string(z, CORPUS_VOCAB_KEY, str(idx_file))
+    except (OSError, ValueError) as exc:  # DataError (a ValueError) too: a record that is not one string
         raise WeightsError(f"corpus index {idx_file}: cannot read it ({exc})") from None
 
 

@@ -68,9 +68,13 @@ def _cause_counts(attempts: List[AttemptRecord]) -> Dict[str, Dict[str, int]]:
 def collect_status(run: RunDir) -> RunStatus:
     state = run.read_state()
     status = RunStatus(run.root, state.get("name", "?"), state.get("backend", "?"))
+    model_dir = run.converted
     try:
         from .spec import load_frozen
-        status.max_steps = load_frozen(run.spec).train.max_steps
+        spec = load_frozen(run.spec)
+        status.max_steps = spec.train.max_steps
+        if spec.convert.output_dir:  # the conversion writes there, not into RUN/converted
+            model_dir = spec.convert_dir()
     except Exception:  # a status must still show with a damaged spec copy
         pass
     status.jobs = _slurm_jobs(run, state) if status.backend == "slurm" else [_local_job(run, state)]
@@ -82,13 +86,13 @@ def collect_status(run: RunDir) -> RunStatus:
         pass
     except (OSError, ValueError):
         status.data = {"error": f"unreadable data_cache/{DATA_REPORT}"}
-    report = run.converted / CONVERT_REPORT
+    report = model_dir / CONVERT_REPORT
     if report.exists():
         try:
             status.conversion = json.loads(report.read_text())
         except json.JSONDecodeError:
             status.conversion = {"error": f"unreadable {CONVERT_REPORT}"}
-        status.conversion["model_dir"] = str(run.converted)
+        status.conversion["model_dir"] = str(model_dir)
     return status
 
 

@@ -150,7 +150,7 @@ def sinfo_partitions(*, env: Optional[Mapping[str, str]] = None, timeout: Union[
                      ) -> Union[List[str], NoAnswer]:
     """Partition names as `sinfo -h -o %R` prints them; NoAnswer also when sinfo exits non-zero."""
     out = call(["sinfo", "-h", "-o", "%R"], timeout=timeout, env=env)
-    if not out.answered:
+    if isinstance(out, NoAnswer):
         return out
     if not out.ok:
         return NoAnswer(out.args, out.error)
@@ -180,23 +180,6 @@ def show_job(job_id: str, *, one_line: bool = False, env: Optional[Mapping[str, 
 def show_node(name: str, *, env: Optional[Mapping[str, str]] = None, timeout: Union[str, float] = "probe") -> Answer:
     """`scontrol show node NAME -o`."""
     return call(["scontrol", "show", "node", name, "-o"], timeout=timeout, env=env)
-
-
-def show_hostnames(hostlist: str, *, env: Optional[Mapping[str, str]] = None,
-                   timeout: Union[str, float] = "probe") -> Union[List[str], NoAnswer]:
-    """`scontrol show hostnames LIST`: the expanded node names (launch.cluster_env expands without Slurm)."""
-    out = call(["scontrol", "show", "hostnames", hostlist], timeout=timeout, env=env)
-    if not out.answered:
-        return out
-    if not out.ok:
-        return NoAnswer(out.args, out.error)
-    return out.stdout.split()
-
-
-def requeue(job_id: str, *, env: Optional[Mapping[str, str]] = None, timeout: Union[str, float] = "action",
-            preexec_fn: Optional[Callable[[], None]] = None) -> Answer:
-    """`scontrol requeue ID`."""
-    return call(["scontrol", "requeue", job_id], timeout=timeout, env=env, preexec_fn=preexec_fn)
 
 
 def scancel(job_ids: Sequence[str], *, signal: Optional[str] = None, env: Optional[Mapping[str, str]] = None,

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 from .render import (RenderedRun, convert_executor_params, render, submitit_copy_name, submitit_folder,
                      submitit_python)
 from .procs import pid_alive
-from .rundir import RunDir, write_atomic
+from .rundir import RunDir, RunState, write_atomic
 from .slurm import job_states as slurm_jobs  # kept under its old name: tests/test_submit_liveness.py imports it from here
 from .spec import JobSpec
 
@@ -52,12 +52,12 @@ def live_jobs(run: RunDir) -> List[str]:
     held = _train_lock_holder(run)
     if held is not None:
         alive.append(f"a node launcher holds {run.train_lock} ({held or 'no details'})")
-    jobs = {k: state.get(k) for k in ("train_job_id", "convert_job_id") if state.get(k)}
+    jobs = run.job_ids(state)
     found = slurm_jobs(list(jobs.values()))
     for kind, jid in jobs.items():
         job_state, reason = found.get(jid, ("", ""))
         if job_state in ALIVE_STATES or job_state == "UNKNOWN":
-            alive.append(f"{kind.split('_')[0]} job {jid} ({job_state}{', ' + reason if reason else ''})")
+            alive.append(f"{kind} job {jid} ({job_state}{', ' + reason if reason else ''})")
     return alive
 
 
@@ -128,8 +128,9 @@ def submit_slurm(spec: JobSpec, *, resume: bool = False, force: bool = False) ->
         launcher = NodeLauncher(str(run.root))
         train_job = _submitit_submit(run, rendered, rendered.train.executor_params, launcher, "train")
         convert_id = None
-        state = {"backend": "slurm", "name": spec.name, "train_job_id": train_job.job_id, "convert_job_id": None,
-                 "submitted_at": time.time(), "spec_sha256": spec.sha256(), "resume": resume}
+        state: RunState = {"backend": "slurm", "name": spec.name, "train_job_id": train_job.job_id,
+                           "convert_job_id": None, "submitted_at": time.time(), "spec_sha256": spec.sha256(),
+                           "resume": resume}
         run.write_state(state)  # the training job exists now: record it before anything else can fail
         if spec.convert.enabled:
             params = convert_executor_params(spec, train_job.job_id)
@@ -165,8 +166,9 @@ def submit_local(spec: JobSpec, *, resume: bool = False, force: bool = False, pr
     run = RunDir(rendered.run_dir)
     with _submit_lock(run):
         prepare_run_dir(spec, rendered, resume=resume, force=force)
-        run.write_state({"backend": "local", "name": spec.name, "supervisor_pid": os.getpid(),
-                         "submitted_at": time.time(), "spec_sha256": spec.sha256(), "resume": resume})
+        state: RunState = {"backend": "local", "name": spec.name, "supervisor_pid": os.getpid(),
+                           "submitted_at": time.time(), "spec_sha256": spec.sha256(), "resume": resume}
+        run.write_state(state)
     supervisor = LocalSupervisor(spec, run, python=rendered.python, preempt_after_s=preempt_after_s)
     supervisor.run()
     return Submission(run.root, "local", None, None)

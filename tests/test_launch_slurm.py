@@ -29,7 +29,7 @@ FAKE_TRAINER_MODULE = textwrap.dedent('''
     rank = int(os.environ.get("PADDLE_GLOBAL_RANK", "0"))
     stop = control.StopFlag().install()
     control.write_pid(rank)
-    restart = int(os.environ.get("ERNIE_CLUSTER_RESTART_COUNT", "0"))
+    restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))  # Slurm sets it from the first requeue on
     print("fake trainer rank", rank, "world", os.environ.get("PADDLE_GLOBAL_SIZE"), "restart", restart, flush=True)
     step = 0
     while True:
@@ -101,7 +101,9 @@ def test_two_nodes_stop_requeue_and_complete(slurm_cluster, tmp_path: Path) -> N
         text = out_file.read_text()
         assert "--nnodes 2" in text and "--rank 1" in text and "--master" in text
         assert (tmp_path / "data" / "corpus_ids.npy").exists() and list(run.data_cache.glob("READY.*"))
-        assert "fake trainer rank 1 world 2" in (run.attempt_log_dir(job, 0, 1) / "workerlog.0").read_text()
+        assert "fake trainer rank 1 world 2 restart 0" in (run.attempt_log_dir(job, 0, 1) / "workerlog.0").read_text()
+        # the trainers inherit Slurm's SLURM_RESTART_COUNT through srun and paddle's launcher
+        assert "fake trainer rank 0 world 2 restart 1" in (run.attempt_log_dir(job, 1, 0) / "workerlog.0").read_text()
         _wait(lambda: "COMPLETED" in slurm_cluster.sacct_states(job, duplicates=True), 60, "sacct COMPLETED")
     finally:
         slurm_cluster.run("scancel", job, check=False)  # never leave the job behind

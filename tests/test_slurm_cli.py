@@ -144,18 +144,16 @@ def test_arguments_reach_the_tools(bindir, tmp_path):
         _stub(bindir, name, f'echo "{name} $*" >> "{log}"; echo "12;cl"\n')
     slurm.scancel(["5", "6"], signal="USR2")
     slurm.scancel(["5"])
-    slurm.requeue("5")
     slurm.show_job("5", one_line=True)
     slurm.show_node("n1")
-    slurm.show_hostnames("n[1-2]")
     slurm.sacct("JobID,State", ["5", "6"], duplicates=True)
     slurm.squeue("%i|%T", ["5"])
     slurm.squeue("%i")
     assert slurm.parsable_job_id(slurm.sbatch(["-p", "low", "--wrap", "true"])) == "12"
     assert slurm.sinfo_partitions() == ["12;cl"]
     assert log.read_text().splitlines() == [
-        "scancel --signal=USR2 5 6", "scancel 5", "scontrol requeue 5", "scontrol show job -o 5",
-        "scontrol show node n1 -o", "scontrol show hostnames n[1-2]", "sacct -n -P -X --duplicates -j 5,6 -o JobID,State",
+        "scancel --signal=USR2 5 6", "scancel 5", "scontrol show job -o 5",
+        "scontrol show node n1 -o", "sacct -n -P -X --duplicates -j 5,6 -o JobID,State",
         "squeue -h -j 5 -o %i|%T", "squeue -h -o %i", "sbatch --parsable -p low --wrap true", "sinfo -h -o %R"]
 
 

@@ -37,12 +37,10 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
+from ..rundir import AttemptRecord
 from ..spec import RequeuePolicy
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..rundir import AttemptRecord
 
 TIMEOUT_MARGIN_S = 90.0  # Slurm may send the --signal warning up to 60 s early; squeue adds latency
 
@@ -265,7 +263,7 @@ def is_failure(record: Mapping[str, Any]) -> bool:
     return record.get("reason") == "failed" or record.get("cause") in TRANSIENT_CAUSES
 
 
-def requeues_used(attempts: Iterable[Mapping[str, Any]], job_id: str,
+def requeues_used(attempts: Iterable[AttemptRecord], job_id: str,
                   where: Optional[Callable[[Mapping[str, Any]], bool]] = None, **match: str) -> int:
     """Requeues of `job_id` so far among the attempts whose fields equal `match` (e.g. cause="timeout")
     and, given `where`, for which it holds."""
@@ -275,7 +273,7 @@ def requeues_used(attempts: Iterable[Mapping[str, Any]], job_id: str,
 
 
 def decide_requeue(reason: str, cause: Optional[str], restart_count: int, policy: RequeuePolicy,
-                   attempts: Iterable[Mapping[str, Any]] = (), job_id: str = "", *,
+                   attempts: Iterable[AttemptRecord] = (), job_id: str = "", *,
                    retryable: bool = False) -> RequeueDecision:
     """May this attempt be requeued under `cluster.requeue`? Every requeue counts against max_requeues;
     a transient failure (TRANSIENT_CAUSES, or `retryable`) also against max_failure_requeues, a time limit
@@ -319,7 +317,7 @@ def decide_requeue(reason: str, cause: Optional[str], restart_count: int, policy
 class AttemptVerdict:
     """Node 0's conclusion of an attempt (`decide_attempt`): its attempts.jsonl record, and what follows."""
 
-    record: "AttemptRecord"
+    record: AttemptRecord
     requeue: bool  # the policy allows a requeue (Slurm: `scontrol requeue`; locally the supervisor restarts)
     why: str  # the requeue policy's reason, for the log
     exit_code: int  # every node's exit status for the attempt (a node that failed itself keeps its own)
@@ -334,14 +332,14 @@ class AttemptVerdict:
 
     def requeue_failed(self, detail: str) -> "AttemptVerdict":
         """The verdict once `scontrol requeue` failed: action requeue-failed, and its exit code."""
-        record = dict(self.record, action="requeue-failed",
-                      message=f"{self.record['message']}; scontrol requeue failed: {detail}")
-        return AttemptVerdict(record, self.requeue, self.why,  # type: ignore[arg-type]
-                              exit_code_for(record["reason"], "requeue-failed"))
+        record = self.record.copy()
+        record["action"] = "requeue-failed"
+        record["message"] = f"{self.record['message']}; scontrol requeue failed: {detail}"
+        return AttemptVerdict(record, self.requeue, self.why, exit_code_for(record["reason"], "requeue-failed"))
 
 
 def decide_attempt(total: NodeOutcome, policy: RequeuePolicy, *, job_id: str, restart: int, on_slurm: bool,
-                   attempts: Iterable[Mapping[str, Any]] = (), cancelled: bool = False,
+                   attempts: Iterable[AttemptRecord] = (), cancelled: bool = False,
                    remaining_s: Optional[float] = None, preempted: Optional[bool] = None,
                    margin_s: float = TIMEOUT_MARGIN_S, spec_path: str = "spec.yaml", node: str = "",
                    nodes: int = 1, started: float = 0.0, ended: float = 0.0,
@@ -357,17 +355,16 @@ def decide_attempt(total: NodeOutcome, policy: RequeuePolicy, *, job_id: str, re
     decision = decide_requeue(total.reason, cause, restart, policy, attempts, job_id, retryable=total.retryable)
     if cancelled and (decision.requeue or cause == "cancelled"):
         decision = RequeueDecision(False, "none", "cancelled by `python -m ernie_cluster cancel`")
-    record = {
-        "job_id": job_id, "restart": restart, "node": node, "nodes": nodes,
-        "reason": total.reason, "cause": cause, "ranks": total.ranks, "step": total.step,
-        "signal": total.signal, "started": started, "ended": ended,
-        "exit_code": launcher_rc, "action": decision.action,
-        "message": _attempt_message(total, decision, cancelled, spec_path),
-        "remaining_s": None if remaining_s is None else round(remaining_s, 1),
-        "backend": "slurm" if on_slurm else "local",
-    }
-    return AttemptVerdict(record, decision.requeue, decision.why,  # type: ignore[arg-type]
-                          exit_code_for(total.reason, decision.action))
+    record = AttemptRecord(
+        job_id=job_id, restart=restart, node=node, nodes=nodes,
+        reason=total.reason, cause=cause, ranks=total.ranks, step=total.step,
+        signal=total.signal, started=started, ended=ended,
+        exit_code=launcher_rc, action=decision.action,
+        message=_attempt_message(total, decision, cancelled, spec_path),
+        remaining_s=None if remaining_s is None else round(remaining_s, 1),
+        backend="slurm" if on_slurm else "local",
+    )
+    return AttemptVerdict(record, decision.requeue, decision.why, exit_code_for(total.reason, decision.action))
 
 
 def _attempt_message(total: NodeOutcome, decision: RequeueDecision, cancelled: bool, spec_path: str) -> str:
@@ -383,7 +380,7 @@ def _attempt_message(total: NodeOutcome, decision: RequeueDecision, cancelled: b
     return message
 
 
-def cause_counts(attempts: Iterable[Mapping[str, Any]]) -> Dict[str, Dict[str, int]]:
+def cause_counts(attempts: Iterable[AttemptRecord]) -> Dict[str, Dict[str, int]]:
     """Per cause (the reason for a completed attempt): how many attempts ended so, how many were requeued."""
     counts: Dict[str, Dict[str, int]] = {}
     for a in attempts:

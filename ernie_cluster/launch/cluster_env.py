@@ -260,12 +260,6 @@ class ClusterEnvironment:
         if self.restart_count < 0:
             raise ClusterEnvError(f"restart count {self.restart_count} is negative")
 
-    def remaining_seconds(self) -> Optional[float]:
-        """Seconds left in the allocation now, or None when unknown."""
-        if self.end_time is None:
-            return None
-        return self.end_time - time.time()
-
     def describe(self) -> str:
         return (f"job_id={self.job_id} restart={self.restart_count} node_rank={self.node_rank} "
                 f"num_nodes={self.num_nodes} node={self.node_name} master={self.main_address}:{self.main_port}")

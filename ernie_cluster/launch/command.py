@@ -95,21 +95,15 @@ def build_launch_command(
     return argv
 
 
-def launch_environment(env: Mapping[str, str], run: RunDir, cenv: ClusterEnvironment,
-                       control: Path) -> Tuple[Dict[str, str], List[str], List[str]]:
+def launch_environment(env: Mapping[str, str], control: Path) -> Tuple[Dict[str, str], List[str], List[str]]:
     """(the environment for paddle.distributed.launch, secret names dropped, paddle overrides dropped): this
     node's environment less secrets (paddle writes its environment into the logs) and variables that
-    would override its flags, plus the attempt's ERNIE_CLUSTER_* variables the trainers read."""
+    would override its flags, plus the trainers' control directory and the PYTHONPATH they import from.
+    The trainers take the run directory from `--run-dir` and their ranks from paddle's PADDLE_* variables;
+    the rest of the node's environment (SLURM_JOB_ID, SLURM_RESTART_COUNT...) reaches them unchanged."""
     child_env, secrets, overrides = launcher_environment(env)
     child_env.update({
         CONTROL_DIR_ENV: str(control),
-        "ERNIE_CLUSTER_RUN_DIR": str(run.root),
-        "ERNIE_CLUSTER_JOB_ID": cenv.job_id,
-        "ERNIE_CLUSTER_RESTART_COUNT": str(cenv.restart_count),
-        "ERNIE_CLUSTER_NODE_RANK": str(cenv.node_rank),
-        "ERNIE_CLUSTER_NUM_NODES": str(cenv.num_nodes),
-        "ERNIE_CLUSTER_ATTEMPT": cenv.attempt,
-        "ERNIE_CLUSTER_TRAIN_LOCK_HELD": str(run.train_lock),
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": child_pythonpath(env),  # the checkout first only when running from one
     })

@@ -306,7 +306,7 @@ class NodeLauncher:
         return None
 
     def _child_env(self, a: _Attempt) -> Dict[str, str]:
-        child_env, secrets, overrides = launch_environment(a.env, a.run, a.cenv, a.control)
+        child_env, secrets, overrides = launch_environment(a.env, a.control)
         if secrets:
             self._log(f"not passed to paddle.distributed.launch, which writes its environment into the logs: "
                       f"{', '.join(secrets)}")
@@ -377,8 +377,7 @@ class NodeLauncher:
         if cenv.num_nodes > 1:
             outcomes.update(collect_peers(run, cenv, a.spec, self.peer_wait_s, self._log))
         total = att.combine_nodes(outcomes)
-        cancel = run.read_state().get("cancel_requested") or {}
-        cancelled = str(cancel.get("job_id")) == cenv.job_id
+        cancelled = run.cancel_requested(cenv.job_id)
         remaining, preempted = self._stop_timing(total, cenv, cancelled)
         verdict = att.decide_attempt(
             total, a.spec.cluster.requeue, job_id=cenv.job_id, restart=cenv.restart_count, on_slurm=cenv.is_slurm,

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="reuse an existing run directory and continue from its checkpoints")
     mode.add_argument("--force", action="store_true", help="start over in an existing run directory (the old run is moved aside)")
+    p.add_argument("--new-code", action="store_true",
+                   help="with --resume: continue with the code installed now although it differs from the code the "
+                        "run was submitted with (frozen again in the run directory); without it such a resume is refused")
     p.add_argument("--preempt-after", type=float, metavar="SECONDS",
                    help="local backend only: send the preemption warning once, SECONDS after training started")
 
@@ -166,19 +169,24 @@ def _run_spec_command(args: argparse.Namespace, spec: JobSpec) -> int:
         return 0
     from .submit import SubmitError, submit_local, submit_slurm
 
+    if args.new_code and not args.resume:
+        print("--new-code goes with --resume (a new submission always freezes the code installed now)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         if spec.cluster.backend == "local":
-            sub = submit_local(spec, resume=args.resume, force=args.force, preempt_after_s=args.preempt_after)
+            sub = submit_local(spec, resume=args.resume, force=args.force, new_code=args.new_code,
+                               preempt_after_s=args.preempt_after)
         else:
             if args.preempt_after is not None:
                 print("--preempt-after is for the local backend; on Slurm, preemption comes from Slurm", file=sys.stderr)
                 return EXIT_BAD_INPUT
-            sub = submit_slurm(spec, resume=args.resume, force=args.force)
+            sub = submit_slurm(spec, resume=args.resume, force=args.force, new_code=args.new_code)
     except SubmitError as exc:
         print(f"submit refused: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if sub.backend == "slurm":
         print(f"run directory: {sub.run_dir}")
+        print(f"code {sub.code}")
         print(f"training job: {sub.train_job_id}")
         if sub.convert_job_id:
             print(f"conversion job: {sub.convert_job_id} (afterok:{sub.train_job_id})")

@@ -2,6 +2,9 @@
 
     python -m ernie_cluster.convert --run-dir RUN [--checkpoint PATH] [--output DIR] [--no-verify]
 
+0. Runs the run's frozen code (RUN/code, frozen by `submit`): started on other code (by hand, from a
+   checkout) it starts itself again with that copy first on its path; a copy that still does not
+   import, or differs from its manifest on disk, is refused (exit 4).
 1. Picks the newest complete checkpoint of RUN (manifest verified; damaged ones skipped,
    one written by an incompatible spec refused), or `--checkpoint` (a `step_<N>` dir or
    `model_last`), which must verify.
@@ -42,6 +45,8 @@ log = logging.getLogger("ernie_cluster.convert")
 EXIT_OK = 0
 EXIT_VERIFY = 2
 EXIT_MAPPING = 3
+EXIT_CODE = 4  # the run's frozen code cannot be the code that runs (damaged, or not importable first)
+FROZEN_REEXEC_ENV = "ERNIE_CLUSTER_CONVERT_REEXEC"  # set on the restart: a second miss is an error, not a loop
 
 
 class ConversionError(RuntimeError):
@@ -272,5 +277,38 @@ def main(argv=None) -> int:
     return EXIT_OK
 
 
+def run_frozen(argv: List[str]) -> Optional[int]:
+    """Before the conversion starts (`python -m` only: it may replace this process): None when this process
+    runs the run's frozen code (or the run has none: submitted without it), else the exit status."""
+    from .frozen_code import MANIFEST, FrozenCodeError, code_dir, code_environment, running_frozen, verify_code
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--run-dir")
+    run_dir = parser.parse_known_args(argv)[0].run_dir
+    if run_dir is None or not (code_dir(Path(run_dir)) / MANIFEST).is_file():
+        return None
+    _setup_logging()
+    elsewhere = running_frozen(Path(run_dir))
+    if elsewhere and os.environ.get(FROZEN_REEXEC_ENV):
+        log.error("%s, even with it first on PYTHONPATH (Python < 3.11 started in a checkout?)", elsewhere)
+        return EXIT_CODE
+    if elsewhere:
+        log.info("%s: starting again on it", elsewhere)
+        env = {**os.environ, **code_environment(Path(run_dir), os.environ), FROZEN_REEXEC_ENV: "1"}
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "ernie_cluster.convert", *argv], env)
+    try:
+        damaged = verify_code(Path(run_dir))
+    except FrozenCodeError as exc:
+        damaged = [str(exc)]
+    if damaged:
+        log.error("the run's frozen code differs from its manifest (%s): %s", code_dir(Path(run_dir)),
+                  "; ".join(damaged[:10]))
+        return EXIT_CODE
+    return None
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    status = run_frozen(sys.argv[1:])
+    sys.exit(main() if status is None else status)

@@ -59,9 +59,15 @@ def child_pythonpath(env: Mapping[str, str]) -> str:
     """PYTHONPATH for the interpreters this package starts (trainers, tokenizer), which import
     `ernie_cluster` and `data_tools` with a working directory of their own.
 
+    Running from a run's frozen copy (<run>/code/site, what every job of a submitted run imports), that
+    copy goes first, so the children run the submitted code whatever the installation holds now.
     Installed as a wheel, they come from the interpreter's site-packages: PYTHONPATH stays as it is.
     Run from a checkout (`python -m ernie_cluster` there, or an editable install whose finder another
     interpreter lacks), the checkout goes first, so the children import the same code as this process.
     """
-    checkout = source_checkout()
-    return os.pathsep.join(p for p in (str(checkout) if checkout else "", env.get("PYTHONPATH", "")) if p)
+    from .frozen_paths import frozen_site
+
+    frozen = frozen_site()
+    first = str(frozen) if frozen is not None else str(source_checkout() or "")
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != first]
+    return os.pathsep.join(p for p in (first, *rest) if p)

@@ -8,12 +8,17 @@ will import, as they are imported right now, into the run directory:
       site/ernie_cluster/   the package, from wherever `ernie_cluster` is imported (checkout or wheel)
       site/data_tools/      the same for `data_tools`, compiled `_helpers*.so` included
       MANIFEST.json         relative path -> sha256 of every file under site/, a tree digest, provenance
-      pip-freeze.txt        `python -m pip freeze` of the compute interpreter (recorded, not frozen)
+      pip-freeze.txt        `python -m pip freeze` of the compute interpreter (recorded, not frozen;
+                            cached per interpreter and installation state: `frozen_records`)
       git.json, git.diff    only when the packages come from a git checkout: commit, branch, dirty flag,
                             and the uncommitted diff of the package paths (untracked files listed)
 
+`submit` freezes before it submits anything; `submit --resume` (and submit.sh) go through
+`ensure_frozen`, which refuses code that differs from the frozen copy unless told `--new-code`.
+
 Every attempt and the conversion put `code_pythonpath(run)` first on PYTHONPATH (`code_environment`
-builds the variables). That is enough against this checkout's editable install: its finder
+builds the variables, `code_setup_lines` the same for a job script; both in `frozen_paths`, which
+`render` imports without this module's weight). That is enough against this checkout's editable install: its finder
 (`__editable___*_finder.install`) is *appended* to `sys.meta_path`, after the PathFinder that
 searches `sys.path`, and PYTHONPATH precedes site-packages there. One thing does beat PYTHONPATH:
 `python -m x` and `python -c` put the working directory first on `sys.path`, so a job started from
@@ -29,34 +34,48 @@ import hashlib
 import importlib.util
 import json
 import os
-import shlex
 import shutil
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from .durable import fsync_dir, fsync_file, replace_dir
+from .frozen_paths import (CODE_DIR, MANIFEST, PACKAGES, SITE_DIR, code_dir, code_environment, code_pythonpath,
+                           code_setup_lines, finder_mapping, frozen_run_root, frozen_site, seal_imports)
+from .frozen_records import (PipRun, diff_pip, finish_pip_freeze, git_commit, git_state, git_toplevel, pip_freeze,
+                             start_pip_freeze)
 
-PACKAGES = ("ernie_cluster", "data_tools")
-CODE_DIR = "code"
-SITE_DIR = "site"
-MANIFEST = "MANIFEST.json"
+__all__ = [  # frozen_paths' names are part of this module's interface too
+    "CODE_DIR", "MANIFEST", "PACKAGES", "SITE_DIR", "CodeChanged", "FrozenCode", "FrozenCodeError", "code_dir",
+    "code_environment", "code_pythonpath", "code_setup_lines", "compare_code", "ensure_frozen", "finder_mapping",
+    "freeze_code", "frozen_run_root", "frozen_site", "git_toplevel", "package_sources", "read_manifest",
+    "running_frozen", "seal_imports", "verify_code",
+]
 PIP_FREEZE = "pip-freeze.txt"
 GIT_JSON = "git.json"
 GIT_DIFF = "git.diff"
 MANIFEST_FORMAT = 1
 SKIP_SUFFIXES = (".pyc", ".pyo")
-PIP_TIMEOUT_S = 120.0  # pip freeze imports pip and walks site-packages; slow on a network file system
-GIT_TIMEOUT_S = 60.0
-PipRun = Union["subprocess.Popen[str]", str]  # a started `pip freeze`, or why it could not start
+NEW_CODE_FLAG = "--new-code"
 
 
 class FrozenCodeError(RuntimeError):
     """The code cannot be frozen (a package not importable) or the frozen copy is missing or damaged."""
+
+
+class CodeChanged(FrozenCodeError):
+    """The code installed now differs from the run's frozen code (`ensure_frozen` without `new_code`)."""
+
+    def __init__(self, run_root: Path, changes: List[str]):
+        self.changes = changes
+        listed = "\n".join(f"  {line}" for line in changes)
+        super().__init__(
+            f"the code installed now differs from the code frozen for {run_root} when it was submitted "
+            f"({code_dir(run_root)}):\n{listed}\nPass {NEW_CODE_FLAG} to continue the run with the code installed "
+            f"now (it is frozen again in place of the old copy), or restore the installation.")
 
 
 @dataclass(frozen=True)
@@ -71,15 +90,6 @@ class FrozenCode:
     git: Optional[Dict[str, Any]]  # git.json's content, None when not from a git checkout
     pip_freeze_ok: bool         # False: pip-freeze.txt missing, MANIFEST.json says why
     seconds: float              # how long freezing took
-
-
-def code_dir(run_root: Path) -> Path:
-    return Path(run_root) / CODE_DIR
-
-
-def code_pythonpath(run_root: Path) -> str:
-    """The directory to put first on PYTHONPATH so `ernie_cluster` and `data_tools` are the frozen copy."""
-    return str((code_dir(run_root) / SITE_DIR).absolute())
 
 
 def package_sources() -> Dict[str, Path]:
@@ -191,77 +201,6 @@ def current_files(sources: Mapping[str, Path]) -> Dict[str, str]:
     return {f"{name}/{rel}": hash_file(path) for name, src in sources.items() for rel, path in iter_package_files(src)}
 
 
-def start_pip_freeze(python: str) -> PipRun:
-    """Start `python -m pip freeze` (it runs while the files are copied), or say why it did not start."""
-    try:
-        return subprocess.Popen([python, "-m", "pip", "freeze", "--disable-pip-version-check"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                text=True, env={**os.environ, "PIP_NO_INPUT": "1"})
-    except OSError as exc:
-        return f"{python} -m pip freeze did not run: {exc}"
-
-
-def finish_pip_freeze(proc: PipRun, python: str) -> Tuple[Optional[str], Optional[str]]:
-    """(`pip freeze` output, None) or (None, why it failed). Never raises: the record is worth having,
-    but a compute interpreter without pip must not stop a submission."""
-    if isinstance(proc, str):
-        return None, proc
-    try:
-        out, err = proc.communicate(timeout=PIP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        return None, f"{python} -m pip freeze took over {PIP_TIMEOUT_S:.0f}s"
-    if proc.returncode != 0:
-        tail = (err or out).strip().splitlines()[-3:]
-        return None, f"{python} -m pip freeze exited {proc.returncode}: {' / '.join(tail)}"
-    return out, None
-
-
-def pip_freeze(python: str) -> Tuple[Optional[str], Optional[str]]:
-    return finish_pip_freeze(start_pip_freeze(python), python)
-
-
-def _git(root: Path, *args: str) -> Optional[str]:
-    """stdout of a read-only git command, or None when git is missing or fails."""
-    # GIT_OPTIONAL_LOCKS=0: `git status` would otherwise refresh (write) the checkout's index.
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
-    try:
-        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                              timeout=GIT_TIMEOUT_S, env=env)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout if proc.returncode == 0 else None
-
-
-def git_toplevel(path: Path) -> Optional[Path]:
-    out = _git(path, "rev-parse", "--show-toplevel")
-    return Path(out.strip()).resolve() if out and out.strip() else None
-
-
-def git_state(sources: Mapping[str, Path]) -> Optional[Tuple[Dict[str, Any], str]]:
-    """(git.json content, uncommitted diff) of the checkout `ernie_cluster` comes from, or None.
-
-    The diff and the untracked list cover only the package paths: the run directory is shared with
-    whoever reads the logs, and the rest of a checkout may hold files that must not leave it.
-    """
-    top = git_toplevel(sources["ernie_cluster"])
-    if top is None:
-        return None
-    commit = (_git(top, "rev-parse", "--verify", "HEAD") or "").strip() or None
-    branch = (_git(top, "rev-parse", "--abbrev-ref", "HEAD") or "").strip() or None
-    inside = {name: src for name, src in sources.items() if _inside(src, top)}
-    specs = [src.relative_to(top).as_posix() for src in inside.values()]
-    diff = _git(top, "diff", "--no-color", "--no-ext-diff", "--binary", "HEAD", "--", *specs) if commit else None
-    untracked = (_git(top, "ls-files", "--others", "--exclude-standard", "--", *specs) or "").splitlines()
-    info = {
-        "root": str(top), "commit": commit, "branch": None if branch == "HEAD" else branch,
-        "dirty": bool(diff) or bool(untracked), "packages": sorted(inside),
-        "packages_outside": sorted(set(sources) - set(inside)), "untracked": untracked,
-    }
-    return info, diff or ""
-
-
 def _write_text(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
@@ -269,14 +208,15 @@ def _write_text(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def _write_records(tmp: Path, manifest: Dict[str, Any], pip: PipRun, python: str,
-                   sources: Mapping[str, Path]) -> Tuple[Optional[Dict[str, Any]], bool]:
+def _write_records(tmp: Path, manifest: Dict[str, Any], pip: PipRun,
+                   git: "Future[Optional[Tuple[Dict[str, Any], str]]]") -> Tuple[Optional[Dict[str, Any]], bool]:
     """pip-freeze.txt, git.json, git.diff into `tmp`; their outcome into `manifest`."""
-    frozen, note = finish_pip_freeze(pip, python)
+    frozen, note = finish_pip_freeze(pip)
     if frozen is not None:
         _write_text(tmp / PIP_FREEZE, frozen)
-    manifest["pip_freeze"] = {"python": python, "file": PIP_FREEZE if frozen is not None else None, "note": note}
-    state = git_state(sources)
+    manifest["pip_freeze"] = {"python": pip.python, "file": PIP_FREEZE if frozen is not None else None, "note": note,
+                              "cached": pip.cached}
+    state = git.result()
     info = state[0] if state else None
     if state:
         _write_text(tmp / GIT_JSON, json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -289,33 +229,35 @@ def freeze_code(run_root: Path, *, python: str) -> FrozenCode:
     """Copy the code a run executes into `<run_root>/code`, replacing an older copy atomically.
 
     Built in a temporary directory next to it, every file fsynced, then renamed into place
-    (durable.replace_dir): a crash leaves the old copy or the new one, never a mix.
+    (durable.replace_dir): a crash leaves the old copy or the new one, never a mix. `pip freeze`
+    (or its cached answer) and the git records run while the files are copied.
     """
     started = time.monotonic()
     run_root = Path(run_root)
     sources = package_sources()
     run_root.mkdir(parents=True, exist_ok=True)
     tmp = run_root / f".{CODE_DIR}.tmp-{os.getpid()}-{time.time_ns()}"
-    pip = start_pip_freeze(python)
-    try:
-        tmp.mkdir()
-        files = _copy_packages(sources, tmp / SITE_DIR)
-        fsync_dir(tmp / SITE_DIR)
-        manifest: Dict[str, Any] = {
-            "format": MANIFEST_FORMAT, "created_at": time.time(), "frozen_by": sys.executable,
-            "sources": {name: str(src) for name, src in sources.items()},
-            "tree_sha256": tree_digest(files), "files": files,
-        }
-        info, pip_ok = _write_records(tmp, manifest, pip, python, sources)
-        _write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        fsync_dir(tmp)
-        replace_dir(tmp, code_dir(run_root))
-    except BaseException:
-        if not isinstance(pip, str) and pip.poll() is None:
+    top = git_toplevel(sources["ernie_cluster"])
+    pip = start_pip_freeze(python, cwd=run_root, commit=git_commit(top))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        git = pool.submit(git_state, sources, top)
+        try:
+            tmp.mkdir()
+            files = _copy_packages(sources, tmp / SITE_DIR)
+            fsync_dir(tmp / SITE_DIR)
+            manifest: Dict[str, Any] = {
+                "format": MANIFEST_FORMAT, "created_at": time.time(), "frozen_by": sys.executable,
+                "sources": {name: str(src) for name, src in sources.items()},
+                "tree_sha256": tree_digest(files), "files": files,
+            }
+            info, pip_ok = _write_records(tmp, manifest, pip, git)
+            _write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            fsync_dir(tmp)
+            replace_dir(tmp, code_dir(run_root))
+        except BaseException:
             pip.kill()
-            pip.communicate()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return FrozenCode(code_dir(run_root), code_pythonpath(run_root), manifest["tree_sha256"], len(files),
                       manifest["sources"], info, pip_ok, time.monotonic() - started)
 
@@ -346,26 +288,6 @@ def diff_files(frozen: Mapping[str, str], now: Mapping[str, str]) -> List[str]:
     return lines
 
 
-def _pip_lines(text: str) -> Dict[str, str]:
-    # Keyed by the distribution name so an upgrade reads as one change, not a removal and an addition.
-    out: Dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key = line.split("==")[0].split(" @ ")[0].strip().lower() if not line.startswith("-e ") else line
-            out[key] = line
-    return out
-
-
-def diff_pip(frozen_text: str, now_text: str) -> List[str]:
-    frozen, now = _pip_lines(frozen_text), _pip_lines(now_text)
-    lines = []
-    for key in sorted(set(frozen) | set(now)):
-        if frozen.get(key) != now.get(key):
-            lines.append(f"pip: {frozen.get(key, '(absent)')} -> {now.get(key, '(absent)')}")
-    return lines
-
-
 def verify_code(run_root: Path) -> List[str]:
     """What differs between the frozen copy on disk and its manifest; [] when intact.
 
@@ -388,42 +310,46 @@ def compare_code(run_root: Path, *, sources: Optional[Mapping[str, Path]] = None
     sources = {name: Path(p) for name, p in (sources or package_sources()).items()}
     lines = diff_files(manifest["files"], current_files(sources))
     frozen_commit = (manifest.get("git") or {}).get("commit")
-    top = git_toplevel(sources["ernie_cluster"]) if "ernie_cluster" in sources else None
-    now_commit = ((_git(top, "rev-parse", "--verify", "HEAD") or "").strip() or None) if top else None
+    now_commit = git_commit(git_toplevel(sources["ernie_cluster"]) if "ernie_cluster" in sources else None)
     if frozen_commit != now_commit:
         lines.append(f"git commit: {frozen_commit or '(not a git checkout)'} -> {now_commit or '(not a git checkout)'}")
     pip_file = code_dir(run_root) / PIP_FREEZE
     if python is not None and pip_file.is_file():
-        now_text, _ = pip_freeze(python)
+        now_text, _ = pip_freeze(python, cwd=Path(run_root), commit=now_commit)
         if now_text is not None:
             lines += diff_pip(pip_file.read_text(encoding="utf-8"), now_text)
     return lines
 
 
-def code_environment(run_root: Path, env: Mapping[str, str]) -> Dict[str, str]:
-    """PYTHONPATH (the frozen copy first, once) and PYTHONSAFEPATH for a process that must run the
-    frozen code; merge into the child's environment after everything else that sets PYTHONPATH."""
-    frozen = code_pythonpath(run_root)
-    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != frozen]
-    # PYTHONSAFEPATH: no working directory first on sys.path for -m/-c (a job started in a checkout).
-    return {"PYTHONPATH": os.pathsep.join([frozen, *rest]), "PYTHONSAFEPATH": "1"}
+def ensure_frozen(run_root: Path, *, python: str, new_code: bool = False,
+                  log: Callable[[str], None] = print) -> Optional[FrozenCode]:
+    """The run's frozen copy, for a submission into `run_root` that continues it (`submit --resume`, submit.sh).
 
-
-def code_setup_lines(run_root: Path, *, required: bool = True) -> List[str]:
-    """The same as shell lines for an sbatch script: after the spec's setup lines, before any python.
-
-    required: a missing frozen copy ends the job (exit 2) instead of quietly running whatever is
-    installed; otherwise (a plain `sbatch` of a rendered script, no `submit`) it says so on stderr.
+    None frozen yet (a new run, or one submitted before freezing existed): freeze now. Frozen and
+    identical to the installation: kept (a copy damaged on disk is frozen again: the installation holds
+    the same files). Different files or package versions, or a manifest that cannot be read: CodeChanged,
+    unless `new_code`, which freezes the installation in its place. A new git commit with the same files
+    is only noted: the code the run executes is the same.
     """
-    code = code_dir(run_root)
-    manifest = shlex.quote(str(code / MANIFEST))
-    export = [f'export PYTHONPATH={shlex.quote(code_pythonpath(run_root))}"${{PYTHONPATH:+:$PYTHONPATH}}"',
-              "export PYTHONSAFEPATH=1"]
-    note = f"ernie_cluster: no frozen code in {code} (python -m ernie_cluster.frozen_code freeze RUN_DIR)"
-    missing = f"echo {shlex.quote(note)} >&2"
-    if required:
-        return [f"[ -f {manifest} ] || {{ {missing}; exit 2; }}", *export]
-    return [f"if [ -f {manifest} ]; then {'; '.join(export)}; else {missing}; fi"]
+    if not (code_dir(run_root) / MANIFEST).exists():
+        return freeze_code(run_root, python=python)
+    try:
+        lines = compare_code(run_root, python=python)
+    except FrozenCodeError as exc:
+        lines = [f"the frozen code cannot be compared: {exc}"]
+    notes = [line for line in lines if line.startswith("git commit:")]
+    changes = [line for line in lines if line not in notes]
+    for line in notes:
+        log(f"ernie_cluster: {line} (the frozen files are the same: the run keeps its copy)")
+    if changes and not new_code:
+        raise CodeChanged(Path(run_root), changes)
+    damaged = [] if changes else verify_code(run_root)
+    if not changes and not damaged:
+        return None
+    frozen = freeze_code(run_root, python=python)
+    why = "what changed since it was frozen" if changes else "the frozen copy was damaged on disk"
+    log(f"ernie_cluster: froze the code again into {frozen.root} ({why}):\n" + "\n".join(f"  {x}" for x in changes + damaged))
+    return frozen
 
 
 def running_frozen(run_root: Path) -> Optional[str]:
@@ -440,62 +366,26 @@ def running_frozen(run_root: Path) -> Optional[str]:
     return f"not running the run's frozen code ({site}): {where}"
 
 
-def frozen_run_root() -> Optional[Path]:
-    """The run directory whose frozen copy this `ernie_cluster` is, or None (a checkout or a wheel)."""
-    site = Path(__file__).resolve().parents[1]
-    code = site.parent
-    return code.parent if site.name == SITE_DIR and code.name == CODE_DIR and (code / MANIFEST).is_file() else None
+def attempt_code_problem(run_root: Path) -> Optional[str]:
+    """Why an attempt must not run with the code it imported, or None.
 
-
-def finder_mapping(finder: object) -> Optional[Dict[str, Any]]:
-    """package -> directory of a setuptools editable finder (a module-level MAPPING next to the finder
-    class), None for any other finder."""
-    module = sys.modules.get(getattr(finder, "__module__", "") or "")
-    mapping = getattr(finder, "MAPPING", None) or getattr(module, "MAPPING", None)
-    return mapping if isinstance(mapping, dict) else None
-
-
-def seal_imports() -> List[str]:
-    """In a frozen copy, drop the import finders that map our packages elsewhere; return their names.
-
-    PYTHONPATH makes `ernie_cluster` and `data_tools` themselves the frozen copy, but a setuptools
-    editable finder (`__editable___*_finder._EditableFinder`, appended to sys.meta_path) still answers
-    for a *submodule* the frozen copy lacks, loading it from the checkout: a module added there after
-    submission would mix new code into the run. Removing those finders makes such an import fail.
+    None for a run without frozen code (a rendered script sent with a bare sbatch) and for one that
+    imports its intact frozen copy; otherwise the frozen copy is not what was imported, or it no longer
+    matches its manifest (edited or damaged on disk since submit).
     """
-    root = frozen_run_root()
-    if root is None:
-        return []
-    site = Path(code_pythonpath(root)).resolve()
-    removed = []
-    for finder in list(sys.meta_path):
-        mapping = finder_mapping(finder)
-        if mapping is None:
-            continue
-        foreign = [n for n in PACKAGES if n in mapping and not _inside(Path(str(mapping[n])), site)]
-        if foreign:
-            sys.meta_path.remove(finder)
-            removed.append(getattr(finder, "__module__", type(finder).__name__))
-    return removed
+    if not (code_dir(run_root) / MANIFEST).is_file():
+        return None
+    problem = running_frozen(run_root)
+    if problem:
+        return problem
+    try:
+        damaged = verify_code(run_root)
+    except FrozenCodeError as exc:
+        return str(exc)
+    return f"the run's frozen code differs from its manifest: {'; '.join(damaged[:10])}" if damaged else None
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """`python -m ernie_cluster.frozen_code where | freeze RUN [PYTHON] | diff RUN [PYTHON]`."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["where"]:
-        print(json.dumps({name: str(src) for name, src in package_sources().items()}))
-        return 0
-    if len(args) in (2, 3) and args[0] == "freeze":
-        frozen = freeze_code(Path(args[1]), python=args[2] if len(args) == 3 else sys.executable)
-        print(f"froze {frozen.files} files ({frozen.tree_sha256[:12]}) into {frozen.root} in {frozen.seconds:.2f}s")
-        return 0
-    if len(args) in (2, 3) and args[0] == "diff":
-        lines = compare_code(Path(args[1]), python=args[2] if len(args) == 3 else None)
-        print("\n".join(lines) if lines else "identical")
-        return 1 if lines else 0
-    print(main.__doc__, file=sys.stderr)
-    return 2
+if __name__ == "__main__":  # the command line lives in frozen_cli (`where`, `freeze`, `diff`, `ensure`)
+    from ernie_cluster.frozen_cli import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,8 @@ It plays Slurm's part: starts the node launcher (attempt 0), optionally sends th
 once (`--preempt-after`, seconds after training started), restarts a stopped attempt, or a failed one
 the launcher marked for requeue, like `scontrol requeue` would (same `cluster.requeue` caps), then
 runs the conversion only if training completed (afterok). Its progress goes into state.json
-(`local_state`, `restarts`); `cancel` TERMs it.
+(`local_state`, `restarts`); `cancel` TERMs it. Every attempt and the conversion import the run's
+frozen code (`submit` froze it), like the jobs on Slurm.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import os
 import signal
 import subprocess
 import threading
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
+from .frozen_paths import code_environment
 from .launch.cluster_env import LOCAL_JOB_ID_ENV, LOCAL_RESTART_ENV
 from .rundir import AttemptRecord, RunDir
 from .spec import JobSpec
@@ -30,6 +32,13 @@ class LocalSupervisor:
         self._child: Optional[subprocess.Popen] = None
         self._cancelled = False
 
+    def _environment(self, **extra: str) -> Dict[str, str]:
+        """This process's environment with the run's frozen code first on the path (frozen_paths)."""
+        env = dict(os.environ)
+        env.update(extra)
+        env.update(code_environment(self.rundir.root, env))
+        return env
+
     def _log(self, message: str) -> None:
         print(f"[ernie_cluster local] {message}", flush=True)
 
@@ -41,8 +50,7 @@ class LocalSupervisor:
 
     def _attempt(self, restart: int) -> Tuple[AttemptRecord, int]:
         """Run one attempt: (what the node launcher recorded, its exit status)."""
-        env = dict(os.environ)
-        env.update({LOCAL_JOB_ID_ENV: self.job_id, LOCAL_RESTART_ENV: str(restart)})
+        env = self._environment(**{LOCAL_JOB_ID_ENV: self.job_id, LOCAL_RESTART_ENV: str(restart)})
         cmd = [self.python, "-m", "ernie_cluster.launch", "--run-dir", str(self.rundir.root), "--local"]
         before = len(self.rundir.read_attempts())
         self._log(f"attempt {restart}: {' '.join(cmd)}")
@@ -112,7 +120,7 @@ class LocalSupervisor:
             self.rundir.update_state(local_state="CONVERTING")
             cmd = [self.python, "-m", "ernie_cluster.convert", "--run-dir", str(self.rundir.root)]
             self._log(f"conversion: {' '.join(cmd)}")
-            code = subprocess.call(cmd)
+            code = subprocess.call(cmd, env=self._environment())
             self.rundir.update_state(local_state="COMPLETED" if code == 0 else "FAILED", convert_exit_code=code)
             if code == 0:
                 self._log(f"converted model: {self.spec.convert_dir()}")

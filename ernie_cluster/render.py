@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 
 import jinja2
 
+from .frozen_paths import code_setup_lines
 from .slurm_options import (Options, chain_options, convert_options, sbatch_lines, submitit_log, submitit_parameters,
                             submitit_written_options, train_options)
 from .spec import JobSpec
@@ -114,6 +115,9 @@ def render_sbatch(spec: JobSpec, template: str, *, script_path: Path) -> str:
         # submit.sh (and the conversion script's comment) chain the conversion on sbatch's command line
         chain_args=_chain_args("train"),
         chain_args_example=" ".join(f"--{k}={v}" for k, v in chain_options("<train job id>").items()),
+        # after the spec's own lines, before any python: the run's frozen code first on the path. A plain
+        # `sbatch` of these scripts without submit.sh (which freezes) runs the installed code, with a note.
+        code_lines=code_setup_lines(run_dir, required=False),
     )
 
 
@@ -125,9 +129,11 @@ def _heredoc_safe(text: str) -> str:
 
 
 def _setup_lines(spec: JobSpec) -> List[str]:
+    """The submitit jobs' setup lines: the spec's, then the run's frozen code first on the path (submit
+    freezes it before it submits; a job that finds none ends with exit 2 rather than run other code)."""
     lines = list(spec.environment.setup)
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(spec.environment.env.items())]
-    return lines
+    return lines + code_setup_lines(spec.run_dir())
 
 
 def convert_executor_params(spec: JobSpec, train_job_id: str = "<train job id>") -> Dict[str, Any]:

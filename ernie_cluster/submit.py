@@ -3,6 +3,11 @@
 The run directory is owned by one live run at a time. A second submit into it is refused while the
 first is alive; once it is not, `--resume` continues from its checkpoints and `--force` starts over
 after moving the old run aside (nothing is deleted).
+
+Before anything is submitted, the code the run executes is frozen into <run>/code (`frozen_code`):
+every attempt and the conversion import that copy, whatever happens to the installation meanwhile.
+`--resume` keeps the run's copy when the installation holds the same code, and refuses different
+code (exit 2, listing what differs) unless `--new-code` says to freeze the installation again.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from .frozen_code import CodeChanged, FrozenCodeError, ensure_frozen, freeze_code
 from .render import (RenderedRun, convert_executor_params, render, submitit_copy_name, submitit_folder,
                      submitit_python)
 from .procs import pid_alive
@@ -38,6 +44,7 @@ class Submission:
     backend: str
     train_job_id: Optional[str]
     convert_job_id: Optional[str]
+    code: str = ""  # what happened to the frozen code (frozen, kept, frozen again)
 
 
 def live_jobs(run: RunDir) -> List[str]:
@@ -88,7 +95,9 @@ def _submit_lock(run: RunDir) -> Iterator[None]:
         yield
 
 
-def prepare_run_dir(spec: JobSpec, rendered: RenderedRun, *, resume: bool, force: bool) -> RunDir:
+def prepare_run_dir(spec: JobSpec, rendered: RenderedRun, *, resume: bool, force: bool,
+                    new_code: bool = False) -> Tuple[RunDir, str]:
+    """The run directory ready for submission, the code frozen in it; (it, what happened to the code)."""
     run = RunDir(rendered.run_dir)
     alive = live_jobs(run)
     if alive:
@@ -102,10 +111,12 @@ def prepare_run_dir(spec: JobSpec, rendered: RenderedRun, *, resume: bool, force
             f"{run.root} already holds a run ({'checkpoints' if has_checkpoints else 'state.json'} present). "
             f"Pass --resume to continue from its checkpoints, --force to start over (the old run is moved aside), "
             f"or choose another output_dir.")
+    code = _resume_code(run, rendered.python, new_code) if resume else ""
     if force and (previous or has_checkpoints):
         archive = run.root / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
         archive.mkdir()
-        for name in ("state.json", "attempts.jsonl", "checkpoints", "snapshots", "converted", "visualdl", "logs", "slurm", "submit", "spec.yaml"):
+        for name in ("state.json", "attempts.jsonl", "checkpoints", "snapshots", "converted", "visualdl", "logs", "slurm",
+                     "submit", "spec.yaml", "code"):
             if (run.root / name).exists():
                 shutil.move(str(run.root / name), str(archive / name))
     for sub in (run.submit, run.slurm, run.logs):
@@ -114,17 +125,40 @@ def prepare_run_dir(spec: JobSpec, rendered: RenderedRun, *, resume: bool, force
     write_atomic(run.submit / "train.sbatch", rendered.train_sbatch)
     if rendered.convert_sbatch:
         write_atomic(run.submit / "convert.sbatch", rendered.convert_sbatch)
-    return run
+    if not resume:
+        try:
+            frozen = freeze_code(run.root, python=rendered.python)
+        except FrozenCodeError as exc:
+            raise SubmitError(f"cannot freeze the code the run would execute: {exc}") from None
+        code = f"frozen: {frozen.files} files ({frozen.tree_sha256[:12]}) in {frozen.root}"
+    return run, code
 
 
-def submit_slurm(spec: JobSpec, *, resume: bool = False, force: bool = False) -> Submission:
+def _resume_code(run: RunDir, python: str, new_code: bool) -> str:
+    """--resume: the run keeps its frozen code when the installation holds the same; different code is
+    refused (nothing written yet) unless `new_code`. A run submitted before freezing existed is frozen now."""
+    notes: List[str] = []
+    try:
+        frozen = ensure_frozen(run.root, python=python, new_code=new_code, log=notes.append)
+    except CodeChanged as exc:
+        raise SubmitError(f"--resume: {exc}") from None
+    except FrozenCodeError as exc:
+        raise SubmitError(f"cannot freeze the code the run would execute: {exc}") from None
+    for note in notes:
+        print(note, file=sys.stderr)
+    if frozen is None:
+        return f"kept: the run's frozen code in {run.root / 'code'} (the installation holds the same code)"
+    return f"frozen: {frozen.files} files ({frozen.tree_sha256[:12]}) in {frozen.root}"
+
+
+def submit_slurm(spec: JobSpec, *, resume: bool = False, force: bool = False, new_code: bool = False) -> Submission:
     from .launch.node import NodeLauncher
     from .jobs import ConvertJob
 
     rendered = render(spec)
     run = RunDir(rendered.run_dir)
     with _submit_lock(run):
-        prepare_run_dir(spec, rendered, resume=resume, force=force)
+        _, code = prepare_run_dir(spec, rendered, resume=resume, force=force, new_code=new_code)
         launcher = NodeLauncher(str(run.root))
         train_job = _submitit_submit(run, rendered, rendered.train.executor_params, launcher, "train")
         convert_id = None
@@ -137,7 +171,7 @@ def submit_slurm(spec: JobSpec, *, resume: bool = False, force: bool = False) ->
             convert_id = _submitit_submit(run, rendered, params, ConvertJob(str(run.root)), "convert").job_id
             state["convert_job_id"] = convert_id
             run.write_state(state)
-    return Submission(run.root, "slurm", train_job.job_id, convert_id)
+    return Submission(run.root, "slurm", train_job.job_id, convert_id, code)
 
 
 def _submitit_submit(run: RunDir, rendered: RenderedRun, params: Dict[str, Any], job_callable: Callable[[], Any],
@@ -158,17 +192,19 @@ def _submitit_submit(run: RunDir, rendered: RenderedRun, params: Dict[str, Any],
     return job
 
 
-def submit_local(spec: JobSpec, *, resume: bool = False, force: bool = False, preempt_after_s: Optional[float] = None) -> Submission:
+def submit_local(spec: JobSpec, *, resume: bool = False, force: bool = False, new_code: bool = False,
+                 preempt_after_s: Optional[float] = None) -> Submission:
     """Run the whole chain on this machine, in the foreground: data, train (with requeues), convert."""
     from .local import LocalSupervisor
 
     rendered = render(spec)
     run = RunDir(rendered.run_dir)
     with _submit_lock(run):
-        prepare_run_dir(spec, rendered, resume=resume, force=force)
+        _, code = prepare_run_dir(spec, rendered, resume=resume, force=force, new_code=new_code)
+        print(f"[ernie_cluster local] code {code}", flush=True)
         state: RunState = {"backend": "local", "name": spec.name, "supervisor_pid": os.getpid(),
                            "submitted_at": time.time(), "spec_sha256": spec.sha256(), "resume": resume}
         run.write_state(state)
     supervisor = LocalSupervisor(spec, run, python=rendered.python, preempt_after_s=preempt_after_s)
     supervisor.run()
-    return Submission(run.root, "local", None, None)
+    return Submission(run.root, "local", None, None, code)

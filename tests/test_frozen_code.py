@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -210,27 +211,31 @@ def test_only_package_files_are_copied(tmp_path: Path) -> None:
 
 
 def test_seal_imports_stops_the_editable_finder_filling_gaps(frozen: fc.FrozenCode, tmp_path: Path) -> None:
-    """A module missing from the frozen copy must not be loaded from the checkout by its editable finder."""
+    """A module missing from the frozen copy must not be loaded from the checkout by its editable finder.
+    `import ernie_cluster` seals by itself in a frozen copy (its MANIFEST.json next to site/)."""
     run = tmp_path / "run"
     _writable_copy(frozen.root, fc.code_dir(run))
     (fc.code_dir(run) / fc.SITE_DIR / "ernie_cluster" / "envvars.py").unlink()
     code = ("import importlib, json, sys\nfrom ernie_cluster import frozen_code as f\n"
-            "removed = f.seal_imports() if sys.argv[1:] == ['seal'] else []\n"
+            "left = [type(m).__module__ for m in sys.meta_path if f.finder_mapping(m)]\n"
+            "again = f.seal_imports()\n"
             "try:\n    where = importlib.import_module('ernie_cluster.envvars').__file__\n"
-            "except ImportError:\n    where = None\nprint(json.dumps([removed, where, str(f.frozen_run_root())]))\n")
+            "except ImportError:\n    where = None\nprint(json.dumps([left, again, where, str(f.frozen_run_root())]))\n")
     env = _env(fc.code_environment(run, {}))
     editable = any(fc.finder_mapping(m) for m in sys.meta_path)
 
-    def run_it(*args: str) -> List[Any]:
-        out: List[Any] = json.loads(subprocess.run([PY, "-c", code, *args], env=env, cwd=str(tmp_path),
+    def run_it() -> List[Any]:
+        out: List[Any] = json.loads(subprocess.run([PY, "-c", code], env=env, cwd=str(tmp_path),
                                                    capture_output=True, text=True, check=True).stdout)
         return out
 
-    removed, where, root = run_it("seal")
-    assert where is None and root == str(run) and bool(removed) == editable
-    unsealed = run_it()
+    left, again, where, root = run_it()
+    assert (left, again, where, root) == ([], [], None, str(run))
+    (fc.code_dir(run) / fc.MANIFEST).unlink()  # no longer a frozen copy: nothing is sealed
+    left, again, where, root = run_it()
+    assert (again, root) == ([], "None") and bool(left) == editable
     if editable:  # the gap the seal closes: without it the checkout's module fills in
-        assert unsealed[1] == str(fc.package_sources()["ernie_cluster"] / "envvars.py")
+        assert where == str(fc.package_sources()["ernie_cluster"] / "envvars.py")
 
 
 def test_setup_lines_put_the_frozen_copy_first_in_a_job_shell(frozen: fc.FrozenCode) -> None:
@@ -254,3 +259,85 @@ def test_setup_lines_without_a_frozen_copy(tmp_path: Path) -> None:
     proc = subprocess.run(["bash", "-c", "\n".join([*fc.code_setup_lines(run, required=False), echo])], env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "PYTHONPATH=/already/set" and "no frozen code" in proc.stderr
+
+
+def test_ensure_keeps_refuses_and_freezes_again(frozen: fc.FrozenCode, tmp_path: Path) -> None:
+    """What submit --resume and submit.sh do with a run's frozen copy, through the command line."""
+    installed = _writable_copy(Path(frozen.pythonpath), tmp_path / "site-packages")
+    run = tmp_path / "run"
+    env = _env({"PYTHONPATH": str(installed), "PYTHONSAFEPATH": "1", "ERNIE_CLUSTER_CACHE_DIR": str(tmp_path / "cache")})
+
+    def ensure(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([PY, "-m", "ernie_cluster.frozen_code", "ensure", str(run), PY, *extra], env=env,
+                              cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+
+    first = ensure()
+    assert first.returncode == 0 and first.stdout.startswith("froze "), first.stderr
+    digest = fc.read_manifest(run)["tree_sha256"]
+    kept = ensure()
+    assert kept.returncode == 0 and kept.stdout.startswith("kept "), kept.stderr
+    trainer = installed / "ernie_cluster" / "train" / "trainer.py"
+    trainer.write_text(trainer.read_text() + "\n# edited while the run waited\n")
+    refused = ensure()
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "  changed: ernie_cluster/train/trainer.py\n" in refused.stderr and fc.NEW_CODE_FLAG in refused.stderr
+    assert fc.read_manifest(run)["tree_sha256"] == digest  # refused: the frozen copy is untouched
+    new = ensure(fc.NEW_CODE_FLAG)
+    assert new.returncode == 0 and new.stdout.startswith("froze ") and "changed: ernie_cluster/train/trainer.py" in new.stderr
+    frozen_trainer = fc.code_dir(run) / fc.SITE_DIR / "ernie_cluster" / "train" / "trainer.py"
+    assert frozen_trainer.read_text() == trainer.read_text() and fc.read_manifest(run)["tree_sha256"] != digest
+    # a copy damaged on disk while the installation still holds the same code: frozen again, silently correct
+    frozen_trainer.chmod(0o644)
+    frozen_trainer.write_text("raise SystemExit('damaged')\n")
+    repaired = ensure()
+    assert repaired.returncode == 0 and repaired.stdout.startswith("froze ") and "damaged" in repaired.stderr
+    assert fc.verify_code(run) == [] and frozen_trainer.read_text() == trainer.read_text()
+
+
+def test_pip_freeze_is_cached_until_a_distribution_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ernie_cluster import frozen_records as fr
+
+    monkeypatch.setenv(fr.CACHE_ENV, str(tmp_path / "cache"))
+    extra = tmp_path / "extra"  # a directory on PYTHONPATH that distributions can appear in
+    extra.mkdir()
+    past = time.time() - 60
+    os.utime(extra, (past, past))  # settled: older than the mtime granularity of any file system
+    monkeypatch.setenv("PYTHONPATH", str(extra))
+    first = fr.start_pip_freeze(PY)
+    out, error = fr.finish_pip_freeze(first)
+    assert out is not None and error is None and not first.cached
+    second = fr.start_pip_freeze(PY)
+    assert second.cached and fr.finish_pip_freeze(second) == (out, None)
+    # installing a distribution adds a *.dist-info entry, so its directory's mtime moves: asked again
+    info = extra / "fakepkg-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakepkg\nVersion: 1.2.3\n")
+    third = fr.start_pip_freeze(PY)
+    out3, _ = fr.finish_pip_freeze(third)
+    assert not third.cached and "fakepkg==1.2.3" in (out3 or "").splitlines()
+    # a state changed within the last seconds is not cached (its mtime may move again unseen)
+    assert not fr.start_pip_freeze(PY).cached
+    # another interpreter cannot be keyed without starting it: always asked
+    assert fr.pip_cache_key(str(tmp_path / "other-python")) is None
+    assert fr.diff_pip(out, out3 or "") == ["pip: (absent) -> fakepkg==1.2.3"]
+
+
+def test_conversion_started_on_other_code_runs_the_frozen_copy(frozen: fc.FrozenCode, tmp_path: Path) -> None:
+    """`python -m ernie_cluster.convert` by hand from the checkout: it starts itself again on the run's copy."""
+    run = tmp_path / "run"
+    _writable_copy(frozen.root, fc.code_dir(run))
+    probe = ("import sys, runpy; sys.argv = ['convert', '--run-dir', sys.argv[1], '--help']; "
+             "import ernie_cluster.convert as c; print('FROM', c.__file__, flush=True); "
+             "runpy.run_module('ernie_cluster.convert', run_name='__main__')")
+    proc = subprocess.run([PY, "-c", probe, str(run)], env=_env(), cwd=str(REPO), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "starting again on it" in proc.stderr and "usage: python -m ernie_cluster.convert" in proc.stdout
+    started = proc.stdout.splitlines()[0]
+    assert started.startswith("FROM ") and not started.startswith(f"FROM {frozen.pythonpath}")  # the checkout's
+    # the frozen copy damaged on disk: refused before any work (exit 4), whichever code started it
+    target = fc.code_dir(run) / fc.SITE_DIR / "ernie_cluster" / "slurm.py"
+    target.write_text(target.read_text() + "\n# edited in the run directory\n")
+    proc = subprocess.run([PY, "-m", "ernie_cluster.convert", "--run-dir", str(run)], env=_env(fc.code_environment(run, {})),
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4 and "changed: ernie_cluster/slurm.py" in proc.stderr, proc.stderr

@@ -79,7 +79,7 @@ class AttemptRecord(TypedDict, total=False):
     restart: int                  # SLURM_RESTART_COUNT (or the local supervisor's restart number)
     node: str                     # node 0's host name
     nodes: int                    # nodes in the attempt
-    reason: str                   # completed | stopped | failed
+    reason: str                   # completed | stopped | failed | lost (no record; written later from Slurm)
     cause: Optional[str]          # what ended it (preempted, timeout, signal, cancelled, crashed, ...)
     ranks: List[int]              # the trainers at fault (trainer-died, crashed...)
     step: Optional[int]           # the last step the trainers reported
@@ -91,6 +91,18 @@ class AttemptRecord(TypedDict, total=False):
     message: str                  # what happened, for people
     remaining_s: Optional[float]  # Slurm: time left in the allocation when the stop signal came
     backend: str                  # "slurm" | "local"
+    failed_nodes: List["NodeFailure"]  # nodes that died during the attempt (cause node-failed)
+    excluded: Dict[str, str]      # node -> why: left out of the requeued job (its ExcNodeList)
+    not_excluded: Dict[str, str]  # node -> why a node at fault was not left out (the cap, Slurm's refusal)
+    reconciled: Optional[str]     # None; or how a later attempt wrote or corrected this record from Slurm
+
+
+class NodeFailure(TypedDict, total=False):
+    """A node that died during an attempt (an `AttemptRecord`'s failed_nodes), as Slurm reported it."""
+
+    node: str                     # the Slurm node name
+    at: Optional[float]           # time.time() when Slurm noticed (its reason's time, else the attempt's end)
+    why: str                      # Slurm's reason ("Not responding") or state ("down*")
 
 
 @dataclass(frozen=True)

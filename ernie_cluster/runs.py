@@ -53,11 +53,41 @@ class RunStatus:
     conversion: Dict[str, Any] = field(default_factory=dict)
     max_steps: Optional[int] = None
     data: Optional[Dict[str, Any]] = None  # data_cache/data_report.json: documents that give no sample
+    watchdog: Optional[Dict[str, Any]] = None  # the hang watchdog's latest view (`watchdog_view`)
 
     def as_dict(self) -> Dict[str, Any]:
         return {"run_dir": str(self.run_dir), "name": self.name, "backend": self.backend, "jobs": self.jobs,
                 "attempts": self.attempts, "checkpoint": self.checkpoint, "conversion": self.conversion,
-                "max_steps": self.max_steps, "data": self.data, "causes": _cause_counts(self.attempts)}
+                "max_steps": self.max_steps, "data": self.data, "causes": _cause_counts(self.attempts),
+                "nodes": _node_events(self.attempts),
+                "watchdog": self.watchdog}
+
+
+def _node_events(attempts: List[AttemptRecord]) -> Dict[str, List[Dict[str, Any]]]:
+    from .launch.node_faults import node_events
+    return node_events(attempts)
+
+
+def _print_nodes(console: Any, attempts: List[AttemptRecord]) -> None:
+    """The nodes that died, were left out of a requeued job, or were at fault but kept."""
+    from rich.markup import escape
+
+    events = _node_events(attempts)
+    for e in events["failed"]:
+        console.print(f"[red]node {escape(str(e['node']))} died[/red] {_fmt_when(e.get('at'))} (attempt "
+                      f"{e['attempt']}): {escape(str(e.get('why') or ''))}", highlight=False)
+    for e in events["excluded"]:
+        console.print(f"[yellow]excluded node {escape(str(e['node']))}[/yellow] from the job after attempt "
+                      f"{e['attempt']}: {escape(str(e['why']))}", highlight=False)
+    for e in events["not_excluded"]:
+        console.print(f"node {escape(str(e['node']))} not excluded after attempt {e['attempt']}: "
+                      f"{escape(str(e['why']))}", highlight=False)
+
+
+def _fmt_when(value: Any) -> str:
+    if isinstance(value, (int, float)):
+        return "at " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+    return "at an unknown time"
 
 
 def _cause_counts(attempts: List[AttemptRecord]) -> Dict[str, Dict[str, int]]:
@@ -86,6 +116,7 @@ def collect_status(run: RunDir) -> RunStatus:
         pass
     except (OSError, ValueError):
         status.data = {"error": f"unreadable data_cache/{DATA_REPORT}"}
+    status.watchdog = watchdog_view(run)
     report = model_dir / CONVERT_REPORT
     if report.exists():
         try:
@@ -94,6 +125,34 @@ def collect_status(run: RunDir) -> RunStatus:
             status.conversion = {"error": f"unreadable {CONVERT_REPORT}"}
         status.conversion["model_dir"] = str(model_dir)
     return status
+
+
+def watchdog_view(run: RunDir) -> Optional[Dict[str, Any]]:
+    """The hang watchdog's latest view (the newest watchdog.json any node launcher wrote, with the other nodes'
+    of that attempt): hung ranks, stragglers, ranks waiting for a peer; None before any was written."""
+    from .launch.watchdog import SUMMARY, read_summary
+
+    by_attempt: Dict[Path, List[Dict[str, Any]]] = {}
+    for path in run.logs.glob(f"attempt-*/node*/{SUMMARY}"):
+        summary = read_summary(path.parent)
+        if summary is not None and isinstance(summary.get("time"), (int, float)):
+            by_attempt.setdefault(path.parent.parent, []).append(summary)
+    if not by_attempt:
+        return None
+    attempt, summaries = max(by_attempt.items(), key=lambda item: max(s["time"] for s in item[1]))
+    newest = max(s["time"] for s in summaries)
+
+    def unique(key: str) -> List[Dict[str, Any]]:  # every node sees every rank: one entry per rank
+        seen: Dict[Any, Dict[str, Any]] = {}
+        for s in sorted(summaries, key=lambda s: s["time"]):
+            for entry in s.get(key) or []:
+                if isinstance(entry, dict):
+                    seen[entry.get("rank")] = entry
+        return [seen[r] for r in sorted(seen, key=str)]
+
+    return {"attempt": attempt.name, "time": newest, "age_s": round(time.time() - newest, 1),
+            "hung": unique("hung"), "stragglers": unique("stragglers"),
+            "waiting": sorted({r for s in summaries for r in s.get("waiting") or []})}
 
 
 def _slurm_jobs(run: RunDir, state: RunState) -> List[Dict[str, Any]]:
@@ -127,7 +186,8 @@ def print_status(status: RunStatus, *, as_json: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # Piped or redirected (a file, a non-interactive ssh): full values, never squeezed into 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=1000, soft_wrap=True)
     console.print(f"[bold]{status.name}[/bold]  {status.run_dir}  (backend {status.backend})")
     jobs = Table(title="jobs")
     for col in ("job", "id", "state", "restarts", "logs"):
@@ -147,10 +207,12 @@ def print_status(status: RunStatus, *, as_json: bool = False) -> None:
         console.print(attempts)
         console.print("attempts by cause: " + ", ".join(f"{c} {n['attempts']} ({n['requeued']} requeued)"
                                                           for c, n in _cause_counts(status.attempts).items()))
+        _print_nodes(console, status.attempts)
     if status.data and status.data.get("summary"):
         from rich.markup import escape
 
         console.print(f"[yellow]WARNING[/yellow] data: {escape(status.data['summary'])}", highlight=False)
+    _print_watchdog(console, status.watchdog)
     ckpt = status.checkpoint
     steps = f"/{status.max_steps}" if status.max_steps else ""
     console.print(f"last checkpoint: step {ckpt['step']}{steps} ({ckpt['path']})" if ckpt else "last checkpoint: none yet")
@@ -162,6 +224,34 @@ def print_status(status: RunStatus, *, as_json: bool = False) -> None:
         console.print("converted model: not yet")
 
 
+def _print_watchdog(console, view: Optional[Dict[str, Any]]) -> None:
+    """Hung ranks and stragglers the hang watchdog saw last (nothing when it saw neither)."""
+    from rich.markup import escape
+
+    from .launch.watchdog import Hung, Straggler
+
+    if not view or not (view["hung"] or view["stragglers"]):
+        return
+    when = f"hang watchdog, {view['attempt']}, {_fmt_age(view['age_s'])}"
+    for entry in view["hung"]:
+        try:
+            text = Hung(**entry).describe()
+        except TypeError:
+            text = str(entry)
+        console.print(f"[red]HUNG[/red] {escape(text)} ({escape(when)})", highlight=False)
+    for entry in view["stragglers"]:
+        try:
+            text = Straggler(**entry).describe()
+        except TypeError:
+            text = str(entry)
+        console.print(f"[yellow]WARNING[/yellow] straggler {escape(text)} ({escape(when)})", highlight=False)
+
+
+def _fmt_age(seconds: float) -> str:
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago" if seconds < 7200 \
+        else f"{seconds / 3600:.0f} h ago"
+
+
 def _fmt_time(value: Any) -> str:
     if isinstance(value, (int, float)):
         return time.strftime("%H:%M:%S", time.localtime(value))
@@ -170,13 +260,22 @@ def _fmt_time(value: Any) -> str:
 
 def log_files(run: RunDir) -> List[Path]:
     """Slurm outputs of every job, then the trainers' workerlog.N and the node launchers' launcher.log of
-    every attempt, each group sorted by path.
+    every attempt, then the trainers' Python stacks the hang watchdog recorded, each group sorted by path.
 
     Not paddle's own pod log, envlog.N or backup_env.N.json: they hold the launcher's whole environment."""
     files = sorted(p for p in run.slurm.rglob("*") if p.is_file() and p.suffix in (".out", ".err"))
     files += sorted(p for p in run.logs.rglob("workerlog.*") if p.is_file())
     files += sorted(p for p in run.logs.rglob("launcher.log") if p.is_file())
+    files += sorted(p for p in run.logs.rglob("stacks.rank*.txt") if p.is_file() and _holds_stacks(p))
     return files
+
+
+def _holds_stacks(path: Path) -> bool:
+    """A trainer's stack file once the hang watchdog asked for a dump (before that: a header line only)."""
+    try:
+        return "most recent call first" in path.read_text(errors="replace")
+    except OSError:
+        return False
 
 
 def show_logs(run: RunDir, *, follow: bool = False, lines: int = 40, out=sys.stdout) -> None:

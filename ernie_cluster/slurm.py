@@ -54,6 +54,17 @@ def slurm_time_to_seconds(value: str, *, bare: str = "minutes") -> int:
     return (nums[0] * 60 + nums[1]) * 60 + nums[2]
 
 
+def parse_timestamp(text: Optional[str]) -> Optional[float]:
+    """A moment Slurm printed (`2026-11-29T21:50:56`, the controller's local time, as sacct Start/End, sinfo %H
+    and scontrol's Reason=... [user@time] show it) as epoch seconds; None for Unknown, None and the like."""
+    import datetime as _dt
+
+    try:
+        return _dt.datetime.strptime((text or "").strip(), "%Y-%m-%dT%H:%M:%S").timestamp()
+    except ValueError:
+        return None
+
+
 def parse_duration(text: Optional[str]) -> Optional[int]:
     """A time Slurm printed (squeue %L / %l, sacct): `[D-]HH:MM:SS`, `MM:SS`, a bare number of seconds;
     None for UNLIMITED, NOT_SET, INVALID, Partition_Limit and anything else that is not a time."""
@@ -235,9 +246,10 @@ def job_states(job_ids: Sequence[str], *, env: Optional[Mapping[str, str]] = Non
     return jobs
 
 
-def job_attempts(job_id: str, *, env: Optional[Mapping[str, str]] = None) -> List[Dict[str, str]]:
-    """Every attempt of a job as sacct records it (--duplicates lists requeued attempts too)."""
-    out = sacct("JobID,State,ExitCode,Start,End,NodeList", [job_id], duplicates=True, env=env)
+def job_attempts(job_id: str, *, env: Optional[Mapping[str, str]] = None,
+                 timeout: Union[str, float] = "query") -> List[Dict[str, str]]:
+    """Every attempt of a job as sacct records it (--duplicates lists requeued attempts too), oldest first."""
+    out = sacct("JobID,State,ExitCode,Start,End,NodeList", [job_id], duplicates=True, env=env, timeout=timeout)
     return [dict(zip(("job_id", "state", "exit_code", "start", "end", "nodes"), parts))
             for parts in out.rows() if len(parts) == 6 and parts[0] == job_id]
 
@@ -249,3 +261,79 @@ def restart_count(job_id: str, *, env: Optional[Mapping[str, str]] = None) -> Op
         if token.startswith("Restarts="):
             return int(token.split("=", 1)[1])
     return None
+
+
+# ---------------------------------------------------------------------------
+# A job's nodes, as the node launcher reads and changes them
+# ---------------------------------------------------------------------------
+
+
+def parse_fields(text: str) -> Dict[str, str]:
+    """`Key=Value` tokens of `scontrol show ... -o` (one line); a value runs to the next space."""
+    out: Dict[str, str] = {}
+    for token in text.split():
+        key, sep, value = token.partition("=")
+        if sep and key and key not in out:
+            out[key] = value
+    return out
+
+
+def job_fields(job_id: str, *, env: Optional[Mapping[str, str]] = None,
+               timeout: Union[str, float] = "node") -> Optional[Dict[str, str]]:
+    """`scontrol show job -o ID` as {Key: Value} (ExcNodeList, Partition, NumNodes, NodeList, JobState...);
+    None when Slurm did not answer or refused."""
+    out = show_job(job_id, one_line=True, env=env, timeout=timeout)
+    if not out.ok or "JobId=" not in out.stdout:
+        return None
+    return parse_fields(out.stdout.splitlines()[0])
+
+
+def update_job(job_id: str, *, env: Optional[Mapping[str, str]] = None, timeout: Union[str, float] = "action",
+               preexec_fn: Optional[Callable[[], None]] = None, **fields: str) -> Answer:
+    """`scontrol update JobId=ID Key=Value...` (e.g. ExcNodeList=n1,n2: it replaces the job's list)."""
+    pairs = [f"{key}={value}" for key, value in fields.items()]
+    return call(["scontrol", "update", f"JobId={job_id}", *pairs], timeout=timeout, env=env, preexec_fn=preexec_fn)
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """One node as `sinfo -N` prints it: its state (a trailing `*`: not responding) and its reason, if any."""
+
+    name: str
+    state: str  # sinfo %T, lower case: idle, allocated, mixed, down*, drained, idle*...
+    reason: str = ""  # sinfo %E ("Not responding"); "" when none
+    since: Optional[float] = None  # sinfo %H: when the reason was set
+
+    @property
+    def responding(self) -> bool:
+        return not self.state.endswith("*")
+
+    @property
+    def usable(self) -> bool:
+        """A job may be placed on it now: responding, not down, drained, draining, failing or powered off."""
+        bad = ("down", "drain", "fail", "maint", "power", "reboot", "inval", "unknown", "future", "no_respond")
+        return self.responding and not any(word in self.state for word in bad)
+
+
+def node_states(*, nodes: Optional[Sequence[str]] = None, partition: Optional[str] = None,
+                env: Optional[Mapping[str, str]] = None,
+                timeout: Union[str, float] = "node") -> Union[Dict[str, NodeState], NoAnswer]:
+    """{name: NodeState} from `sinfo -h -N [-n NODES] [-p PARTITION] -o %N|%T|%E|%H` (each node once);
+    NoAnswer when sinfo did not answer or refused."""
+    args = ["sinfo", "-h", "-N"]
+    if nodes:
+        args += ["-n", ",".join(nodes)]
+    if partition:
+        args += ["-p", partition]
+    out = call([*args, "-o", "%N|%T|%E|%H"], timeout=timeout, env=env)
+    if isinstance(out, NoAnswer):
+        return out
+    if not out.ok:
+        return NoAnswer(out.args, out.error)
+    states: Dict[str, NodeState] = {}
+    for parts in out.rows():
+        if len(parts) >= 4 and parts[0] not in states:
+            reason = "|".join(parts[2:-1]).strip()  # a reason may hold the separator
+            states[parts[0]] = NodeState(parts[0], parts[1].strip().lower(),
+                                         "" if reason in ("none", "(null)") else reason, parse_timestamp(parts[-1]))
+    return states

@@ -37,7 +37,7 @@ def _trainer_pids(node) -> list:
 
 
 def test_dead_launcher_locally_is_launcher_died_not_a_signal(tmp_path: Path, fakes) -> None:  # noqa: F811
-    run = make_run(tmp_path, cluster={"backend": "local"})
+    run = make_run(tmp_path, cluster={"backend": "local", "requeue": {"max_failure_requeues": 0}})
     node = start_node(fakes, run, local_env())
     node.wait_trainers(2)
     time.sleep(0.3)  # a few steps
@@ -50,7 +50,7 @@ def test_dead_launcher_locally_is_launcher_died_not_a_signal(tmp_path: Path, fak
     (record,) = run.read_attempts()
     assert (record["reason"], record["cause"], record["signal"]) == ("stopped", "launcher-died", None), record
     assert "paddle.distributed.launch exited" in record["message"] and "no step lost" in record["message"]
-    # default max_failure_requeues=0: not restarted, and the message says how to go on
+    # max_failure_requeues=0: not restarted, and the message says how to go on
     assert record["action"] == "requeue-denied" and code == att.EXIT_REQUEUE_DENIED, out
     assert "cluster.requeue.max_failure_requeues=0" in record["message"] and "--resume" in record["message"]
     assert all(not pid_alive(pid) for pid in _trainer_pids(node))
@@ -104,7 +104,7 @@ def test_launcher_death_after_a_trainer_failed_blames_the_trainer() -> None:
 
 
 def test_dead_trainer_and_crashed_trainer_name_the_rank(tmp_path: Path, fakes) -> None:  # noqa: F811
-    run = make_run(tmp_path, cluster={"backend": "local"})
+    run = make_run(tmp_path, cluster={"backend": "local", "requeue": {"max_failure_requeues": 0}})
     code, result, out = start_node(fakes, run, local_env("localA"), mode="crash").finish()  # rank 1: exit 7, no record
     assert code == 1 and (result["reason"], result["cause"], result["signal"]) == ("failed", "trainer-died", None), out
     code, result, out = start_node(fakes, run, local_env("localA", 1), mode="raise").finish()  # rank 1 reports it
@@ -112,7 +112,7 @@ def test_dead_trainer_and_crashed_trainer_name_the_rank(tmp_path: Path, fakes) -
     first, second = run.read_attempts()
     assert (first["cause"], first["ranks"]) == ("trainer-died", [1]) and "ranks [1]" in first["message"]
     assert (second["cause"], second["ranks"]) == ("crashed", [1]) and "rank 1: RuntimeError: boom" in second["message"]
-    # default max_failure_requeues=0: not retried, and the message says which cap and how to go on
+    # max_failure_requeues=0: not retried, and the message says which cap and how to go on
     assert all("max_failure_requeues=0" in a["message"] and "--resume" in a["message"] for a in (first, second))
     assert [a["action"] for a in (first, second)] == ["none", "none"]
 
@@ -164,10 +164,14 @@ def test_a_node_stopped_by_a_failed_peer_neither_hides_the_cause_nor_adds_a_sign
     n0 = start_node(fakes, run, slurm_env(2, 0, nodelist, FAKE_SQUEUE_LEFT="3:00:00"), nproc=1, rank0=0, node=0)
     (c0, r0, o0), (c1, r1, o1) = n0.finish(), n1.finish()
     assert "node 1 failed" in o0, o0  # node 0's launcher stopped its trainer itself (SIGTERM)
-    assert (c0, r0["reason"], r0["cause"], r0["signal"]) == (1, "failed", "crashed", None), o0
+    # a crash may be transient: retried under the default max_failure_requeues=3
+    assert (c0, r0["reason"], r0["cause"], r0["signal"], r0["action"]) == (75, "failed", "crashed", None,
+                                                                           "requeue"), o0
     (record,) = run.read_attempts()
     assert (record["cause"], record["ranks"], record["signal"]) == ("crashed", [1], None), record
     assert "rank 1: RuntimeError: boom" in record["message"]
+    # node 1 (127.0.0.1) is at fault; the stand-in Slurm does not answer `scontrol show job`, so it stays in
+    assert record["excluded"] == {} and record["not_excluded"] == {"127.0.0.1": "scontrol show job did not answer"}
 
 
 def test_combine_nodes_keeps_the_root_cause() -> None:
@@ -232,10 +236,16 @@ def test_each_cause_counts_against_its_cap() -> None:
     assert att.decide_requeue("completed", None, 0, p).action == "none"
 
 
-def test_default_policy_ends_the_run_on_a_launcher_death() -> None:
-    d = att.decide_requeue("stopped", "launcher-died", 0, RequeuePolicy(), [], "7")
-    assert (d.requeue, d.action) == (False, "requeue-denied") and "max_failure_requeues=0" in d.why
+def test_default_policy_retries_three_transient_failures_then_ends_the_run() -> None:
+    for cause in ("launcher-died", "node-failed", "hung", "crashed"):
+        d = att.decide_requeue("stopped" if cause == "launcher-died" else "failed", cause, 0, RequeuePolicy(), [], "7")
+        assert (d.requeue, d.action) == (True, "requeue") and "retry 1 of at most 3" in d.why, cause
+    history = [_requeued("launcher-died"), _requeued("node-failed", "failed"), _requeued("hung", "failed")]
+    d = att.decide_requeue("stopped", "launcher-died", 3, RequeuePolicy(), history, "7")
+    assert (d.requeue, d.action) == (False, "requeue-denied") and "max_failure_requeues=3" in d.why
     assert att.exit_code_for("stopped", d.action) == att.EXIT_REQUEUE_DENIED
+    d = att.decide_requeue("stopped", "launcher-died", 0, RequeuePolicy(max_failure_requeues=0), [], "7")
+    assert (d.requeue, d.action) == (False, "requeue-denied") and "max_failure_requeues=0" in d.why
     assert att.decide_requeue("stopped", "preempted", 0, RequeuePolicy(), [], "7").requeue is True
     assert att.decide_requeue("stopped", "launcher-died", 0, RequeuePolicy(enabled=False)).action == "requeue-denied"
 
@@ -270,7 +280,8 @@ def test_decide_attempt_tells_timeout_from_preemption_by_the_time_left() -> None
                         "cause": "timeout", "ranks": [], "step": 40, "signal": "SIGUSR2", "started": 100.0,
                         "ended": 160.0, "exit_code": 0, "action": "requeue",
                         "message": f"2 trainer(s) saved and stopped; {v.why}", "remaining_s": 150.0,
-                        "backend": "slurm"}
+                        "backend": "slurm", "failed_nodes": [], "excluded": {}, "not_excluded": {},
+                        "reconciled": None}
     assert _decide(stopped, p, remaining_s=3600.0).cause == "preempted"
     assert _decide(stopped, p, remaining_s=None).cause == "preempted"  # unknown: not a time limit
     assert _decide(stopped, p, remaining_s=60.0, preempted=True).cause == "preempted"  # Slurm says so
@@ -359,7 +370,7 @@ def test_warning_while_paddle_is_still_starting_is_a_stop_not_a_failed_start(tmp
     assert "before any trainer started" in result["message"] and result["signal"] == "SIGUSR2", out
     # with no signal, a launcher that starts no trainer is a failed start
     (tmp_path / "b").mkdir()
-    run = make_run(tmp_path / "b", cluster={"backend": "local"})
+    run = make_run(tmp_path / "b", cluster={"backend": "local", "requeue": {"max_failure_requeues": 0}})
     code, result, out = start_node(fakes, run, local_env(), nproc=0, mode="complete").finish()
     assert code == 1 and (result["reason"], result["cause"], result["signal"]) == ("failed", "start-failed", None), out
 

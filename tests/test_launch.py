@@ -447,7 +447,9 @@ def test_failure_requeues_only_what_may_be_transient() -> None:
     assert att.combine_nodes({0: crashed, 1: killed}).retryable is True
     assert att.combine_nodes({0: crashed, 1: nonfinite}).retryable is False  # one deterministic failure decides
     p = RequeuePolicy(max_requeues=5, max_failure_requeues=2)
-    assert att.decide_requeue("failed", None, 0, RequeuePolicy(), retryable=True).requeue is False  # default: 0
+    d = att.decide_requeue("failed", None, 0, RequeuePolicy(), retryable=True)  # default: 3 transient failures
+    assert d.requeue is True and "retry 1 of at most 3" in d.why
+    assert att.decide_requeue("failed", None, 0, RequeuePolicy(max_failure_requeues=0), retryable=True).requeue is False
     assert att.decide_requeue("failed", None, 0, p, retryable=False).requeue is False
     d = att.decide_requeue("failed", None, 0, p, retryable=True)
     assert (d.requeue, d.action) == (True, "requeue") and "retry 1 of at most 2" in d.why
@@ -621,7 +623,8 @@ DRIVER = textwrap.dedent('''
         signal.signal(signal.SIGTERM, boom)
     launcher = NodeLauncher(cfg["run_dir"], local=cfg.get("local"), launcher_argv=cfg["argv"], prepare=prep,
                             stop_grace_s=cfg.get("grace"), peer_wait_s=cfg.get("peer_wait", 10), poll_s=0.05,
-                            kill_after_s=cfg.get("kill_after", 45), start_timeout_s=cfg.get("start_timeout"))
+                            kill_after_s=cfg.get("kill_after", 45), start_timeout_s=cfg.get("start_timeout"),
+                            preflight=cfg.get("preflight", False))  # the pre-flight has tests of its own
     if cfg.get("call"):
         try:
             out = launcher()
@@ -708,10 +711,11 @@ def fakes(tmp_path: Path):
 def start_node(fakes: Dict[str, Path], run: RunDir, env: Dict[str, str], *, mode: str = "stop", nproc: int = 2,
                rank0: int = 0, local: Optional[bool] = None, grace: Optional[float] = None, call: bool = False,
                submitit_like: bool = False, node: int = 0, slow_prep: bool = False,
-               start_timeout: Optional[float] = None) -> Node:
+               start_timeout: Optional[float] = None, preflight: bool = False) -> Node:
     argv = [PY, str(fakes["dir"] / "launcher.py"), str(fakes["dir"] / "trainer.py"), mode, str(nproc), str(rank0)]
     cfg = {"run_dir": str(run.root), "argv": argv, "local": local, "grace": grace, "call": call, "kill_after": 2,
-           "submitit_like": submitit_like, "slow_prep": slow_prep, "start_timeout": start_timeout}
+           "submitit_like": submitit_like, "slow_prep": slow_prep, "start_timeout": start_timeout,
+           "preflight": preflight}
     full_env = {"PATH": f"{fakes['bin']}:{os.environ.get('PATH', '/usr/bin:/bin')}",
                 "PYTHONPATH": str(REPO), "HOME": os.environ.get("HOME", "/tmp"), **env}
     proc = subprocess.Popen([PY, str(fakes["dir"] / "driver.py"), json.dumps(cfg)], env=full_env,
@@ -762,7 +766,7 @@ def test_other_stop_signals_are_forwarded_as_usr2(tmp_path: Path, fakes, sig) ->
 
 
 def test_completed_and_failed_attempts(tmp_path: Path, fakes) -> None:
-    run = make_run(tmp_path, cluster={"backend": "local"})
+    run = make_run(tmp_path, cluster={"backend": "local", "requeue": {"max_failure_requeues": 0}})
     code, result, out = start_node(fakes, run, local_env("localA"), mode="complete").finish()
     assert code == 0 and result["reason"] == "completed" and result["step"] == 5, out
     code, result, out = start_node(fakes, run, local_env("localA", 1), mode="nan").finish()
@@ -776,7 +780,7 @@ def test_completed_and_failed_attempts(tmp_path: Path, fakes) -> None:
 
 def test_a_rendezvous_that_hangs_is_stopped_by_the_start_watchdog(tmp_path: Path, fakes) -> None:
     # The trainers started (pid files) but never got past their first collective: not waited out.
-    run = make_run(tmp_path, cluster={"backend": "local"})
+    run = make_run(tmp_path, cluster={"backend": "local", "requeue": {"max_failure_requeues": 0}})
     node = start_node(fakes, run, local_env(), mode="hang", start_timeout=2.0)
     node.wait_trainers(2)
     code, result, out = node.finish(timeout=30)
@@ -786,7 +790,7 @@ def test_a_rendezvous_that_hangs_is_stopped_by_the_start_watchdog(tmp_path: Path
 
 
 def test_escalation_when_trainers_ignore_the_stop(tmp_path: Path, fakes) -> None:
-    run = make_run(tmp_path, cluster={"backend": "local"})
+    run = make_run(tmp_path, cluster={"backend": "local", "requeue": {"max_failure_requeues": 0}})
     node = start_node(fakes, run, local_env(), mode="ignore", grace=1.0)
     node.wait_trainers(2)
     node.proc.send_signal(signal.SIGUSR2)

@@ -343,12 +343,17 @@ def test_printable_hostile_values_are_refused_or_stay_one_value(tmp_path, hostil
 
     calls = _run(out / "submit.sh", work, env, rec)
     assert [argv for argv, _ in calls] == [
+        [python, "-m", "ernie_cluster.frozen_code", "ensure", run_dir, python],  # the run's code frozen first
         ["sbatch", "--parsable", f"{out}/train.sbatch"],
-        [python, "-m", "ernie_cluster.rundir", "register-job", run_dir, "train", "700", name],
-        ["sbatch", "--parsable", "--dependency=afterok:700", "--kill-on-invalid-dep=yes", f"{out}/convert.sbatch"],
-        [python, "-m", "ernie_cluster.rundir", "register-job", run_dir, "convert", "702", name],
+        [python, "-m", "ernie_cluster.rundir", "register-job", run_dir, "train", "701", name],
+        ["sbatch", "--parsable", "--dependency=afterok:701", "--kill-on-invalid-dep=yes", f"{out}/convert.sbatch"],
+        [python, "-m", "ernie_cluster.rundir", "register-job", run_dir, "convert", "703", name],
     ]
     assert (Path(run_dir) / "slurm").is_dir()
+
+    # the submitit jobs refuse to start without the frozen code submit writes first (here only its manifest)
+    (Path(run_dir) / "code").mkdir()
+    (Path(run_dir) / "code" / "MANIFEST.json").write_text("{}")
 
     for fname in ("submitit.train", "submitit.convert"):
         calls = _run(out / fname, work, env, rec)

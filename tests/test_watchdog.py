@@ -329,7 +329,7 @@ def test_the_watchdog_reads_every_node_and_acts_on_its_own_ranks(tmp_path: Path)
         pids = {0: sleeper.pid}
         lines: List[str] = []
         common = dict(log=lines.append, check_every_s=0.0, settle_s=0.2, suspend_gap_s=1e6, clock=lambda: clock["now"])
-        dog = Watchdog([local, remote], tmp_path / "node0", limits, **common)
+        dog = Watchdog([local, remote], tmp_path / "node0", limits, peer_grace_s=0.0, **common)
         quiet = Watchdog([local, remote], tmp_path / "node0", limits, stop_hung=False, **common)
         clock["now"] = start + 50.0  # rank 0 past its 10 s, but held by rank 2's checkpoint (100 s)
         assert dog.check(pids) is None and quiet.check(pids) is None
@@ -343,3 +343,55 @@ def test_the_watchdog_reads_every_node_and_acts_on_its_own_ranks(tmp_path: Path)
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_node_whose_ranks_only_wait_gives_the_hung_peer_node_time_to_act(tmp_path: Path):
+    """Rank 1 (another node) stopped, rank 0 here blocked in a collective: both are silent, but this node waits
+    `peer_grace_s` for the other node to act on its stopped rank; a stopped rank here is acted on at once."""
+    local, remote = heartbeat_dir(tmp_path / "node0" / "control"), heartbeat_dir(tmp_path / "node1" / "control")
+    Heartbeat(local, 0).phase("train")
+    Heartbeat(remote, 1).phase("train")
+    start = time.time()
+    clock = {"now": start}
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lines: List[str] = []
+        dog = Watchdog([local], tmp_path / "node0", Limits(warmup_s=10.0), log=lines.append, check_every_s=0.0,
+                       settle_s=0.2, suspend_gap_s=1e6, peer_grace_s=30.0, clock=lambda: clock["now"],
+                       monotonic=lambda: clock["now"], peers=lambda: [remote])
+        clock["now"] = start + 20.0
+        assert dog.check({0: sleeper.pid}) is None  # both past 10 s; rank 0 sleeps (S): wait for node1
+        assert any("giving their nodes 30s to act first" in line for line in lines), lines
+        clock["now"] = start + 45.0
+        assert dog.check({0: sleeper.pid}) is None
+        clock["now"] = start + 51.0  # node1 did nothing in 30 s (its launcher may be gone): act here
+        fired = dog.check({0: sleeper.pid})
+        assert fired is not None and fired.hung_ranks == [0, 1]
+
+        os.kill(sleeper.pid, signal.SIGSTOP)  # now the stopped rank is this node's: no waiting
+        time.sleep(0.2)
+        fresh = Watchdog([local], tmp_path / "node0", Limits(warmup_s=10.0), log=lines.append, check_every_s=0.0,
+                         settle_s=0.2, suspend_gap_s=1e6, peer_grace_s=30.0, clock=lambda: clock["now"],
+                         monotonic=lambda: clock["now"], peers=lambda: [remote])
+        fresh.watch_since = start
+        fired = fresh.check({0: sleeper.pid})
+        assert fired is not None and fired.suspects == [0]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_the_spec_section_holds_the_watchdog_defaults_and_refuses_what_cannot_work():
+    from pydantic import ValidationError
+
+    from ernie_cluster.spec.sections import WatchdogSection
+
+    # one set of defaults: the spec's cluster.watchdog and the watchdog's own Limits agree
+    assert Limits.from_mapping(WatchdogSection().model_dump()) == Limits()
+    assert WatchdogSection().enabled is True
+    short = Limits.from_mapping(WatchdogSection(step_s_min=10, warmup_s=20).model_dump())
+    assert (short.step_s_min, short.warmup_s, short.checkpoint_s) == (10.0, 20.0, 1800.0)
+    for bad in ({"step_factor": 1.5}, {"straggler_skew": 1.0}, {"startup_s": 0}, {"step_s_min": -1},
+                {"straggler_floor_s": 0}, {"data_s": "soon"}, {"unknown_s": 5}):
+        with pytest.raises(ValidationError):
+            WatchdogSection(**bad)

@@ -21,11 +21,19 @@ Causes (the `cause`: what ended the attempt, and which cap of `cluster.requeue` 
   crashed        a trainer reported an exception; `ranks` says which
   hung           the trainers were not past their first collective in time (start watchdog)
   start-failed   no trainer started
-                 (these five may be transient: the attempt they ended, failed or stopped, is requeued
+  node-failed    a node of the allocation died (Slurm: NODE_FAIL; its slurmd stopped answering)
+                 (these six may be transient: the attempt they ended, failed or stopped, is requeued
                  within max_failure_requeues, and max_requeues)
+  preflight-failed  a node failed its pre-flight (`preflight`): requeued like the six above when the
+                 failure is a node's (it is then left out of the requeued job), never when every node
+                 failed the same check (the environment's or the run directory's fault)
   nonfinite, setup, data, error
                  failures a new attempt would repeat: never requeued
   peer-failed    this node stopped because another node failed (a node's view only)
+
+Which node is at fault (`NodeOutcome.nodes`, for the exclusion of bad nodes: `node_faults`): the failed
+nodes with the attempt's cause, and of those the one whose trainers failed first (`failed_at`): a trainer
+that crashes makes its peers on other nodes fail a moment later with errors of their own.
 
 Timeout versus preemption is decided from the time left in the allocation when the stop signal
 arrived, never from the order of signals (Slurm changed that order between versions).
@@ -53,11 +61,11 @@ EXIT_REQUEUE_DENIED = 5
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped cleanly, or a transient failure being retried: requeue requested
 
 # Failures a new attempt may not repeat; "failure" is what records said before causes were told apart.
-TRANSIENT_CAUSES = ("launcher-died", "trainer-died", "crashed", "hung", "start-failed", "failure")
+TRANSIENT_CAUSES = ("launcher-died", "trainer-died", "crashed", "hung", "start-failed", "node-failed", "failure")
 # Which failed node's cause names the attempt's: a killed trainer makes its peers crash or hang, and a
 # node stopped by a failed peer only follows it.
-_FAILURE_ORDER = ("nonfinite", "setup", "data", "error", "trainer-died", "crashed", "hung", "start-failed",
-                  "launcher-died", "peer-failed")
+_FAILURE_ORDER = ("nonfinite", "setup", "data", "error", "preflight-failed", "node-failed", "trainer-died", "crashed",
+                  "hung", "start-failed", "launcher-died", "peer-failed")
 
 _PID_RE = re.compile(r"^trainer\.(\d+)\.pid$")
 _EXIT_RE = re.compile(r"^exit\.(\d+)\.json$")
@@ -114,16 +122,20 @@ class NodeOutcome:
     retryable: bool = False  # failed in a way a new attempt may not repeat (killed, crashed, hung rendezvous)
     cause: Optional[str] = None  # what ended it when no outside signal did (see the module's docstring)
     ranks: List[int] = field(default_factory=list)  # the trainers at fault (trainer-died, crashed...)
+    failed_at: Optional[float] = None  # when its first trainer failed (exit record time, or last seen alive)
+    nodes: List[int] = field(default_factory=list)  # `combine_nodes`: the node ranks at fault
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "NodeOutcome":
-        ranks = data.get("ranks")
+        ranks, nodes, failed_at = data.get("ranks"), data.get("nodes"), data.get("failed_at")
         return cls(str(data.get("reason", "failed")), data.get("step"), str(data.get("message", "")),
                    data.get("signal"), data.get("stopped_at"), bool(data.get("retryable", False)),
-                   data.get("cause"), [int(r) for r in ranks] if isinstance(ranks, list) else [])
+                   data.get("cause"), [int(r) for r in ranks] if isinstance(ranks, list) else [],
+                   float(failed_at) if isinstance(failed_at, (int, float)) else None,
+                   [int(k) for k in nodes] if isinstance(nodes, list) else [])
 
 
 def _step(record: Mapping[str, Any]) -> Optional[int]:
@@ -160,7 +172,8 @@ def classify_node(control: ControlState, expected: int, launcher_rc: Optional[in
         if note:
             why = f"{note}; {why}"
         # killed: OOM, a lost peer, NCCL abort
-        return NodeOutcome("failed", step, why, retryable=True, cause="trainer-died", ranks=missing)
+        seen = vanished_at if missing and alive_until is not None and 0 < vanished_at < inf else None
+        return NodeOutcome("failed", step, why, retryable=True, cause="trainer-died", ranks=missing, failed_at=seen)
     if failed:
         details = "; ".join(f"rank {rank}: {r.get('error') or r.get('reason')}" for rank, r in sorted(failed.items()))
         if missing:
@@ -168,7 +181,7 @@ def classify_node(control: ControlState, expected: int, launcher_rc: Optional[in
         kinds = {str(r.get("kind")) for r in failed.values()}
         cause = "crashed" if kinds == {"crash"} else next((k for k in _FAILURE_ORDER if k in kinds), "error")
         return NodeOutcome("failed", step, f"{details}{rc_text}", retryable=cause == "crashed", cause=cause,
-                           ranks=sorted(failed))
+                           ranks=sorted(failed), failed_at=reported_at if reported_at != inf else None)
     if all(r == "completed" for r in reasons.values()):
         extra = f"; note: launcher exit code {launcher_rc}" if launcher_rc not in (0, None) else ""
         return NodeOutcome("completed", step, f"all {len(exits)} trainers completed{extra}")
@@ -207,9 +220,12 @@ def combine_nodes(outcomes: Mapping[int, NodeOutcome]) -> NodeOutcome:
         msg = "; ".join(f"node {k}: {o.message}" for k, o in sorted(failed.items()))
         causes = [o.cause for o in failed.values()]
         cause = next((c for c in _FAILURE_ORDER if c in causes), next((c for c in causes if c), None))
-        ranks = sorted({r for o in failed.values() if o.cause == cause for r in o.ranks})
+        first = _first_failed({k: o for k, o in failed.items() if o.cause == cause})
+        ranks = sorted({r for o in first.values() for r in o.ranks})
+        times = [o.failed_at for o in first.values() if o.failed_at is not None]
         return NodeOutcome("failed", step, msg, retryable=all(o.retryable for o in failed.values()), cause=cause,
-                           ranks=ranks, signal=sigs[0] if sigs else None)
+                           ranks=ranks, signal=sigs[0] if sigs else None, failed_at=min(times) if times else None,
+                           nodes=sorted(first))
     if all(o.reason == "completed" for o in outcomes.values()):
         return NodeOutcome("completed", step, next(iter(outcomes.values())).message if len(outcomes) == 1
                            else f"all {len(outcomes)} nodes completed", signal=sigs[0] if sigs else None)
@@ -224,6 +240,16 @@ def combine_nodes(outcomes: Mapping[int, NodeOutcome]) -> NodeOutcome:
         message = f"{len(stopped)} of {len(outcomes)} nodes stopped at a step boundary"
     return NodeOutcome("stopped", step, message, signal=sigs[0] if sigs else None,
                        stopped_at=min(times) if times else None, cause="launcher-died" if died else None)
+
+
+def _first_failed(nodes: Mapping[int, NodeOutcome]) -> Dict[int, NodeOutcome]:
+    """Of the nodes that failed with the attempt's cause, the one(s) whose trainers failed first, when every one
+    of them says when; else all of them."""
+    times = [o.failed_at for o in nodes.values()]
+    if len(nodes) < 2 or any(t is None for t in times):
+        return dict(nodes)
+    earliest = min(t for t in times if t is not None)
+    return {k: o for k, o in nodes.items() if o.failed_at == earliest}
 
 
 def stop_cause(remaining_s: Optional[float], signal_lead_s: int, margin_s: float = TIMEOUT_MARGIN_S,
@@ -363,6 +389,7 @@ def decide_attempt(total: NodeOutcome, policy: RequeuePolicy, *, job_id: str, re
         message=_attempt_message(total, decision, cancelled, spec_path),
         remaining_s=None if remaining_s is None else round(remaining_s, 1),
         backend="slurm" if on_slurm else "local",
+        failed_nodes=[], excluded={}, not_excluded={}, reconciled=None,
     )
     return AttemptVerdict(record, decision.requeue, decision.why, exit_code_for(total.reason, decision.action))
 

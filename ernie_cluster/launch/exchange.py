@@ -48,7 +48,9 @@ def write_decision(attempt_dir: Path, decision: Dict[str, Any]) -> None:
 
 
 def failed_peer(attempt_dir: Path, cenv: ClusterEnvironment) -> Optional[tuple]:
-    """(rank, message) of another node whose result says it failed; None when none did (yet)."""
+    """(rank, message, failed_at) of another node whose result says it failed (the one whose trainers failed
+    first, when they say when); None when none did (yet)."""
+    found = []
     for k in range(cenv.num_nodes):
         if k == cenv.node_rank:
             continue
@@ -57,8 +59,11 @@ def failed_peer(attempt_dir: Path, cenv: ClusterEnvironment) -> Optional[tuple]:
         except (OSError, ValueError):
             continue
         if data.get("reason") == "failed":
-            return k, data.get("message", "")
-    return None
+            at = data.get("failed_at")
+            found.append((k, data.get("message", ""), float(at) if isinstance(at, (int, float)) else None))
+    if not found:
+        return None
+    return min(found, key=lambda f: (f[2] is None, f[2] or 0.0, f[0]))
 
 
 def wait_for_decision(attempt_dir: Path, peer_wait_s: float, log: Callable[[str], None]) -> Optional[Dict[str, Any]]:

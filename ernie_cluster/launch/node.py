@@ -8,18 +8,24 @@ One attempt on one node (`NodeLauncher._run`: one named step each):
     shell got before srun started ($ERNIE_CLUSTER_STOP_REQUESTED, for this attempt) counts as one;
  2. `_begin`: load the frozen spec, work out who this node is (`cluster_env`);
  3. `_take_lock`: node 0 takes the run's lock (`lock`); nothing is written before it holds it;
- 4. `_open_node_dir`: RUN/logs/attempt-<job>-<restart>/node<k>/ with an empty control/ (`exchange`);
+ 4. `_open_node_dir`: RUN/logs/attempt-<job>-<restart>/node<k>/ with an empty control/ (`exchange`); on
+    node 0 of a requeued Slurm attempt, the previous attempt's record is checked against Slurm's word
+    (`slurm_actions.reconcile_previous`: a dead node's NODE_FAIL, whose launchers were killed unrecorded);
  5. `_build_command`: `python -m paddle.distributed.launch ...` (`command`), the wiring in the log;
- 6. `_prepare_data`: node 0 prepares the data, the other nodes wait for its READY marker (`prepare`);
- 7. `_supervise`: run paddle's launcher to its end, forwarding stop signals to the trainers by pid,
+ 6. `_preflight`: this node's pre-flight (`preflight`: the trainers' imports, GPUs, run directory, disk), its
+    report in node<k>/preflight.json; a failure ends the attempt here, naming the node (`preflight-failed`);
+ 7. `_prepare_data`: node 0 prepares the data, the other nodes wait for its READY marker (`prepare`);
+ 8. `_supervise`: run paddle's launcher to its end, forwarding stop signals to the trainers by pid,
     stopping a start that hangs, a node whose peer failed, trainers whose launcher died (`supervise`);
- 8. `_node_outcome`: classify this node from its trainers' exit records (`attempt.classify_node`) and
+ 9. `_node_outcome`: classify this node from its trainers' exit records (`attempt.classify_node`) and
     what the launcher saw (a hang, a failed peer, a dead paddle launcher: `launcher-died`, not a signal);
- 9. `_finish`: write node_result.json. Node 0 combines all nodes and concludes the attempt
+10. `_finish`: write node_result.json. Node 0 combines all nodes and concludes the attempt
     (`attempt.decide_attempt`: the cause, timeout vs preemption from the time left when the signal came,
-    the requeue policy, the exit code), appends it to RUN/attempts.jsonl, publishes the verdict for the
-    other nodes, then runs `scontrol requeue` when allowed (or `scancel` after `cancel`). The other
-    nodes adopt node 0's verdict unless they failed themselves.
+    the requeue policy, the exit code), names the nodes at fault (`node_faults`: a node Slurm says died
+    while it was silent, a failed pre-flight, a hang or crash on some nodes only), appends the record to
+    RUN/attempts.jsonl, publishes the verdict for the other nodes, then runs `scontrol requeue` when
+    allowed, leaving the nodes at fault out of the requeued job (`slurm_actions`), or `scancel` after
+    `cancel`. The other nodes adopt node 0's verdict unless they failed themselves.
 
 Exit codes (also `LaunchResult.exit_code`): 0 completed, 1 failed (not requeued), 2 bad environment or
 spec, 3 run directory locked by another live run, 4 data preparation failed, 5 stopped but the requeue
@@ -40,13 +46,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, IO, List, Optional, Sequence, Tuple, Union
 
+from ..frozen_code import attempt_code_problem
 from ..rundir import RunDir, write_atomic
 from ..spec import JobSpec, load_frozen
 from . import attempt as att
+from . import preflight as pf
+from . import slurm_actions
 from .cluster_env import ClusterEnvError, ClusterEnvironment, detect_environment, node_address
 from .command import TRAIN_MODULE, CommandError, build_launch_command, launch_environment
-from .exchange import (HANDLED_SIGNALS, collect_peers, failed_peer, open_node_dir, slurm_command, wait_for_decision,
-                       write_decision, write_node_result)
+from .conclude import conclude
+from .exchange import HANDLED_SIGNALS, failed_peer, open_node_dir, slurm_command, wait_for_decision, write_node_result
 from .lock import acquire_run_lock, release_run_lock
 from .prepare import DataPrepError, marker, prepare_data, run_preparation, wait_for_data
 from .results import AttemptFailed, LaunchResult
@@ -82,7 +91,8 @@ class NodeLauncher:
                  prepare: Optional[Callable[..., Any]] = None, env: Optional[Dict[str, str]] = None,
                  stop_grace_s: Optional[float] = None, start_timeout_s: Optional[float] = None,
                  data_timeout_s: Optional[float] = None, peer_wait_s: float = 60.0, kill_after_s: float = 45.0,
-                 poll_s: float = 0.2, timeout_margin_s: float = att.TIMEOUT_MARGIN_S):
+                 poll_s: float = 0.2, timeout_margin_s: float = att.TIMEOUT_MARGIN_S,
+                 preflight: Optional[bool] = None):
         self.run_dir = str(run_dir)
         self.local = local
         self.python = python
@@ -97,6 +107,7 @@ class NodeLauncher:
         self.kill_after_s = kill_after_s
         self.poll_s = poll_s
         self.timeout_margin_s = timeout_margin_s
+        self.preflight = preflight  # None: unless $ERNIE_CLUSTER_PREFLIGHT=0 (stand-in launcher tests skip it)
         self._reset()
 
     def _reset(self) -> None:
@@ -108,6 +119,7 @@ class NodeLauncher:
         self._preempted_at_signal: Optional[bool] = None
         self._start_failed: Optional[str] = None
         self._peer_failed: Optional[str] = None
+        self._hung: Optional[att.NodeOutcome] = None  # the hang watchdog's verdict on this node (supervise)
         self._orphaned: Optional[List[int]] = None  # ranks still running when the paddle launcher exited
         self._stopped_itself = False  # this launcher signalled the trainers with no outside signal
         self._alive_until: Dict[int, float] = {}  # rank -> when its trainer was last seen running
@@ -186,7 +198,10 @@ class NodeLauncher:
         if refused is not None:
             return refused
         self._open_node_dir(a)
+        slurm_actions.reconcile_previous(a.run, a.cenv, self._log)  # node 0 of a requeued Slurm attempt only
         argv, ended = self._build_command(a)
+        if ended is None:
+            ended = self._preflight(a)
         if ended is None:
             ended = self._prepare_data(a)
         if ended is not None:  # the attempt ended before any trainer started
@@ -216,6 +231,10 @@ class NodeLauncher:
             return self._result(None, "failed", att.EXIT_CONFIG, str(exc))
         self._on_slurm = cenv.is_slurm
         self._prefix = f"[ernie_cluster.launch node {cenv.node_rank}/{cenv.num_nodes}]"
+        code_problem = attempt_code_problem(run.root)  # never train with code other than what was submitted
+        if code_problem:
+            self._log(f"ERROR: {code_problem}")
+            return self._result(cenv, "failed", att.EXIT_CONFIG, code_problem)
         a = _Attempt(env, run, spec, cenv, started=time.time())
         self._early_stop_request(a)
         return a
@@ -283,6 +302,32 @@ class NodeLauncher:
             self._log("stand-in launcher instead: " + " ".join(argv))
         return argv, None
 
+    def _preflight(self, a: _Attempt) -> Optional[att.NodeOutcome]:
+        """This node's pre-flight in the trainers' interpreter and environment, its report in preflight.json.
+        None to go on; else a failed outcome naming the node (cause `preflight-failed`; retryable when the
+        failure is likely this machine's), and on node 0 a FAILED data marker, so the other nodes stop waiting."""
+        enabled = self.preflight if self.preflight is not None else \
+            a.env.get(pf.ENABLE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+        if not enabled:
+            return None
+        report = pf.preflight_for_spec(a.spec, a.run.root, python=self.python or sys.executable, host=a.cenv.node_name,
+                                       env=launch_environment(a.env, a.control)[0],
+                                       timeout_s=env_float(a.env, pf.TIMEOUT_ENV, pf.DEFAULT_TIMEOUT_S) or 1.0)
+        injected = pf.injected_failure(a.env, a.cenv.node_name, a.cenv.node_rank)
+        if injected is not None:
+            report.checks.append(injected)
+        pf.write_report(a.node_dir, report)
+        for line in report.describe().splitlines():
+            self._log(line)
+        if report.ok:
+            return None
+        self._log(f"ERROR: {report.summary()}")
+        if a.cenv.node_rank == 0 and a.cenv.num_nodes > 1:
+            write_atomic(marker(a.run, "FAILED", a.cenv.attempt),
+                         json.dumps({"error": report.summary(), "cause": "preflight-failed"}) + "\n")
+        return att.NodeOutcome("failed", None, report.summary(), retryable=report.node_fault, cause="preflight-failed",
+                               failed_at=time.time())
+
     def _prepare_data(self, a: _Attempt) -> Optional[att.NodeOutcome]:
         """Node 0 prepares the data, the other nodes wait for it. None to go on; else how the attempt ended:
         stopped (a stop signal came) or failed (cause `data`)."""
@@ -300,10 +345,25 @@ class NodeLauncher:
             self._log(f"ERROR: data preparation: {exc}")
             if self._signals:
                 return att.NodeOutcome("stopped", None, f"stopped before training started: {exc}")
+            followed = self._node0_preflight_failed(a)
+            if followed:
+                return att.NodeOutcome("failed", None, followed, retryable=True, cause="peer-failed")
             return att.NodeOutcome("failed", None, f"data preparation failed: {exc}", cause="data")
         if self._signals:
             return att.NodeOutcome("stopped", None, "stop signal before training started")
         return None
+
+    def _node0_preflight_failed(self, a: _Attempt) -> Optional[str]:
+        """Another node: what node 0's FAILED data marker says when its pre-flight failed; else None."""
+        if a.cenv.node_rank == 0:
+            return None
+        try:
+            data = json.loads(marker(a.run, "FAILED", a.cenv.attempt).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("cause") != "preflight-failed":
+            return None
+        return f"node 0 failed its pre-flight: {data.get('error')}"
 
     def _child_env(self, a: _Attempt) -> Dict[str, str]:
         child_env, secrets, overrides = launch_environment(a.env, a.control)
@@ -329,7 +389,12 @@ class NodeLauncher:
                 self._peer_failed = f"node {peer[0]} failed first: {peer[1]}"
         if self._start_failed:  # whatever the trainers wrote when they were stopped: this attempt never trained
             outcome = att.NodeOutcome("failed", outcome.step, self._start_failed, retryable=True, cause="hung")
-        elif self._peer_failed and outcome.reason == "failed":  # a consequence, not a cause of its own
+        elif self._hung:  # a rank here made no progress: whatever its trainers wrote once stopped
+            if outcome.step is not None:
+                self._hung.step = outcome.step
+            outcome = self._hung
+        elif self._peer_failed and outcome.reason == "failed" and not self._failed_first(a, outcome):
+            # a consequence, not a cause of its own
             outcome.cause, outcome.message = "peer-failed", f"{self._peer_failed}; {outcome.message}"
         elif self._orphaned is not None:
             outcome = self._after_launcher_death(outcome, rc)
@@ -338,6 +403,13 @@ class NodeLauncher:
             outcome = att.NodeOutcome("stopped", None, f"stop signal before any trainer started (launcher exit "
                                                        f"code {rc})")
         return outcome
+
+    def _failed_first(self, a: _Attempt, outcome: att.NodeOutcome) -> bool:
+        """This node's trainers failed before those of the peer that failed first (their exit records' times):
+        it is a cause, not a follower, even when the peer published its result first."""
+        peer = failed_peer(a.node_dir.parent, a.cenv)
+        return (outcome.failed_at is not None and peer is not None and peer[2] is not None
+                and outcome.failed_at < peer[2])
 
     def _after_launcher_death(self, outcome: att.NodeOutcome, rc: Optional[int]) -> att.NodeOutcome:
         """The paddle launcher exited (code `rc`) while trainers ran, before any stop signal."""
@@ -371,76 +443,8 @@ class NodeLauncher:
         return result
 
     def _conclude(self, a: _Attempt, outcome: att.NodeOutcome, rc: Optional[int]) -> LaunchResult:
-        """Node 0: combine every node's outcome, decide (`attempt.decide_attempt`), then record and act on it."""
-        run, cenv = a.run, a.cenv
-        outcomes = {0: outcome}
-        if cenv.num_nodes > 1:
-            outcomes.update(collect_peers(run, cenv, a.spec, self.peer_wait_s, self._log))
-        total = att.combine_nodes(outcomes)
-        cancelled = run.cancel_requested(cenv.job_id)
-        remaining, preempted = self._stop_timing(total, cenv, cancelled)
-        verdict = att.decide_attempt(
-            total, a.spec.cluster.requeue, job_id=cenv.job_id, restart=cenv.restart_count, on_slurm=cenv.is_slurm,
-            attempts=run.read_attempts(), cancelled=cancelled, remaining_s=remaining, preempted=preempted,
-            margin_s=self.timeout_margin_s, spec_path=str(run.spec), node=cenv.node_name, nodes=cenv.num_nodes,
-            started=a.started, ended=time.time(), launcher_rc=rc)
-        self._log_verdict(verdict, total, cenv.is_slurm, remaining)
-        verdict = self._carry_out(a, verdict)
-        cause, action = verdict.cause, verdict.action
-        self._log(f"attempt {cenv.attempt}: {total.reason}{' (' + cause + ')' if cause else ''}, step {total.step}, "
-                  f"action {action}, exit code {verdict.exit_code}")
-        return self._result(cenv, total.reason, verdict.exit_code, verdict.record["message"], step=total.step,
-                            cause=cause, action=action, signal=verdict.record["signal"], log_dir=str(a.node_dir))
-
-    def _stop_timing(self, total: att.NodeOutcome, cenv: ClusterEnvironment,
-                     cancelled: bool) -> Tuple[Optional[float], Optional[bool]]:
-        """(time left in the allocation, being preempted) when the stop signal came, as seen then; for a stop
-        whose cause the outside signal decides on Slurm, asked now what was not known then."""
-        remaining, preempted = self._remaining_at_signal, self._preempted_at_signal
-        if total.reason != "stopped" or total.cause is not None or cancelled or not cenv.is_slurm:
-            return remaining, preempted
-        if remaining is None:
-            when = self._signals[0][1] if self._signals else (total.stopped_at or time.time())
-            end = cenv.refresh_end_time()
-            remaining = None if end is None else end - when
-        if preempted is None:
-            preempted = cenv.query_preempted()
-        return remaining, preempted
-
-    def _log_verdict(self, verdict: att.AttemptVerdict, total: att.NodeOutcome, on_slurm: bool,
-                     remaining: Optional[float]) -> None:
-        cause = verdict.cause
-        if total.reason == "stopped":
-            left = "" if not on_slurm or cause == "launcher-died" else \
-                f"; time left at the signal: {'unknown' if remaining is None else f'{remaining:.0f}s'}"
-            self._log(f"attempt stopped ({cause}{left}): {verdict.action} - {verdict.why}")
-        elif total.reason == "failed" and verdict.why:
-            self._log(f"attempt failed ({cause}, {'may be transient' if total.retryable else 'not retried'}): "
-                      f"{verdict.action} - {verdict.why}")
-
-    def _carry_out(self, a: _Attempt, verdict: att.AttemptVerdict) -> att.AttemptVerdict:
-        """Record and publish the verdict, then act on Slurm: `scontrol requeue` when the policy allows it,
-        `scancel` after `cancel`. Returns the verdict as recorded last."""
-        cenv = a.cenv
-        self._publish(a, verdict)
-        if verdict.requeue and cenv.is_slurm:
-            ok, detail = self._slurm_command(cenv, "scontrol", "requeue", cenv.job_id)
-            if ok:
-                self._log(f"requeued job {cenv.job_id} (scontrol requeue)")
-            else:
-                verdict = verdict.requeue_failed(detail)
-                self._publish(a, verdict)  # replaces the record above (read_attempts keeps the last per attempt)
-                self._log(f"scontrol requeue {cenv.job_id} failed ({detail}); if Slurm is requeuing the job "
-                          f"itself (preemption with PreemptMode=REQUEUE) this is expected")
-        if verdict.cause == "cancelled" and cenv.is_slurm:  # end the job as CANCELLED, not as a failed exit status
-            ok, detail = self._slurm_command(cenv, "scancel", cenv.job_id)
-            self._log(f"scancel {cenv.job_id}: {'done' if ok else detail}")
-        return verdict
-
-    def _publish(self, a: _Attempt, verdict: att.AttemptVerdict) -> None:
-        # Before `scontrol requeue`: the requeue SIGTERMs this job's processes, srun kills its tasks.
-        a.run.record_attempt(verdict.record)
-        write_decision(a.node_dir.parent, dict(verdict.record, exit_code_node=verdict.exit_code))
+        """Node 0: combine every node's outcome, decide, record and act on it (`conclude`)."""
+        return conclude(self, a, outcome, rc)
 
     def _slurm_command(self, cenv: ClusterEnvironment, program: str, *args: str) -> Tuple[bool, str]:
         return slurm_command(cenv, program, *args)

@@ -6,12 +6,17 @@ and would die), with $ERNIE_CLUSTER_CONTROL_DIR naming the control directory the
   to every live trainer pid there; trainers are in their own sessions, so signals to the paddle
   launcher never reach them. Not done after a grace period (`stop_grace`): SIGTERM the launcher and
   the trainers, then SIGKILL what is left.
-- Start watchdog: trainers not all past their first collective in time (`ready.<rank>`): SIGTERM the
-  launcher and the trainers at once (SIGKILL later); the attempt is `hung`. The same when another node
-  published a failure (this node then only followed it: `peer-failed`).
+- Start watchdog: trainers neither past their first collective (`ready.<rank>`) nor beating (a heartbeat,
+  which hands them to the hang watchdog) in time: SIGTERM the launcher and the trainers at once (SIGKILL
+  later); the attempt is `hung`. The same when another node published a failure (this node then only
+  followed it: `peer-failed`).
+- Hang watchdog (`watchdog.Watchdog`, limits from cluster.watchdog): a rank of this node silent past its
+  phase's limit: its node's trainers' Python stacks are recorded (stacks.rank<k>.txt), then the same
+  SIGTERM/SIGKILL; the attempt is `hung` with this node and the ranks at fault (`NodeLauncher._hung`).
+  Stragglers are logged, and every check leaves watchdog.json in the node's log directory for `status`.
 - The paddle launcher exits while trainers still run, with no stop signal: it died. The trainers are
   asked to save and stop with SIGUSR2 (`launcher-died`), then TERMed and KILLed: none outlives it.
-What happened is left on the `NodeLauncher` (`_start_failed`, `_peer_failed`, `_orphaned`, ...).
+What happened is left on the `NodeLauncher` (`_start_failed`, `_hung`, `_peer_failed`, `_orphaned`, ...).
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
 
 from ..procs import pid_alive, start_ticks
 from ..spec import JobSpec
+from ..train.heartbeat import heartbeat_dir
 from . import attempt as att
 from .cluster_env import ClusterEnvironment
-from .exchange import failed_peer
+from .exchange import failed_peer, write_node_result
+from .watchdog import Limits, Watchdog, read_heartbeats
 
 if TYPE_CHECKING:  # pragma: no cover
     from .node import NodeLauncher
@@ -86,6 +93,7 @@ class Supervisor:
         self.kill_at: Optional[float] = None
         self.term_sent = False
         self.note = ""
+        self.watchdog: Optional[Watchdog] = None
 
     def _log(self, message: str) -> None:
         self.launcher._log(message)
@@ -147,7 +155,8 @@ class Supervisor:
         child = self.child
         assert child is not None
         if not self.term_sent:
-            self._log("trainers did not stop in time: sending SIGTERM to the paddle launcher")
+            why = "trainers did not stop in time" if self.stop_at is not None else "ending the attempt"
+            self._log(f"{why}: sending SIGTERM to the paddle launcher and the trainers")
             try:
                 child.send_signal(signal.SIGTERM)
             except ProcessLookupError:
@@ -170,7 +179,7 @@ class Supervisor:
 
     def run(self) -> Tuple[Optional[int], str]:
         """Start the paddle launcher and supervise it to the end: (its exit code or None, a note)."""
-        launcher, cenv, spec, control = self.launcher, self.cenv, self.spec, self.control
+        launcher, cenv = self.launcher, self.cenv
         try:
             child = subprocess.Popen(self.argv, env=self.env, start_new_session=True, preexec_fn=ignore_stop_signals)
         except OSError as exc:
@@ -183,36 +192,22 @@ class Supervisor:
             env_float(self.env, "ERNIE_CLUSTER_START_TIMEOUT_S", 1800.0)
         start_deadline = time.monotonic() + float(start_timeout)
         next_peer_check = 0.0
+        self.watchdog = self._make_watchdog()
 
         while child.poll() is None:
             self.handle_signals()
-            self.trainer_pids()
+            pids = self.trainer_pids()
             now = time.monotonic()
             if self.stop_at is not None:
-                self.forward(self.trainer_pids(), only_new=True)  # trainers that registered after the signal
+                self.forward(pids, only_new=True)  # trainers that registered after the signal
                 if self.escalate_at is not None and now >= self.escalate_at:
                     self.escalate(now)
-            elif now >= start_deadline and len(att.read_control_dir(control).ready) < spec.resources.trainers_per_node:
-                note = (f"the trainers were not all past their first collective within {start_timeout:.0f}s "
-                        f"(rendezvous at {cenv.main_address}:{cenv.main_port}?)")
-                self.note = note
-                self._log(f"ERROR: {note}; stopping the launcher")
-                launcher._start_failed = note
-                launcher._stopped_itself = True
-                start_deadline = float("inf")
-                self.escalate_at = now
-                self.escalate(now)
+            elif not self.term_sent and not self._watch(pids, now) and now >= start_deadline:
+                start_deadline = float("inf")  # decided once: every trainer started, or the attempt ends
+                self._check_start(now, start_timeout)
             if cenv.num_nodes > 1 and now >= next_peer_check and not self.term_sent:
                 next_peer_check = now + 2.0
-                peer = failed_peer(control.parent.parent, cenv)
-                if peer:
-                    note = f"node {peer[0]} failed: {peer[1]}"
-                    self.note = note
-                    self._log(f"ERROR: {note}; stopping this node's launcher")
-                    launcher._peer_failed = note
-                    launcher._stopped_itself = True
-                    self.escalate_at = now
-                    self.escalate(now)
+                self._check_peer(now)
             if self.term_sent and self.kill_at is not None and now >= self.kill_at:
                 self.escalate(now)
             time.sleep(launcher.poll_s)
@@ -221,6 +216,85 @@ class Supervisor:
         self._reap(rc)
         self.handle_signals()
         return rc, self.note
+
+    def _stop_itself(self, note: str, now: float) -> None:
+        """End the attempt from here (a hang, a failed peer): the note, then SIGTERM (SIGKILL later)."""
+        self.note = note
+        self.launcher._stopped_itself = True
+        self.escalate_at = now
+        self.escalate(now)
+
+    def _check_start(self, now: float, start_timeout: float) -> None:
+        """The start watchdog, once its time is up: trainers neither past their first collective nor beating."""
+        if self._started() >= self.spec.resources.trainers_per_node:
+            return
+        cenv = self.cenv
+        note = (f"the trainers were not all past their first collective within {start_timeout:.0f}s "
+                f"(rendezvous at {cenv.main_address}:{cenv.main_port}?)")
+        self._log(f"ERROR: {note}; stopping the launcher")
+        self.launcher._start_failed = note
+        self._stop_itself(note, now)
+
+    def _check_peer(self, now: float) -> None:
+        """Another node published a failure: this node only follows it."""
+        peer = failed_peer(self.control.parent.parent, self.cenv)
+        if peer:
+            note = f"node {peer[0]} failed: {peer[1]}"
+            self._log(f"ERROR: {note}; stopping this node's launcher")
+            self.launcher._peer_failed = note
+            self._stop_itself(note, now)
+
+    def _make_watchdog(self) -> Watchdog:
+        """This node's hang watchdog: its own trainers' heartbeats, every other node's (on the shared run
+        directory) for context; limits from cluster.watchdog."""
+        cfg = self.spec.cluster.watchdog
+        node_dir = self.control.parent
+
+        def peers() -> List[Path]:  # the other nodes' directories appear as they start
+            return [heartbeat_dir(d / "control") for d in sorted(node_dir.parent.glob("node*")) if d != node_dir]
+
+        limits = Limits.from_mapping(cfg.model_dump())
+        self._log(f"hang watchdog {'on' if cfg.enabled else 'off (warnings only)'}: silence allowed in start-up "
+                  f"{limits.startup_s:g}s, data {limits.data_s:g}s, evaluation {limits.evaluation_s:g}s, checkpoint "
+                  f"{limits.checkpoint_s:g}s, training {limits.step_factor:g} x median step (at least "
+                  f"{limits.step_s_min:g}s; {limits.warmup_s:g}s until {limits.min_step_samples} steps were measured)")
+        return Watchdog([heartbeat_dir(self.control)], node_dir, limits, log=self._log, stop_hung=cfg.enabled,
+                        peers=peers)
+
+    def _started(self) -> int:
+        """Trainers of this node the start watchdog no longer covers: past their first collective, or (the
+        hang watchdog being on) beating, which hands them to the hang watchdog's phase limits."""
+        started = set(att.read_control_dir(self.control).ready)
+        if self.watchdog is not None and self.watchdog.stop_hung:
+            started |= set(read_heartbeats(heartbeat_dir(self.control)))
+        return len(started)
+
+    def _watch(self, pids: Dict[int, int], now: float) -> bool:
+        """The hang watchdog's poll. True when a rank of this node is hung: its stacks were recorded, the
+        attempt is `hung` (NodeLauncher._hung) and the launcher and trainers are being stopped.
+
+        This node's result is published before any trainer is stopped: the trainers of other nodes fail once
+        these are gone, and their nodes must find this one failed first (`failed_peer`: `peer-failed`), not
+        take their own broken collectives for the cause."""
+        if self.watchdog is None:
+            return False
+        verdict = self.watchdog.check(pids)
+        if verdict is None:
+            return False
+        cenv = self.cenv
+        ranks = [r for r in verdict.suspects if r in pids] or [h.rank for h in verdict.hung if h.rank in pids]
+        note = (f"hung on node {cenv.node_rank} ({cenv.node_name}), ranks {ranks}: {verdict.describe()}; Python "
+                f"stacks in {self.control.parent}/stacks.rank<k>.txt")
+        self._log(f"ERROR: {note}; stopping the launcher")
+        wall = time.time()
+        silent_since = min((wall - h.silent_s for h in verdict.hung if h.rank in ranks), default=wall)
+        outcome = att.NodeOutcome("failed", verdict.last_step, note, retryable=True, cause="hung", ranks=ranks,
+                                  failed_at=silent_since)
+        self.launcher._hung = outcome
+        write_node_result(self.control.parent, dict(outcome.to_dict(), launcher_exit_code=None,
+                                                    node=cenv.node_name, time=wall, preliminary=True))
+        self._stop_itself(note, now)
+        return True
 
     def _reap(self, rc: Optional[int]) -> None:
         """Trainers run in their own sessions: make sure none outlives the launcher."""

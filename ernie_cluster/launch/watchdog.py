@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from ..train.heartbeat import DUMP_SIGNAL, stack_file
 
+STUCK_STATES = ("T", "t", "D")  # /proc states of a process that cannot be merely waiting: stopped, traced, in the kernel
 SUMMARY = "watchdog.json"  # the actor's latest view, in the node's log directory (for `status`)
 LONG_PHASES = ("start-up", "data", "evaluation", "checkpoint", "launch")
 IDLE_PHASES = ("done",)  # a trainer that finished beating: nothing to watch
@@ -299,7 +300,12 @@ class Watchdog:
     `check_every_s`, logs stragglers, writes SUMMARY for `status`, and when a rank of this node is hung
     records every local trainer's stacks and returns the verdict (the caller then ends the attempt).
 
-    A trainer that has not beaten yet is left to the supervisor's start watchdog (ready.<rank> in time)."""
+    A trainer that has not beaten yet is left to the supervisor's start watchdog (ready.<rank> in time).
+
+    When this node's hung ranks look merely blocked (not stopped, not in the kernel: waiting in a collective)
+    while a rank of another node is hung too, this node waits `peer_grace_s` before it acts: the other node
+    may find its rank stopped or stuck and act on it, which frees these ranks or ends the attempt (a failed
+    peer), and the attempt then names the rank at fault rather than every rank that waited for it."""
 
     directories: Sequence[Path]  # every node's heartbeat directory, this node's first (the others: context)
     log_dir: Path  # this node's log directory: stack files and SUMMARY
@@ -312,6 +318,8 @@ class Watchdog:
     settle_s: float = 5.0
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
+    peers: Optional[Callable[[], Sequence[Path]]] = None  # more of the other nodes' directories, found per check
+    peer_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
         self.watch_since = self.clock()
@@ -321,6 +329,7 @@ class Watchdog:
         self.stragglers_logged = float("-inf")
         self.fired: Optional[Verdict] = None
         self.warned: Tuple[int, ...] = ()
+        self.deferred_since: Optional[float] = None  # monotonic: when this node began to wait for a peer node
 
     def check(self, pids: Mapping[int, int]) -> Optional[Verdict]:
         """`pids`: this node's live trainers (rank -> pid). The verdict once a local rank is hung, else None."""
@@ -335,7 +344,8 @@ class Watchdog:
             self.watch_since = now  # our silence was everybody's: do not count it against them
             self.log(f"watchdog: no check for {gap:.0f}s (job suspended?): silence before now is not counted")
         self.last_check, self.last_check_wall = mono, now
-        beats = read_heartbeats(*self.directories[1:])
+        remote = [*self.directories[1:], *(self.peers() if self.peers is not None else ())]
+        beats = read_heartbeats(*remote)
         # A trainer of this node that exited is not silent but gone: the exit records and classify_node tell.
         beats.update({r: b for r, b in read_heartbeats(self.directories[0]).items() if r in pids})
         states = {rank: process_state(pid) for rank, pid in pids.items()}
@@ -344,13 +354,28 @@ class Watchdog:
         self._write_summary(verdict, beats, now)
         local = tuple(h.rank for h in verdict.hung if h.rank in pids)
         if not local:
+            self.deferred_since = None
             return None
         if not self.stop_hung:
             if local != self.warned:
                 self.log(f"WARNING: hung, not stopped (the watchdog is disabled): {verdict.describe()}")
             self.warned = local
             return None
+        if self._defer_to_peer(verdict, pids, mono):
+            return None
         return self._fire(verdict, pids)
+
+    def _defer_to_peer(self, verdict: Verdict, pids: Mapping[int, int], mono: float) -> bool:
+        """Wait (up to `peer_grace_s`) for another node to act first? See the class's docstring."""
+        stuck = [h.rank for h in verdict.hung if h.rank in pids and h.state[:1] in STUCK_STATES]
+        remote = [h.rank for h in verdict.hung if h.rank not in pids]
+        if stuck or not remote or self.peer_grace_s <= 0:
+            return False
+        if self.deferred_since is None:
+            self.deferred_since = mono
+            self.log(f"watchdog: {verdict.describe()}; ranks {sorted(pids)} here only wait, ranks {remote} on "
+                     f"other nodes are hung too: giving their nodes {self.peer_grace_s:.0f}s to act first")
+        return mono - self.deferred_since < self.peer_grace_s
 
     def _fire(self, verdict: Verdict, pids: Mapping[int, int]) -> Verdict:
         """A local rank is hung: log it, record every local trainer's stacks, remember the verdict."""

@@ -62,9 +62,31 @@ class RequeuePolicy(Section):
     signal: Literal["USR1", "USR2"] = "USR2"
     signal_lead_s: int = Field(120, ge=10, le=3600, description="seconds before the end Slurm sends the signal")
     max_failure_requeues: int = Field(
-        0, ge=0, le=100, description="requeues after a failure that may be transient (paddle's launcher died, a "
-                                     "trainer killed or crashed, a rendezvous that hung); never after a non-finite "
-                                     "loss or a setup error")
+        3, ge=0, le=100, description="requeues after a failure that may be transient (paddle's launcher died, a "
+                                     "trainer killed or crashed, a hang, a dead node, a node that failed its "
+                                     "pre-flight); never after a non-finite loss or a setup error")
+    max_excluded_nodes: int = Field(
+        4, ge=0, le=1000, description="nodes ernie_cluster may leave out of the requeued job (ExcNodeList) after a "
+                                      "hang, a crash, a dead node or a failed pre-flight on them; 0: none. Never so "
+                                      "many that the partition has fewer usable nodes than the job needs")
+
+
+class WatchdogSection(Section):
+    """Hang detection (`ernie_cluster.launch.watchdog`): how long a trainer may go without a heartbeat in each
+    phase before its attempt ends as `hung`, and when a slow rank is reported as a straggler. The defaults suit
+    ERNIE 1.0 base on V100s (0.5-1 s steps, a 1.3 GB checkpoint); a false "hung" costs a restart."""
+
+    enabled: bool = Field(True, description="end an attempt with a hung rank; false: only log it")
+    startup_s: float = Field(1800.0, gt=0, description="start-up: imports, rendezvous, resume")
+    data_s: float = Field(3600.0, gt=0, description="opening the datasets (rank 0 builds the sample index)")
+    evaluation_s: float = Field(1800.0, gt=0, description="one evaluation (the final test split is 10x eval_iters)")
+    checkpoint_s: float = Field(1800.0, gt=0, description="one checkpoint or snapshot write")
+    step_s_min: float = Field(300.0, gt=0, description="training: the learned limit is never tighter than this")
+    step_factor: float = Field(20.0, ge=2, description="training: this many median step times")
+    warmup_s: float = Field(900.0, gt=0, description="training before 5 steps were measured")
+    straggler_skew: float = Field(1.5, gt=1, description="a rank whose median busy time per step is this many "
+                                                           "times the fastest rank's is a straggler")
+    straggler_floor_s: float = Field(0.1, gt=0, description="... and at least this many seconds more")
 
 
 # sbatch options ernie_cluster sets itself: cluster.extra_sbatch may not, and the message names the field to use.
@@ -96,6 +118,7 @@ class ClusterSection(Section):
     exclusive: bool = False
     extra_sbatch: Dict[str, str] = Field(default_factory=dict, description="more sbatch options: {option: value}")
     requeue: RequeuePolicy = Field(default_factory=RequeuePolicy)
+    watchdog: WatchdogSection = Field(default_factory=WatchdogSection)
     convert_partition: Optional[str] = None
     convert_time: str = "01:00:00"
     master_port: int = Field(0, ge=0, le=65535, description="0: derive a port from the job id")

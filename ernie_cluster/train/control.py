@@ -11,7 +11,9 @@
     SIGUSR1/2),
   - ``ready.<global_rank>`` once its first collective with every other rank returned (the node
     launcher's start watchdog waits for these: a rendezvous that hangs is stopped, not waited
-    out until the time limit), and
+    out until the time limit),
+  - ``heartbeat/rank<global_rank>.json``: its progress, per step and per phase, for the node launcher's
+    hang watchdog (`heartbeat`), and
   - ``exit.<global_rank>.json`` at the end:
     ``{"reason": "stopped", "step": N, "signal": "SIGUSR2"}``,
     ``{"reason": "completed", "step": N}`` or

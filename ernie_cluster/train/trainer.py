@@ -9,8 +9,8 @@ the validation split at step 0, recorded in VisualDL and in every checkpoint's
 trainer_state.json), or from random weights with model.random_init (`start.py`).
 
 Loop (`Trainer._train`): batch -> step -> log -> test hooks -> the ranks agree (one max
-all-reduce) on "continue / stop signal / non-finite loss" -> evaluation every `eval_freq`,
-checkpoint every `checkpoint_steps`, snapshot every `save_steps`. A stop saves a checkpoint at
+all-reduce) on "continue / stop signal / non-finite loss" -> a heartbeat -> evaluation every
+`eval_freq`, checkpoint every `checkpoint_steps`, snapshot every `save_steps`. A stop saves a checkpoint at
 that boundary and exits 0 with exit.<rank>.json {"reason": "stopped"}; a non-finite loss exits 4
 with {"reason": "failed"}. At max_steps a final checkpoint, a snapshot and the test-split
 evaluation, then {"reason": "completed"} and exit 0.
@@ -18,6 +18,11 @@ evaluation, then {"reason": "completed"} and exit 0.
 Exit codes: 0 completed or stopped; 3 setup problem (incompatible checkpoint, bad model
 config, data); 4 non-finite loss; 1 anything else. Every non-zero exit writes
 {"reason": "failed", "error": ...} so the launcher never requeues a hopeless run.
+
+Progress (`heartbeat`, with $ERNIE_CLUSTER_CONTROL_DIR): one heartbeat per step (its wall time and this
+rank's own share of it: data and host work) and one per phase (start-up, data, evaluation,
+checkpoint, train, done) for the node launcher's hang watchdog; SIGURG writes every thread's Python
+stack into stacks.rank<k>.txt beside the worker logs.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from .digests import batch_digest, param_digest
+from .hooks import CRASH_ONCE_ENV, SLOW_RANK_ENV, STOP_AT_ENV, Hooks  # noqa: F401 - the test hooks' variables
+
 log = logging.getLogger("ernie_cluster.train")
 
 EXIT_OK = 0
@@ -41,12 +49,6 @@ EXIT_NONFINITE = 4
 CODE_CONTINUE = 0
 CODE_STOP = 1
 CODE_FAIL = 2
-
-
-# Test hooks: behave as if a stop signal arrived right after this step; crash rank 0 once after step N
-# (`N:<marker file>`: the marker makes it once per run, as a transient fault would be).
-STOP_AT_ENV = "ERNIE_CLUSTER_TEST_STOP_AT_STEP"
-CRASH_ONCE_ENV = "ERNIE_CLUSTER_TEST_CRASH_ONCE"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -86,13 +88,18 @@ class Trainer:
     def __init__(self, run_dir: Path):
         from ..rundir import RunDir
         from ..spec import load_frozen
-        from .control import StopFlag
+        from .control import StopFlag, control_dir
         from .dist_env import DistEnv
+        from .heartbeat import Heartbeat, heartbeat_dir, install_stack_dump, stack_file
 
         self.run = RunDir(Path(run_dir).resolve())
         self.dist = DistEnv.from_environ()
         setup_logging(self.dist.rank)
         self.stop = StopFlag().install()
+        cdir = control_dir()
+        if cdir is not None:  # the node's log directory holds the control directory
+            install_stack_dump(stack_file(cdir.parent, self.dist.rank))
+        self.heartbeat = Heartbeat(heartbeat_dir(cdir) if cdir else None, self.dist.rank)
         self._load_frozen = load_frozen
         self.spec = None
         self.step: Optional[int] = None  # completed steps; None until the start point is known (exit records)
@@ -137,7 +144,7 @@ class Trainer:
         self._setup()
         self.step = self._resume_or_start()
         self._open_metrics()
-        self._read_test_hooks()
+        self.hooks = Hooks.from_environ(self.dist.rank)
         log.info("start-up took %.1fs; training steps %d -> %d", time.time() - t_start, self.step, t.max_steps)
         self._evaluate_start()
         self.stream = None
@@ -146,18 +153,25 @@ class Trainer:
         try:
             code = self._agree()
             control.write_ready(self.dist.rank)  # every rank answered: the rendezvous worked
+            self.heartbeat.phase("train")
             while True:
                 if code != CODE_CONTINUE:
                     return self._stop_or_fail(code)
                 if self.step >= t.max_steps:
                     return self._complete()
+                t0 = time.perf_counter()
                 micro_batches = self._next_batch()
                 lr = self.schedule.for_update(self.step)
+                t1 = time.perf_counter()
                 res = self.engine.train_step(self.step, micro_batches)
+                t2 = time.perf_counter()
                 self.step += 1
                 self._log_step(res, lr, micro_batches)
-                self._test_hooks()
+                self.hooks.after_step(self.step, self.stop)
+                t3 = time.perf_counter()
                 code = self._agree(failing=self.nonfinite_run > self.nonfinite_limit)
+                # busy: this rank's own work (data, logging); the all-reduces make wall time equal on all ranks
+                self.heartbeat.step(self.step, time.perf_counter() - t0, busy_s=(t1 - t0) + (t3 - t2))
                 if code == CODE_CONTINUE:  # a stop or a failure skips the periodic work: see the loop's top
                     self._maybe_evaluate()
                     self._maybe_checkpoint()
@@ -178,7 +192,8 @@ class Trainer:
         self._check_world()
         self.config = model_config(spec)
         self.schedule = LRSchedule.from_spec(spec)
-        self.datasets = open_datasets(spec, run.data_cache, is_builder=dist.rank == 0)
+        with self.heartbeat.during("data"):
+            self.datasets = open_datasets(spec, run.data_cache, is_builder=dist.rank == 0)
         vocab = check_run_vocab(spec)  # the corpus's recorded vocab must be the run's (and the model's)
         if dist.rank == 0:
             log.info("%s", vocab.summary())
@@ -265,21 +280,6 @@ class Trainer:
         self.metrics.step(self.step, res.loss, res.lm_loss, res.sop_loss, lr, res.loss_scale,
                           data_digest=batch_digest(micro_batches) if self.metrics.loss_log is not None else None)
 
-    def _read_test_hooks(self) -> None:
-        stop_at = os.environ.get(STOP_AT_ENV)
-        self.stop_at_step = int(stop_at) if stop_at else None
-        crash_step, _, crash_marker = os.environ.get(CRASH_ONCE_ENV, "").partition(":")
-        self.crash_once = (crash_step, crash_marker)
-
-    def _test_hooks(self) -> None:
-        """After a step: a test's stop "signal" (STOP_AT_ENV) or rank 0's one simulated crash (CRASH_ONCE_ENV)."""
-        if self.stop_at_step is not None and self.step == self.stop_at_step:
-            self.stop.set("TEST_STOP_AT_STEP")
-        crash_step, marker = self.crash_once
-        if marker and self.dist.rank == 0 and self.step == int(crash_step) and not os.path.exists(marker):
-            Path(marker).write_text(f"{self.step}\n")
-            raise RuntimeError(f"{CRASH_ONCE_ENV}: simulated transient fault after step {self.step}")
-
     # -- periodic work ----------------------------------------------------
     def _maybe_evaluate(self) -> None:
         t = self.spec.train
@@ -302,9 +302,10 @@ class Trainer:
         if n <= 0 or ds is None or len(ds) == 0:
             return
         t0 = time.time()
-        res = [self.engine.eval_batch(mb) for mb in eval_micro_batches(self.spec, ds, self.dist, index, n)]
-        local = [sum(r.loss for r in res), sum(r.lm_loss for r in res), sum(r.sop_loss for r in res), len(res)]
-        total = self.collective.sum_floats(local)
+        with self.heartbeat.during("evaluation"):
+            res = [self.engine.eval_batch(mb) for mb in eval_micro_batches(self.spec, ds, self.dist, index, n)]
+            local = [sum(r.loss for r in res), sum(r.lm_loss for r in res), sum(r.sop_loss for r in res), len(res)]
+            total = self.collective.sum_floats(local)
         n_total = max(1.0, total[3])
         loss, lm, sop = total[0] / n_total, total[1] / n_total, total[2] / n_total
         self.metrics.eval_record(split, at, loss=loss, local_loss=local[0] / max(1, len(res)), micro_batches=len(res))
@@ -326,9 +327,10 @@ class Trainer:
             return
         t0 = time.time()
         seed = self.spec.train.seed
-        self.manager.save(at, model_state=self.engine.model_state, optimizer_state=self.engine.optimizer_state,
-                          trainer_state=self._trainer_state(at),
-                          rng_state=capture_rng(self.dist.rank, paddle_seed_scheme(seed, self.dist.rank)))
+        with self.heartbeat.during("checkpoint"):
+            self.manager.save(at, model_state=self.engine.model_state, optimizer_state=self.engine.optimizer_state,
+                              trainer_state=self._trainer_state(at),
+                              rng_state=capture_rng(self.dist.rank, paddle_seed_scheme(seed, self.dist.rank)))
         self.last_saved = at
         self.metrics.exclude(time.time() - t0)
 
@@ -348,7 +350,8 @@ class Trainer:
             return
         t0 = time.time()
         out = self.run.snapshots / f"model_{at}"
-        write_snapshot(self.spec, self.config, out, self.engine.model_state())
+        with self.heartbeat.during("checkpoint"):
+            write_snapshot(self.spec, self.config, out, self.engine.model_state())
         self.last_snapshot = at
         log.info("snapshot %s written", out)
         self.metrics.exclude(time.time() - t0)
@@ -388,33 +391,6 @@ class Trainer:
         return EXIT_OK
 
 
-def batch_digest(micro_batches) -> str:
-    """crc32 of this rank's step input (all micro-batches, all fields): compares data streams across runs."""
-    import zlib
-
-    import numpy as np
-
-    crc = 0
-    for mb in micro_batches:
-        for key in sorted(mb):
-            crc = zlib.crc32(np.ascontiguousarray(mb[key]).tobytes(), crc)
-    return f"{crc:08x}"
-
-
-def param_digest(engine) -> str:
-    """sha256 over this rank's parameters (structured-name order): data-parallel ranks must agree."""
-    import hashlib
-
-    import numpy as np
-
-    h = hashlib.sha256()
-    state = engine.model_state()
-    for name in sorted(state):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(state[name]).tobytes())
-    return h.hexdigest()
-
-
 def write_snapshot(spec, config: Dict[str, Any], out_dir: Path, model_state) -> Path:
     """A `from_pretrained`-loadable directory: weights, config files, tokenizer files."""
     from .checkpoint import write_model_dir
@@ -438,4 +414,10 @@ def main(argv=None) -> int:
     import numpy  # noqa: F401 - before paddle
 
     trainer = Trainer(Path(args.run_dir))
-    return trainer.main()
+    try:
+        return trainer.main()
+    finally:
+        hb = trainer.heartbeat
+        hb.phase("done")  # gone, not silent: nothing left to watch
+        if hb.enabled:
+            log.info("heartbeats: %d (%d files written), %.1f us each", hb.calls, hb.writes, hb.cost * 1e6)

@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from .durable import fsync_dir, fsync_file, replace_dir
 from .frozen_paths import (CODE_DIR, MANIFEST, PACKAGES, SITE_DIR, code_dir, code_environment, code_pythonpath,
-                           code_setup_lines, finder_mapping, frozen_run_root, frozen_site, seal_imports)
+                           code_setup_lines, finder_mapping, frozen_run_root, frozen_site, is_inside, seal_imports)
 from .frozen_records import (PipRun, diff_pip, finish_pip_freeze, git_commit, git_state, git_toplevel, pip_freeze,
                              start_pip_freeze)
 
@@ -122,20 +122,12 @@ def iter_package_files(src: Path) -> Iterator[Tuple[str, Path]]:
     src = src.resolve()
     for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
         here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not _skipped_name(d) and _inside(here / d, src))
+        dirnames[:] = sorted(d for d in dirnames if not _skipped_name(d) and is_inside(here / d, src))
         for name in sorted(filenames):
             path = here / name
-            if _skipped_name(name) or not _inside(path, src) or not path.is_file():
+            if _skipped_name(name) or not is_inside(path, src) or not path.is_file():
                 continue
             yield path.relative_to(src).as_posix(), path
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root)
-    except ValueError:
-        return False
-    return True
 
 
 def _copy_hashed(src: Path, dst: Path, chunk: int = 1 << 20) -> str:
@@ -359,7 +351,7 @@ def running_frozen(run_root: Path) -> Optional[str]:
     PYTHONPATH (a setup line that overwrote it, Python < 3.11 started in a checkout) shows up here.
     """
     site = Path(code_pythonpath(run_root)).resolve()
-    wrong = {name: src for name, src in package_sources().items() if not _inside(src, site)}
+    wrong = {name: src for name, src in package_sources().items() if not is_inside(src, site)}
     if not wrong:
         return None
     where = ", ".join(f"{name} from {src}" for name, src in sorted(wrong.items()))

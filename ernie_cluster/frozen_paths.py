@@ -98,3 +98,12 @@ def seal_imports() -> List[str]:
             sys.meta_path.remove(finder)
             removed.append(getattr(finder, "__module__", type(finder).__name__))
     return removed
+
+
+def is_inside(path: Path, root: Path) -> bool:
+    """Whether `path`, links resolved, lies under `root` (which the caller has resolved)."""
+    try:
+        path.resolve().relative_to(root)
+    except ValueError:
+        return False
+    return True

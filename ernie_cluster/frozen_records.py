@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
+from .frozen_paths import is_inside
+
 PIP_TIMEOUT_S = 120.0  # pip freeze imports pip and walks site-packages; slow on a network file system
 GIT_TIMEOUT_S = 60.0
 CACHE_ENV = "ERNIE_CLUSTER_CACHE_DIR"
@@ -239,14 +241,6 @@ def git_commit(top: Optional[Path]) -> Optional[str]:
     return ((_git(top, "rev-parse", "--verify", "HEAD") or "").strip() or None) if top else None
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root)
-    except ValueError:
-        return False
-    return True
-
-
 def git_state(sources: Mapping[str, Path], top: Union[Path, None, bool] = True) -> Optional[Tuple[Dict[str, Any], str]]:
     """(git.json content, uncommitted diff) of the checkout `ernie_cluster` comes from, or None.
 
@@ -259,7 +253,7 @@ def git_state(sources: Mapping[str, Path], top: Union[Path, None, bool] = True) 
         return None
     commit = git_commit(root)
     branch = (_git(root, "rev-parse", "--abbrev-ref", "HEAD") or "").strip() or None
-    inside = {name: src for name, src in sources.items() if _inside(src, root)}
+    inside = {name: src for name, src in sources.items() if is_inside(src, root)}
     specs = [src.relative_to(root).as_posix() for src in inside.values()]
     diff = _git(root, "diff", "--no-color", "--no-ext-diff", "--binary", "HEAD", "--", *specs) if commit else None
     untracked = (_git(root, "ls-files", "--others", "--exclude-standard", "--", *specs) or "").splitlines()

@@ -233,18 +233,13 @@ def _print_watchdog(console, view: Optional[Dict[str, Any]]) -> None:
     if not view or not (view["hung"] or view["stragglers"]):
         return
     when = f"hang watchdog, {view['attempt']}, {_fmt_age(view['age_s'])}"
-    for entry in view["hung"]:
-        try:
-            text = Hung(**entry).describe()
-        except TypeError:
-            text = str(entry)
-        console.print(f"[red]HUNG[/red] {escape(text)} ({escape(when)})", highlight=False)
-    for entry in view["stragglers"]:
-        try:
-            text = Straggler(**entry).describe()
-        except TypeError:
-            text = str(entry)
-        console.print(f"[yellow]WARNING[/yellow] straggler {escape(text)} ({escape(when)})", highlight=False)
+    for key, record, label in (("hung", Hung, "[red]HUNG[/red]"), ("stragglers", Straggler, "[yellow]WARNING[/yellow] straggler")):
+        for entry in view[key]:
+            try:
+                text = record(**entry).describe()
+            except TypeError:  # a watchdog.json from another version: show it as it is
+                text = str(entry)
+            console.print(f"{label} {escape(text)} ({escape(when)})", highlight=False)
 
 
 def _fmt_age(seconds: float) -> str:

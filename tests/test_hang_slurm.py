@@ -11,11 +11,14 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Dict, List
 
 import pytest
+
+from ernie_cluster.launch.cluster_env import expand_hostlist
 
 from test_chain_slurm import cli, finished, losses, sacct_states, status, submit, wait_until
 
@@ -87,6 +90,7 @@ def test_a_sigstopped_trainer_is_hung_within_its_limit_requeued_and_ends_like_an
     node_name = json.loads((node1 / "node_result.json").read_text())["node"]
     assert f"hung on node 1 ({node_name}), ranks [1]" in record["message"], record
     assert "process state T" in record["message"], record  # the stopped rank, seen as such
+    assert list(record["excluded"]) == [node_name], record  # the hung node is left out of the requeued attempt
 
     # Found within its limit (plus the watchdog's 5 s poll and the 1 s heartbeat rate limit), not at the
     # job's time limit (15 minutes).
@@ -107,6 +111,10 @@ def test_a_sigstopped_trainer_is_hung_within_its_limit_requeued_and_ends_like_an
     st = status(run)
     assert [(a["reason"], a["cause"]) for a in st["attempts"]] == [("failed", "hung"), ("completed", None)]
     assert sacct_states(job["train"])[-1] == "COMPLETED"
+    node_lists = subprocess.run(["sacct", "-n", "-P", "-X", "--duplicates", "-j", job["train"], "-o", "NodeList"],
+                                capture_output=True, text=True, check=True).stdout.split()
+    first, last = expand_hostlist(node_lists[0]), expand_hostlist(node_lists[-1])
+    assert node_name in first and node_name not in last and len(last) == 2, node_lists  # ran elsewhere after
     resumed = re.findall(r"resumed from \S+: step (\d+)",
                          (run / "logs" / f"attempt-{job['train']}-1" / "node0" / "workerlog.0").read_text())
     assert len(resumed) == 1 and 20 <= int(resumed[0]) <= stopped_step + 10, (resumed, stopped_step)

@@ -73,6 +73,9 @@ def stop_grace(configured_s: Optional[float], env: Dict[str, str], spec: JobSpec
     return max(60.0, min(max(2.0 * lead, 300.0), remaining - 30.0))
 
 
+HUNG_KILL_AFTER_S = 5.0  # TERM to SIGKILL once a rank is declared hung
+
+
 class Supervisor:
     """One run of the paddle launcher; records what happened on the `NodeLauncher` it serves."""
 
@@ -294,6 +297,9 @@ class Supervisor:
         write_node_result(self.control.parent, dict(outcome.to_dict(), launcher_exit_code=None,
                                                     node=cenv.node_name, time=wall, preliminary=True))
         self._stop_itself(note, now)
+        # The stacks are recorded and nothing is left to save: the other ranks wait in a collective with
+        # the hung one, and a frozen or D-state trainer ignores TERM. Kill soon instead of after the grace.
+        self.kill_at = min(self.kill_at or now + HUNG_KILL_AFTER_S, now + HUNG_KILL_AFTER_S)
         return True
 
     def _reap(self, rc: Optional[int]) -> None:

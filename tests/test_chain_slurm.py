@@ -170,8 +170,11 @@ def test_transient_failure_is_requeued_resumes_and_converts(tmp_path, cleanup):
 
 
 def _preempt_nodes(cleanup: List[str]) -> str:
-    """A high-priority job that needs every CPU of both nodes: the low job must make way."""
-    out = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "2", "--exclusive", "-c", "4", "-o", "/dev/null",
+    """A high-priority job that needs every CPU of every node: the low job must make way, wherever it runs."""
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-p", "high", "-o", "%N"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    out = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", str(len(set(nodes))), "--exclusive", "-c", "4",
+                          "-o", "/dev/null",
                           "--wrap", "sleep 3"], capture_output=True, text=True, check=True).stdout
     job_id = out.strip().split(";")[0]
     cleanup.append(job_id)

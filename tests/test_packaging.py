@@ -238,5 +238,10 @@ def test_wheel_in_a_new_venv_renders_submits_to_slurm_trains_and_converts(slurm_
     assert str(REPO) not in trainer_env.get("PYTHONPATH", ""), trainer_env.get("PYTHONPATH")
     convert_out = "\n".join(p.read_text() for p in (run / "slurm").rglob(f"{ids['conversion']}_*.out"))
     assert f"ernie_cluster: running {py} -m ernie_cluster.convert" in convert_out, convert_out[-3000:]
+    # submit froze the wheel's code from the new venv into the run; the jobs imported that frozen copy.
+    sources = json.loads((run / "code" / "MANIFEST.json").read_text())["sources"]
+    assert {name: Path(src) for name, src in sources.items()} == {
+        "ernie_cluster": site / "ernie_cluster", "data_tools": site / "data_tools"}, sources
     for module in JOB_ONLY_MODULES:
-        assert _pyc(site, module).is_file(), f"the jobs did not import {module} from the new venv ({site})"
+        assert _pyc(run / "code" / "site", module).is_file(), f"the jobs did not import {module} from the frozen copy"
+        assert not _pyc(site, module).exists(), f"a job imported {module} from the venv, not the run's frozen copy"

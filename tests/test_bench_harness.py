@@ -217,3 +217,88 @@ def test_gpu_path_spec_is_valid_and_its_log_parser_reads_the_trainers_lines(tmp_
     found = LOG_LINE.findall(caplog.text)
     assert [int(s) for s, _, _ in found] == [25, 50]
     assert all(float(sps) > 0 and abs(int(tps) - float(sps) * 128) <= 64 for _, sps, tps in found)
+
+
+def _hang_trial(variant, resumed, **kw):
+    t = {"variant": variant, "job": "7", "step_at_hang": 25, "last_step": 26, "resumed_step": 20, "steps_lost": 6,
+         "resumed": resumed, "job_state": "requeued" if resumed else "TIMEOUT", "startup_s": 15.0,
+         "hang_after_submit_s": 20.0, "left_in_allocation_s": 100.0, "attempt_reason": "failed",
+         "attempt_cause": "hung", "action": "requeue", "watchdog_limit_s": 10.0, "hang_logged_s": 10.0,
+         "warning_s": None, "ended_s": 47.0, "to_restart_s": 68.0, "to_resumed_log_s": 79.0, "resume_s": 79.3,
+         "first_step_after": 21}
+    t.update(kw)
+    return t
+
+
+def test_hang_bench_spec_rows_and_freezer():
+    """The hang benchmark needs Slurm; what it submits, its rows and the way it freezes a trainer can be checked."""
+    import signal
+    import time
+
+    from bench import bench_hang
+    from ernie_cluster.spec import load_spec
+
+    for quick in (True, False):
+        for variant, overrides in bench_hang._variants(quick).items():
+            spec = load_spec(bench_hang.TINY, ["output_dir=/tmp/x", *overrides], check_paths=False)
+            assert spec.cluster.watchdog.enabled is (variant == "ours")
+            assert spec.cluster.watchdog.step_s_min == bench_hang.WATCHDOG["step_s_min"]
+            assert spec.cluster.requeue.signal_lead_s == bench_hang.SIGNAL_LEAD_S
+    assert "cluster.time=00:02:00" in bench_hang._variants(True)["baseline"]
+
+    # the baseline resumed: its own figure; not resumed (TIMEOUT, no requeue): the end of its job, said so
+    ours = _hang_trial("ours", True)
+    for resumed, expect in ((True, 120.0), (False, 113.0)):
+        base = _hang_trial("baseline", resumed, attempt_reason=None if not resumed else "failed",
+                           attempt_cause=None if not resumed else "trainer-died", warning_s=23.0, ended_s=113.0,
+                           resume_s=120.0 if resumed else None)
+        rows = [normalize_row(r) for r in bench_hang._rows([{"ours": ours, "baseline": base}], "LIMITS", "MACHINE")]
+        assert [r["name"] for r in rows] == ["hang: seconds from hang to training resumed",
+                                             "hang: seconds from hang to attempt ended", "hang: training steps lost"]
+        resume, ended, lost = rows
+        assert resume["value"] == 79.3 and resume["baseline_value"] == expect
+        assert resume["ratio"] == pytest.approx(79.3 / expect) and resume["goal_met"] is True
+        assert ended["value"] == 47.0 and ended["baseline_value"] == 113.0
+        assert lost["value"] == lost["baseline_value"] == 6
+        assert "LIMITS" in resume["note"] and "MACHINE" in resume["note"]
+        assert "Slurm's time-limit warning" in resume["note"]
+        assert ("not requeued" in resume["baseline"]) is (not resumed)
+        assert resume["baseline_not_resumed"] == (0 if resumed else 1)
+        json.dumps(rows)
+
+    # frozen: neither SIGCONT nor a handled signal revives it; SIGKILL ends it and its exit is collected
+    proc = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\n"
+                             "signal.signal(signal.SIGUSR2, lambda *a: print('usr2', flush=True))\n"
+                             "print('up', flush=True)\n"
+                             "while True: print('tick', flush=True); time.sleep(0.05)"],
+                            stdout=subprocess.PIPE)
+    fd = proc.stdout.fileno()
+
+    def printed() -> bytes:
+        try:
+            return os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return b""
+
+    try:
+        first = b""
+        while b"\n" not in first:
+            first += os.read(fd, 1)
+        assert first == b"up\n"
+        freezer = bench_hang.Freezer()
+        freezer.freeze(proc.pid)
+        os.set_blocking(fd, False)
+        time.sleep(0.2)
+        printed()  # what it printed before it was frozen
+        for sig in (signal.SIGCONT, signal.SIGUSR2, signal.SIGTERM):
+            os.kill(proc.pid, sig)
+        time.sleep(0.5)
+        assert printed() == b"" and proc.poll() is None
+        freezer.kill_all()
+        assert not freezer.tids  # every thread's exit collected (the tracer reaps its own child: no status left)
+        proc.wait(timeout=10)
+        with pytest.raises(ProcessLookupError):
+            os.kill(proc.pid, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

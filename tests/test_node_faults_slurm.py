@@ -188,7 +188,8 @@ def test_a_node_failing_its_preflight_is_named_excluded_and_the_run_goes_on_else
     assert f"preflight failed on {bad}" in first["message"] and "hung" not in first["message"]
     assert list(first["excluded"]) == [bad] and first["not_excluded"] == {}
     # the requeued job will not run there, and the next attempt ran on the two other nodes
-    assert bad in job_field(job, "ExcNodeList").split(","), job_field(job, "ExcNodeList")
+    # The record is written before the requeue; the ExcNodeList update follows it once the job is pending.
+    assert wait_until(lambda: bad in job_field(job, "ExcNodeList").split(","), 30, f"ExcNodeList to name {bad}")
     wait_until(lambda: len(run.read_attempts()) >= 2, 240, "the requeued attempt to finish")
     second = run.read_attempts()[1]
     assert (second["reason"], second["restart"]) == ("completed", 1), second

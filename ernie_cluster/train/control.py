@@ -3,7 +3,9 @@
 * SIGUSR1, SIGUSR2, SIGTERM and SIGINT only set a flag (`StopFlag`); nothing is saved
   inside a handler. The training loop polls the flag at every step boundary, the ranks
   agree on it (any rank stopping stops all), a checkpoint is saved at that boundary and
-  the trainer exits 0.
+  the trainer exits 0. Only USR1/USR2 are relied on: paddle's own SIGTERM handler, once
+  paddle has installed it, replaces this one and ends the trainer at once (seen in the hang
+  tests), so the launcher asks trainers to stop with SIGUSR2 (supervise.STOP_SIGNAL), never TERM.
 * With ``$ERNIE_CLUSTER_CONTROL_DIR`` set, a trainer writes
 
   - ``trainer.<global_rank>.pid`` at start (the node launcher forwards signals to these

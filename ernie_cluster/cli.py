@@ -1,4 +1,4 @@
-"""`python -m ernie_cluster {validate,render,submit,status,logs,cancel,pretrained}`.
+"""`python -m ernie_cluster {validate,render,submit,status,logs,cancel,plot,pretrained}`.
 
 Exit status: 0 success, 1 runtime failure, 2 bad input (spec, overrides, refused submission), 130 interrupted.
 This module and everything it imports at the top stays light: no paddle on the login node.
@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="how long running training may take to checkpoint before scancel (default 180)")
             p.add_argument("--now", action="store_true", help="scancel at once, without a checkpoint")
 
+    p = sub.add_parser("plot", help="write a PNG of loss and learning rate over steps across all attempts, with "
+                                    "stops, requeues and resumes marked and samples/s per attempt")
+    p.add_argument("run_dir", help="the run directory (the spec's output_dir)")
+    p.add_argument("--out", help="where to write the PNG (default RUN_DIR/plot.png)")
+
     from .pretrained import add_arguments as pretrained_arguments  # paddle-free; paddlenlp only when it runs
 
     p = sub.add_parser("pretrained", help="write a verified local copy of a released model (e.g. ernie-1.0-base-zh) "
@@ -129,6 +134,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .pretrained import run as pretrained_run
 
             return pretrained_run(args)
+        if args.command == "plot":
+            return _plot(args)
         if args.command in ("validate", "render", "submit"):
             path_warnings: List[SpecProblem] = []
             try:
@@ -216,6 +223,23 @@ def _write_rendered(rendered: RenderedRun, out: Path) -> None:
               file=sys.stderr)
     print(f"# wrote {out}/train.sbatch{', convert.sbatch' if rendered.convert_sbatch else ''} and submit.sh; "
           f"submit with: {out}/submit.sh (or sbatch them yourself)", file=sys.stderr)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .plot import PlotError, plot_run  # matplotlib only inside plot_run
+
+    try:
+        result = plot_run(args.run_dir, args.out)
+    except PlotError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote {result['out']}")
+    for mark in result["marks"]:
+        print(f"  {mark['kind']:<8} step {mark['step']}: {mark['label']}")
+    for t in result["throughput"]:
+        value = t["median_samples_per_s"]
+        print(f"  {t['attempt']}: median {value:.1f} samples/s" if value is not None else f"  {t['attempt']}: no steps")
+    return 0
 
 
 def _run_dir_command(args: argparse.Namespace) -> int:

@@ -67,7 +67,7 @@ from ernie_cluster.rundir import RunDir
 
 from bench.bench_preempt import (TERMINAL, LossTail, _check_alive, _first_stamp, _job_state, _on_sigterm,
                                   _scancel_and_wait)
-from bench.common import (REPO, Skip, load_avg, make_row, module_main, slurm_answered, slurm_available, slurm_env,
+from bench.common import (REPO, Skip, load_avg, make_row, module_main, slurm_answered, slurm_cluster_env,
                           summarize)
 
 PY = sys.executable
@@ -324,17 +324,8 @@ def _pair(tmp: Path, idx: int, env: Dict[str, str], quick: bool) -> Dict[str, Di
             print(f"bench_hang: WARNING: jobs still queued after scancel: {' '.join(left)}", file=sys.stderr)
 
 
-def _slurm_cluster() -> Dict[str, str]:
-    env = slurm_env()
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    problem = slurm_available(env)
-    if problem:
-        raise Skip(f"needs a Slurm controller: {problem}")
-    return env
-
-
 def run(quick: bool) -> List[Dict[str, Any]]:
-    env = _slurm_cluster()
+    env = slurm_cluster_env()
     t_start, load_before = time.time(), load_avg()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)  # the harness's stop unwinds through _pair's cleanup
     tmp = Path(tempfile.mkdtemp(prefix="bench-hang-"))

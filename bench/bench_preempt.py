@@ -49,7 +49,7 @@ from ernie_cluster import slurm
 
 from ernie_cluster.rundir import AttemptRecord, RunDir
 
-from bench.common import (REPO, Skip, load_avg, make_row, module_main, slurm_answered, slurm_available, slurm_env,
+from bench.common import (REPO, Skip, load_avg, make_row, module_main, slurm_answered, slurm_cluster_env,
                           summarize)
 
 PY = sys.executable
@@ -334,11 +334,7 @@ def _comp(v: str, c: Dict[str, Optional[float]]) -> str:
 
 def _preemptible_cluster() -> Dict[str, str]:
     """The environment for the local cluster's Slurm; Skip unless it has partitions low and high."""
-    env = slurm_env()
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    problem = slurm_available(env)
-    if problem:
-        raise Skip(f"needs a Slurm controller: {problem}")
+    env = slurm_cluster_env()
     names = slurm.sinfo_partitions(env=env, timeout="query")
     parts = [] if isinstance(names, slurm.NoAnswer) else names
     if not {"low", "high"} <= {p.rstrip("*") for p in parts}:

@@ -240,6 +240,16 @@ def slurm_available(env: Optional[Mapping[str, str]] = None, timeout: float = 10
 
 # -------------------------------------------------------------------- rows ---
 
+
+def slurm_cluster_env() -> Dict[str, str]:
+    """The local cluster's Slurm environment, with this checkout importable by its jobs; Skip without a controller."""
+    env = slurm_env()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    problem = slurm_available(env)
+    if problem:
+        raise Skip(f"needs a Slurm controller: {problem}")
+    return env
+
 def make_row(name: str, value: Optional[float], unit: str, *, baseline: str = "", baseline_value: Optional[float] = None,
              higher_is_better: bool = False, goal: str = "", goal_met: Optional[bool] = None,
              runs: Optional[Sequence[float]] = None, spread: Optional[Mapping[str, float]] = None,

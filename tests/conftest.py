@@ -86,3 +86,12 @@ def slurm_cluster() -> SlurmCluster:
     env = dict(shlex.split(line)[1].split("=", 1) for line in out.splitlines() if line)
     os.environ["SLURM_CONF"] = env["SLURM_CONF"]
     return SlurmCluster(conf=Path(env["SLURM_CONF"]), state_dir=Path(env["ERNIE_SLURM_DIR"]))
+
+
+@pytest.fixture
+def cleanup():
+    """Job ids a test appends as it submits; every one is scancelled after the test, whatever happened."""
+    ids: list = []
+    yield ids
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True)

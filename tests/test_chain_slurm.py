@@ -80,14 +80,6 @@ def _cluster(slurm_cluster):
     yield
 
 
-@pytest.fixture
-def cleanup():
-    ids: List[str] = []
-    yield ids
-    if ids:
-        subprocess.run(["scancel", *ids], capture_output=True)
-
-
 def test_two_node_chain_completes_with_wiring_status_and_logs(tmp_path, cleanup):
     job = submit(tmp_path, "chain")
     cleanup += [job["train"], job["convert"]]

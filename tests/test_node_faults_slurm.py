@@ -38,14 +38,6 @@ def _cluster(slurm_cluster):
     yield slurm_cluster
 
 
-@pytest.fixture
-def cleanup():
-    ids: List[str] = []
-    yield ids
-    if ids:
-        subprocess.run(["scancel", *ids], capture_output=True)
-
-
 def job_nodes(job_id: str) -> List[str]:
     out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%N"], capture_output=True, text=True).stdout.strip()
     return subprocess.run(["scontrol", "show", "hostnames", out], capture_output=True,

@@ -5,7 +5,8 @@ freeze  freeze the code into RUN/code (replacing a frozen copy)
 diff    what differs between RUN's frozen code and the installation (exit 1 when anything does)
 ensure  what submit.sh runs before its sbatch calls: freeze when RUN has no frozen copy, keep an
         identical one, refuse (exit 2) a different one unless --new-code
-PYTHON is the compute nodes' interpreter, whose `pip freeze` is recorded (default: this one).
+PYTHON is the compute nodes' interpreter, whose `pip freeze` is recorded (default: this one); `-`: none (it
+runs inside a container image, environment.container).
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     run, python = Path(rest[0]), rest[1] if len(rest) == 2 else sys.executable
+    compute: Optional[str] = None if python == "-" else python
     if command == "diff":
-        lines = compare_code(run, python=python if len(rest) == 2 else None)
+        lines = compare_code(run, python=compute if len(rest) == 2 else None)
         print("\n".join(lines) if lines else "identical")
         return 1 if lines else 0
     try:
-        frozen = freeze_code(run, python=python) if command == "freeze" else ensure_frozen(
-            run, python=python, new_code=new_code, log=lambda text: print(text, file=sys.stderr))
+        frozen = freeze_code(run, python=compute) if command == "freeze" else ensure_frozen(
+            run, python=compute, new_code=new_code, log=lambda text: print(text, file=sys.stderr))
     except CodeChanged as exc:
         print(f"ernie_cluster: {exc}", file=sys.stderr)
         return 2

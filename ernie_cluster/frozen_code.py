@@ -217,8 +217,11 @@ def _write_records(tmp: Path, manifest: Dict[str, Any], pip: PipRun,
     return info, frozen is not None
 
 
-def freeze_code(run_root: Path, *, python: str) -> FrozenCode:
+def freeze_code(run_root: Path, *, python: Optional[str]) -> FrozenCode:
     """Copy the code a run executes into `<run_root>/code`, replacing an older copy atomically.
+
+    `python`: the compute interpreter whose `pip freeze` is recorded; None when it cannot run here (inside a
+    container image: environment.container), and the manifest says so.
 
     Built in a temporary directory next to it, every file fsynced, then renamed into place
     (durable.replace_dir): a crash leaves the old copy or the new one, never a mix. `pip freeze`
@@ -230,7 +233,8 @@ def freeze_code(run_root: Path, *, python: str) -> FrozenCode:
     run_root.mkdir(parents=True, exist_ok=True)
     tmp = run_root / f".{CODE_DIR}.tmp-{os.getpid()}-{time.time_ns()}"
     top = git_toplevel(sources["ernie_cluster"])
-    pip = start_pip_freeze(python, cwd=run_root, commit=git_commit(top))
+    pip = (start_pip_freeze(python, cwd=run_root, commit=git_commit(top)) if python is not None else
+           PipRun("", error="not recorded: the jobs' interpreter is inside a container image (environment.container)"))
     with ThreadPoolExecutor(max_workers=1) as pool:
         git = pool.submit(git_state, sources, top)
         try:
@@ -313,7 +317,7 @@ def compare_code(run_root: Path, *, sources: Optional[Mapping[str, Path]] = None
     return lines
 
 
-def ensure_frozen(run_root: Path, *, python: str, new_code: bool = False,
+def ensure_frozen(run_root: Path, *, python: Optional[str], new_code: bool = False,
                   log: Callable[[str], None] = print) -> Optional[FrozenCode]:
     """The run's frozen copy, for a submission into `run_root` that continues it (`submit --resume`, submit.sh).
 

@@ -16,10 +16,11 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import jinja2
 
+from . import container
 from .frozen_paths import code_setup_lines
 from .slurm_options import (Options, chain_options, convert_options, sbatch_lines, submitit_log, submitit_parameters,
                             submitit_written_options, train_options)
@@ -58,6 +59,10 @@ class RenderedRun:
     convert: Optional[JobRequest]
     submit_sh: str = ""  # plain-sbatch submission of both scripts (written by `render --out`)
     notes: List[str] = field(default_factory=list)
+    # submitit's `python` command (the container's `apptainer exec ... IMAGE` first), and the interpreter that
+    # runs ernie_cluster on the submitting machine (submit.sh): `python` itself unless it lives in an image
+    executor_python: str = ""
+    host_python: str = ""
 
     def describe(self, *, sbatch_only: bool = False) -> str:
         parts = [f"# run directory: {self.run_dir}"]
@@ -85,7 +90,11 @@ def _environment() -> jinja2.Environment:
 
 
 def resolve_python(spec: JobSpec) -> str:
-    """The compute nodes' interpreter: as given (absolute when a path), else the one running submit."""
+    """The compute nodes' interpreter: as given (absolute when a path), else the one running submit; with a
+    container, the one inside the image (as given, else python3)."""
+    in_image = container.python_in_image(spec)
+    if in_image is not None:
+        return in_image
     python = spec.environment.python
     if python is None:
         return sys.executable
@@ -101,13 +110,31 @@ def _chain_args(train_id_variable: str) -> str:
     return " ".join(f'--{k}="{v}"' if "$" in str(v) else f"--{k}={shlex.quote(str(v))}" for k, v in options.items())
 
 
+def host_python(spec: JobSpec) -> str:
+    """The interpreter submit.sh runs here (freezing, registering the jobs): in an image, the one running render."""
+    return sys.executable if spec.environment.container is not None else resolve_python(spec)
+
+
+def _container_words(spec: JobSpec) -> str:
+    """The container's words of the plain scripts' srun line, quoted, with a trailing space ('' without one)."""
+    words = container.task_words(spec)
+    return shlex.join(words) + " " if words else ""
+
+
 def render_sbatch(spec: JobSpec, template: str, *, script_path: Path) -> str:
     run_dir = spec.run_dir()
+    in_image = spec.environment.container is not None
     return _environment().get_template(template).render(
         convert=spec.convert.enabled,
         spec=spec,
         run_dir=str(run_dir),
         python=resolve_python(spec),
+        host_python=host_python(spec),
+        # the pip freeze recorded with the frozen code: not of an interpreter inside an image ('-': none)
+        freeze_python="-" if in_image else resolve_python(spec),
+        container_words=_container_words(spec),
+        container_lines=container.setup_lines(spec),
+        container_convert=container.convert_step(spec, spec.name) if in_image else "",
         script_path=str(script_path),
         spec_yaml=_heredoc_safe(spec.to_yaml()),
         train_sbatch_lines=sbatch_lines(train_options(spec, "sbatch")),
@@ -133,11 +160,19 @@ def _setup_lines(spec: JobSpec) -> List[str]:
     freezes it before it submits; a job that finds none ends with exit 2 rather than run other code)."""
     lines = list(spec.environment.setup)
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(spec.environment.env.items())]
-    return lines + code_setup_lines(spec.run_dir())
+    return lines + code_setup_lines(spec.run_dir()) + container.setup_lines(spec)
+
+
+def _executor_params(spec: JobSpec, options: Options) -> Dict[str, Any]:
+    params = submitit_parameters(options, _setup_lines(spec))
+    srun_args = container.srun_options(spec)
+    if srun_args:  # pyxis: submitit puts them, each shlex-quoted, into its srun line before the command
+        params["srun_args"] = srun_args
+    return params
 
 
 def convert_executor_params(spec: JobSpec, train_job_id: str = "<train job id>") -> Dict[str, Any]:
-    return submitit_parameters(convert_options(spec, "submitit", train_job_id), _setup_lines(spec))
+    return _executor_params(spec, convert_options(spec, "submitit", train_job_id))
 
 
 def submitit_folder(run_dir: Path) -> Path:
@@ -149,28 +184,31 @@ def submitit_copy_name(kind: str) -> str:
     return f"submitit.{kind}.sbatch"
 
 
-def submitit_python(python: str) -> str:
-    """The `python` command for SlurmExecutor, which puts it into its script as given (a shell word)."""
-    return shlex.quote(python)
+def submitit_python(python: str, prefix: Sequence[str] = ()) -> str:
+    """The `python` command for SlurmExecutor, which puts it into its script as given (shell words): the
+    interpreter, after the container's `apptainer exec ... IMAGE` when there is one (`container.exec_prefix`)."""
+    return shlex.join([*prefix, python])
 
 
-def submitit_sbatch_text(params: Dict[str, Any], folder: Path, python: str) -> str:
+def submitit_sbatch_text(params: Dict[str, Any], folder: Path, python: str, prefix: Sequence[str] = ()) -> str:
     """The sbatch file submitit (1.5.4) writes for these parameters: its #SBATCH options, the setup lines, and the
-    command that runs the pickled job on every task (tests/test_slurm_options.py compares it with the real file)."""
+    command that runs the pickled job on every task (tests/test_slurm_options.py compares it with the real file).
+    `prefix`: the words before the interpreter in the executor's `python` command (submitit_python)."""
     options = submitit_written_options(params, folder)
     lines = ["#!/bin/bash", "", "# Parameters"]
     lines += [f"#SBATCH --{k}" if v is True else f"#SBATCH --{k}={shlex.quote(str(v))}" for k, v in options.items()]
     if params.get("setup") is not None:
         lines += ["", "# setup", *params["setup"]]
-    srun = shlex.join(["srun", "--unbuffered", "--output", submitit_log(folder)])
+    srun = shlex.join(["srun", "--unbuffered", "--output", submitit_log(folder), *(params.get("srun_args") or [])])
     # text only: the module submitit's batch script runs on every task (nothing here calls it)
-    command = " ".join([srun, submitit_python(python), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    command = " ".join([srun, submitit_python(python, prefix), "-u -m submitit.core._submit", shlex.quote(str(folder))])
     return "\n".join(lines + ["", "# command", "export SUBMITIT_EXECUTOR=slurm", command, ""])
 
 
 def _job_request(spec: JobSpec, kind: str, options: Options) -> JobRequest:
-    params = submitit_parameters(options, _setup_lines(spec))
-    text = submitit_sbatch_text(params, submitit_folder(spec.run_dir()), resolve_python(spec))
+    params = _executor_params(spec, options)
+    text = submitit_sbatch_text(params, submitit_folder(spec.run_dir()), resolve_python(spec),
+                                container.exec_prefix(spec))
     return JobRequest(kind, spec.run_dir(), options, params, text)
 
 
@@ -181,7 +219,7 @@ def render(spec: JobSpec) -> RenderedRun:
     if spec.convert.enabled:
         convert = _job_request(spec, "convert", convert_options(spec, "submitit"))
         convert_sbatch = render_sbatch(spec, "convert.sbatch.j2", script_path=run_dir / "submit" / "convert.sbatch")
-    notes = []
+    notes = container.notes(spec)
     if spec.cluster.backend == "local":
         notes.append("backend 'local': runs on this machine without Slurm; the Slurm scripts below are what backend 'slurm' would submit")
     return RenderedRun(
@@ -193,4 +231,6 @@ def render(spec: JobSpec) -> RenderedRun:
         convert=convert,
         submit_sh=render_sbatch(spec, "submit.sh.j2", script_path=run_dir / "submit" / "submit.sh"),
         notes=notes,
+        executor_python=submitit_python(resolve_python(spec), container.exec_prefix(spec)),
+        host_python=host_python(spec),
     )

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .frozen_code import CodeChanged, FrozenCodeError, ensure_frozen, freeze_code
-from .render import (RenderedRun, convert_executor_params, render, submitit_copy_name, submitit_folder,
-                     submitit_python)
+from .render import RenderedRun, convert_executor_params, render, submitit_copy_name, submitit_folder
 from .procs import pid_alive
 from .rundir import RunDir, RunState, write_atomic
 from .slurm import job_states as slurm_jobs  # kept under its old name: tests/test_submit_liveness.py imports it from here
@@ -111,7 +110,9 @@ def prepare_run_dir(spec: JobSpec, rendered: RenderedRun, *, resume: bool, force
             f"{run.root} already holds a run ({'checkpoints' if has_checkpoints else 'state.json'} present). "
             f"Pass --resume to continue from its checkpoints, --force to start over (the old run is moved aside), "
             f"or choose another output_dir.")
-    code = _resume_code(run, rendered.python, new_code) if resume else ""
+    # the pip freeze recorded beside the frozen code: the compute interpreter's, none when it is inside an image
+    python = None if spec.environment.container is not None else rendered.python
+    code = _resume_code(run, python, new_code) if resume else ""
     if force and (previous or has_checkpoints):
         archive = run.root / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
         archive.mkdir()
@@ -127,14 +128,14 @@ def prepare_run_dir(spec: JobSpec, rendered: RenderedRun, *, resume: bool, force
         write_atomic(run.submit / "convert.sbatch", rendered.convert_sbatch)
     if not resume:
         try:
-            frozen = freeze_code(run.root, python=rendered.python)
+            frozen = freeze_code(run.root, python=python)
         except FrozenCodeError as exc:
             raise SubmitError(f"cannot freeze the code the run would execute: {exc}") from None
         code = f"frozen: {frozen.files} files ({frozen.tree_sha256[:12]}) in {frozen.root}"
     return run, code
 
 
-def _resume_code(run: RunDir, python: str, new_code: bool) -> str:
+def _resume_code(run: RunDir, python: Optional[str], new_code: bool) -> str:
     """--resume: the run keeps its frozen code when the installation holds the same; different code is
     refused (nothing written yet) unless `new_code`. A run submitted before freezing existed is frozen now."""
     notes: List[str] = []
@@ -180,7 +181,9 @@ def _submitit_submit(run: RunDir, rendered: RenderedRun, params: Dict[str, Any],
     wrote (<run>/slurm/<job id>/<job id>_submission.sh) in submit/, next to the plain scripts."""
     import submitit
 
-    executor = submitit.SlurmExecutor(folder=submitit_folder(run.root), python=submitit_python(rendered.python),
+    # python: a shell command that submitit puts into its srun line as given (with a container, `apptainer exec
+    # ... IMAGE python3`); pyxis' options come as the parameters' srun_args
+    executor = submitit.SlurmExecutor(folder=submitit_folder(run.root), python=rendered.executor_python,
                                       max_num_timeout=0)
     executor.update_parameters(**params)
     job = executor.submit(job_callable)

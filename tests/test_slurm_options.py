@@ -135,3 +135,45 @@ def test_submitit_submits_exactly_the_one_source_options(slurm_cluster, tmp_path
         assert row == f"{NAME}-convert|low|5:00|1|afterok:{sub.train_job_id}(unfulfilled)"
     finally:
         slurm_cluster.run("scancel", *[j for j in (sub.train_job_id, sub.convert_job_id) if j], check=False)
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("box", [
+    {"runtime": "apptainer", "image": "docker://paddlepaddle/paddle:2.6.2", "binds": ["/scratch/c:/c:ro"]},
+    {"runtime": "pyxis", "image": "nvcr.io#nvidia/paddle:24.01-py3", "binds": ["/scratch/c"]},
+], ids=lambda box: box["runtime"])
+def test_submitit_submits_the_container_lines_render_shows(slurm_cluster, tmp_path, monkeypatch, box):
+    """environment.container through submitit (held, so nothing runs: neither runtime exists here): the file
+    submitit writes is byte for byte what render shows, its srun line carrying the container's words."""
+    import json
+    import shlex
+
+    from submitit.core.utils import JobPaths
+
+    from ernie_cluster import container
+    from ernie_cluster.submit import submit_slurm
+
+    monkeypatch.setenv("SBATCH_HOLD", "1")
+    raw = base_spec(tmp_path, name=NAME, output_dir=str(tmp_path / "run"),
+                    cluster={"partition": "debug", "extra_sbatch": {"comment": COMMENT}},
+                    environment={"setup": ["echo setup"], "env": {"TAG": "a b"}, "container": box})
+    spec = validate_text(yaml.safe_dump(raw), "s.yaml", [])
+    r = render(spec)
+    sub = submit_slurm(spec)
+    try:
+        folder = submitit_folder(r.run_dir)
+        srun_args, prefix = container.srun_options(spec), container.exec_prefix(spec)
+        for kind, job_id in (("train", sub.train_job_id), ("convert", sub.convert_job_id)):
+            written = JobPaths(folder, job_id=job_id).submission_file.read_text()
+            shown = r.train.sbatch_text if kind == "train" else submitit_sbatch_text(
+                convert_executor_params(spec, sub.train_job_id), folder, r.python, prefix)
+            assert written == shown
+            command = " ".join([shlex.join(["srun", "--unbuffered", "--output", f"{folder}/%j_%t_log.out", *srun_args,
+                                            *prefix, "python3"]), "-u -m submitit.core._submit", str(folder)])
+            assert command in written.splitlines(), written
+        row = slurm_cluster.run("squeue", "-h", "-j", sub.train_job_id, "-o", "%j|%k").rstrip("\n")
+        assert row == f"{NAME}|{COMMENT}"
+        manifest = json.loads((r.run_dir / "code" / "MANIFEST.json").read_text())
+        assert manifest["pip_freeze"]["file"] is None  # no pip freeze of an interpreter inside an image
+    finally:
+        slurm_cluster.run("scancel", *[j for j in (sub.train_job_id, sub.convert_job_id) if j], check=False)

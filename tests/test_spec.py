@@ -218,6 +218,11 @@ def test_every_spec_key_is_documented_in_the_readme():
     def walk(model, prefix=""):
         for name, field in model.model_fields.items():
             ann = field.annotation
+            # an optional section (environment.container): itself and its keys
+            inner = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if inner and f"`{prefix}{name}`" not in readme:
+                missing.append(prefix + name)
+            ann = inner[0] if inner else ann
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, f"{prefix}{name}.")
             elif f"`{prefix}{name}`" not in readme and f"`{name}`" not in readme and f" `{name}`," not in readme:

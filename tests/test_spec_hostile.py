@@ -13,9 +13,7 @@ this module fails until VALID says how to set it). For each field:
 from __future__ import annotations
 
 import copy
-import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Tuple, Union, get_args, get_origin
 
@@ -24,8 +22,9 @@ import yaml
 from pydantic import BaseModel
 
 from ernie_cluster.render import render
-from ernie_cluster.spec import JobSpec, SpecError, load_frozen, validate_text
+from ernie_cluster.spec import JobSpec, SpecError, validate_text
 
+from helpers_scripts import check_scripts_run, recorders
 from helpers_spec import base_spec
 
 CONTROL = ["\n", "\r", "\x00", "\x1b", "\x7f", "\u2028", "\u2029", "\x85", "\t"]
@@ -55,6 +54,9 @@ def _valid(tmp: Path) -> Dict[str, Any]:
         "environment.setup": ['echo "setup ran" >> "$ERNIE_TEST_REC/setup"'],
         "environment.env": {"DOMAIN_TAG": "news"},
         "environment.python": PY_STAND_IN,
+        "environment.container.runtime": "apptainer",
+        "environment.container.image": "docker://example/paddle:2.6",
+        "environment.container.binds": ["/scratch/extra:/extra:ro"],
         "data.input_prefix": str(data / "corpus"),
         "data.raw_corpus": str(data / "raw.txt"),
         "data.vocab_file": str(data / "vocab.txt"),
@@ -258,35 +260,12 @@ def test_sbatch_options_reads_like_sbatch():
                           "#SBATCH --y='e\\\\f'\necho\n#SBATCH --z=1\n") == [("job-name", "a b"), ("x", 'c"d'), ("y", "e\\f")]
 
 
-RECORDER = """#!/bin/bash
-shopt -s nullglob
-calls=("$ERNIE_TEST_REC"/*.call)
-n=${#calls[@]}
-printf '%s\\0' "${0##*/}" "$@" > "$ERNIE_TEST_REC/$n.call"
-printf '%s' "${DOMAIN_TAG-<unset>}" > "$ERNIE_TEST_REC/$n.tag"
-case "${0##*/}" in sbatch) echo "$((700 + n));cluster" ;; esac
-"""
-
-
-def _calls(rec: Path) -> List[Tuple[List[str], str]]:
-    calls = sorted(rec.glob("*.call"), key=lambda p: int(p.stem))
-    return [(c.read_text().split("\0")[:-1], c.with_suffix(".tag").read_text()) for c in calls]
-
-
-def _run(script: Path, cwd: Path, env: Dict[str, str], rec: Path) -> List[Tuple[List[str], str]]:
-    for old in rec.iterdir():
-        old.unlink()
-    check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
-    assert check.returncode == 0, f"bash -n {script.name}: {check.stderr}"
-    proc = subprocess.run(["bash", str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, f"{script.name}: {proc.stderr}"
-    return _calls(rec)
-
-
 def _classify(tmp: Path, valid: Dict[str, Any], hostile: str) -> List[Tuple[str, str]]:
     """The targets that take `hostile` (appended to a valid value); asserts the others are refused by field."""
     accepted = []
     for field, part in targets():
+        if field not in valid:
+            continue  # an optional section this run leaves out (environment.container)
         values, expected_path = _change(valid, field, part, lambda s: s + hostile)
         try:
             _validate(tmp, values)
@@ -298,69 +277,58 @@ def _classify(tmp: Path, valid: Dict[str, Any], hostile: str) -> List[Tuple[str,
     return accepted
 
 
+CONTAINERS = {  # environment.container: none, or each runtime (their words stay words too)
+    None: {},
+    "apptainer": {},
+    "pyxis": {"environment.container.runtime": "pyxis", "environment.container.image": "nvcr.io#nvidia/paddle:24.01",
+              "environment.container.binds": ["/scratch/extra:/extra:ro"]},
+}
+
+
+def _valid_for(tmp: Path, runtime) -> Dict[str, Any]:
+    valid = _valid(tmp)
+    if runtime is None:
+        return {k: v for k, v in valid.items() if not k.startswith("environment.container.")}
+    return {**valid, **CONTAINERS[runtime]}
+
+
+@pytest.mark.parametrize("runtime", list(CONTAINERS), ids=lambda r: r or "no-container")
 @pytest.mark.parametrize("hostile", HOSTILE)
-def test_printable_hostile_values_are_refused_or_stay_one_value(tmp_path, hostile):
-    valid = _valid(tmp_path)
+def test_printable_hostile_values_are_refused_or_stay_one_value(tmp_path, hostile, runtime):
+    valid = _valid_for(tmp_path, runtime)
     accepted = _classify(tmp_path, valid, hostile)
     # "any printable text" by design; the setup lines are the user's own shell code and stay valid here
-    assert {("name", "value"), ("environment.env", "value"), ("cluster.extra_sbatch", "value"),
-            ("environment.python", "value"), ("data.input_prefix", "value")} <= set(accepted), accepted
+    must = {("name", "value"), ("environment.env", "value"), ("cluster.extra_sbatch", "value"),
+            ("environment.python", "value"), ("data.input_prefix", "value")}
+    if runtime == "apptainer":
+        must.add(("environment.container.image", "value"))
+    assert must <= set(accepted), accepted
     values = dict(valid)
     for field, part in accepted:
         if field != "environment.setup":
             values, _ = _change(values, field, part, lambda s: s + hostile)
     spec, _ = _validate(tmp_path, values)
     rendered = render(spec)
-    name, run_dir, python = spec.name, str(spec.run_dir()), rendered.python
-    (tag,) = spec.environment.env.values()
-    (comment,) = spec.cluster.extra_sbatch.values()
+    python = rendered.python
     assert python == spec.environment.python  # no '/': found on PATH, so the stand-in below runs
 
-    bin_dir, rec, work, out = (tmp_path / d for d in ("bin", "rec", "work", "out"))
-    for d in (bin_dir, rec, work / "canary", out):
-        d.mkdir(parents=True)
-    for tool in ("srun", "sbatch", "scontrol", python):
-        (bin_dir / tool).write_text(RECORDER)
-        (bin_dir / tool).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path / "home"),
-           "ERNIE_TEST_REC": str(rec), "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "n1"}
-    env.pop("DOMAIN_TAG", None)
+    rec, work, out, env = recorders(tmp_path, python)
     scripts = {"train.sbatch": rendered.train_sbatch, "convert.sbatch": rendered.convert_sbatch,
                "submit.sh": rendered.submit_sh, "submitit.train": rendered.train.sbatch_text,
                "submitit.convert": rendered.convert.sbatch_text}
     for fname, text in scripts.items():
         (out / fname).write_text(text)
+    check_scripts_run(spec, out, work, env, rec)
+    _check_sbatch_lines(spec, scripts)
+    for where in (tmp_path, work, out, spec.run_dir(), spec.run_dir().parent):
+        assert not list(where.glob("pwned*")), f"a value ran as a command in {where}"
+    assert (work / "canary").is_dir()
 
-    # train.sbatch: one srun of the node launchers; the embedded spec freezes to exactly the validated spec
-    calls = _run(out / "train.sbatch", work, env, rec)
-    assert calls == [(["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=0", python, "-m", "ernie_cluster.launch",
-                       "--run-dir", run_dir], tag)]
-    assert load_frozen(Path(run_dir) / "spec.yaml") == spec  # every field, the paths too, arrives unchanged
 
-    calls = _run(out / "convert.sbatch", work, env, rec)
-    assert calls == [([python, "-m", "ernie_cluster.rundir", "register-job", run_dir, "convert", "1", name], tag),
-                     ([python, "-m", "ernie_cluster.convert", "--run-dir", run_dir], tag)]
-
-    calls = _run(out / "submit.sh", work, env, rec)
-    assert [argv for argv, _ in calls] == [
-        [python, "-m", "ernie_cluster.frozen_code", "ensure", run_dir, python],  # the run's code frozen first
-        ["sbatch", "--parsable", f"{out}/train.sbatch"],
-        [python, "-m", "ernie_cluster.rundir", "register-job", run_dir, "train", "701", name],
-        ["sbatch", "--parsable", "--dependency=afterok:701", "--kill-on-invalid-dep=yes", f"{out}/convert.sbatch"],
-        [python, "-m", "ernie_cluster.rundir", "register-job", run_dir, "convert", "703", name],
-    ]
-    assert (Path(run_dir) / "slurm").is_dir()
-
-    # the submitit jobs refuse to start without the frozen code submit writes first (here only its manifest)
-    (Path(run_dir) / "code").mkdir()
-    (Path(run_dir) / "code" / "MANIFEST.json").write_text("{}")
-
-    for fname in ("submitit.train", "submitit.convert"):
-        calls = _run(out / fname, work, env, rec)
-        assert calls == [(["srun", "--unbuffered", "--output", f"{run_dir}/slurm/%j/%j_%t_log.out", python, "-u",
-                           "-m", "submitit.core._submit", f"{run_dir}/slurm/%j"], tag)]
-
-    # the #SBATCH lines, read as sbatch reads them
+def _check_sbatch_lines(spec: JobSpec, scripts: Dict[str, str]) -> None:
+    """The #SBATCH lines, read as sbatch reads them; the setup line once in each job script."""
+    name, run_dir = spec.name, str(spec.run_dir())
+    (comment,) = spec.cluster.extra_sbatch.values()
     expected = {"train.sbatch": (name, f"{run_dir}/slurm/train-%j.out"),
                 "convert.sbatch": (f"{name}-convert", f"{run_dir}/slurm/convert-%j.out"),
                 "submitit.train": (name, f"{run_dir}/slurm/%j/%j_0_log.out"),
@@ -375,9 +343,6 @@ def test_printable_hostile_values_are_refused_or_stay_one_value(tmp_path, hostil
     # the setup line is the user's shell code: one whole line, run once by each job script
     for fname in ("train.sbatch", "convert.sbatch", "submitit.train", "submitit.convert"):
         assert scripts[fname].split("\n").count(spec.environment.setup[0]) == 1, fname
-    for where in (tmp_path, work, out, Path(run_dir), Path(run_dir).parent):
-        assert not list(where.glob("pwned*")), f"a value ran as a command in {where}"
-    assert (work / "canary").is_dir()
 
 
 @pytest.mark.slurm
@@ -387,7 +352,7 @@ def test_real_sbatch_reads_hostile_names_and_options_back(slurm_cluster, tmp_pat
 
     name = "j $(touch pwned) `x` 'q\" \\ #h hetjob"
     comment = "c 'q' \"d\" \\ # e \\"
-    values = {**_valid(tmp_path), "name": name, "cluster.extra_sbatch": {"comment": comment},
+    values = {**_valid_for(tmp_path, None), "name": name, "cluster.extra_sbatch": {"comment": comment},
               "output_dir": str(tmp_path / "run dir 'x'")}
     for key in ("cluster.partition", "cluster.convert_partition", "cluster.account", "cluster.qos", "cluster.constraint"):
         del values[key]  # the test cluster's defaults

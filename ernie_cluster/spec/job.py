@@ -100,6 +100,9 @@ class JobSpec(Section):
             errors.append(("data.vocab_file", "tokenizing data.raw_corpus needs a local vocab file (nothing is downloaded)"))
         if is_builtin(self.model.model_name_or_path) and not self.model.random_init:
             errors.append(("model.model_name_or_path", builtin_without_weights(self.model.model_name_or_path)))
+        from ..container import container_problems  # the container's binds come from the fields above
+
+        errors += container_problems(self)
         return errors
 
     def starts_from(self) -> str:

@@ -28,6 +28,8 @@ def _model_for(path: Tuple[Any, ...]) -> Optional[type]:
         if field is None:
             return None
         ann = field.annotation
+        # an optional section (environment.container): Optional[X] is Union[X, None]
+        ann = next((a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         else:

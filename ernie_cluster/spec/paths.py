@@ -68,7 +68,19 @@ def path_problems(spec: JobSpec, lines: Dict[str, int]) -> List[SpecProblem]:
                 f"pretrained ernie-1.0-base-zh --out DIR`, copied here)", line_for("model.model_name_or_path", lines)))
     elif d.vocab_file is None:
         problems.append(SpecProblem("data.vocab_file", f"built-in model {name!r} needs a local vocab file (nothing is downloaded)", line_for("data", lines)))
+    c = spec.environment.container
+    if c is not None and _local_image(c.runtime, c.image) and not abs_path(c.image).exists():
+        problems.append(SpecProblem("environment.container.image", f"{c.image} does not exist; fix the path (relative "
+                                    f"paths are from the current directory), or name an image to pull (docker://..., "
+                                    f"oras://..., library://... for apptainer; nvcr.io#... for pyxis)",
+                                    line_for("environment.container.image", lines)))
     return problems
+
+
+def _local_image(runtime: str, image: str) -> bool:
+    from ..container import is_local_image  # light: the container module imports this one
+
+    return is_local_image(runtime, image)
 
 
 def resolve_paths(spec: JobSpec) -> JobSpec:
@@ -84,4 +96,8 @@ def resolve_paths(spec: JobSpec) -> JobSpec:
         updates["model"] = spec.model.model_copy(update={"model_name_or_path": str(abs_path(spec.model.model_name_or_path))})
     if spec.convert.output_dir:
         updates["convert"] = spec.convert.model_copy(update={"output_dir": str(abs_path(spec.convert.output_dir))})
+    c = spec.environment.container
+    if c is not None and _local_image(c.runtime, c.image):
+        image = c.model_copy(update={"image": str(abs_path(c.image))})
+        updates["environment"] = spec.environment.model_copy(update={"container": image})
     return spec.model_copy(update=updates)

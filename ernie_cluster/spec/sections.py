@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationInfo, field_validator,
+                      model_serializer)
 from pydantic_core import PydanticCustomError
 
 from ..envvars import PADDLE_LAUNCH_OVERRIDES, is_secret
@@ -181,10 +182,68 @@ class ResourcesSection(Section):
         return self.nodes * self.trainers_per_node
 
 
+# A path bound into a container: apptainer splits --bind at ',' and ':', pyxis splits --container-mounts at ','
+# and ':' and writes each entry into enroot's mount script as `echo "SRC DST FLAGS"` (spaces separate the fields,
+# `$`, backquotes and quotes would be read by that shell), so only these characters are taken.
+BIND_PATH = re.compile(r"/[\w.+@~/-]*")
+BIND_PATH_RULE = ("an absolute path of letters, digits and . _ + @ ~ - / only (container runtimes split bind lists "
+                  "at ',' and ':', and pyxis hands each mount to enroot's mount table, where spaces separate fields)")
+CONTAINER_RUNTIMES = ("apptainer", "singularity", "pyxis")
+
+
+class ContainerSection(Section):
+    """Run the node launchers and the conversion inside a container image (`ernie_cluster/container.py`)."""
+
+    runtime: Literal["apptainer", "singularity", "pyxis"] = Field(
+        ..., description="apptainer (or singularity): `apptainer exec` in the srun line; pyxis: srun's --container-* "
+                         "options (enroot)")
+    image: str = Field(..., description="apptainer: a .sif file or sandbox directory, or docker:// / oras:// / "
+                                        "library://...; pyxis: an enroot URI (nvcr.io#nvidia/paddle:TAG) or a "
+                                        "squashfs file")
+    binds: List[str] = Field(default_factory=list, description="more SRC[:DST[:ro|rw]] bind mounts, beside the run's "
+                                                               "own directories")
+    nv: Optional[bool] = Field(None, description="apptainer --nv (the node's NVIDIA GPUs); default: when "
+                                                  "resources.gpus_per_node > 0")
+
+    @field_validator("image")
+    @classmethod
+    def _check_image(cls, v: str, info: ValidationInfo) -> str:
+        if not v.strip():
+            raise ValueError("is empty; name the image (a .sif file, docker://..., nvcr.io#nvidia/paddle:TAG)")
+        if v.startswith("-"):
+            raise ValueError(f"{v!r} starts with '-', which the runtime would read as an option; name the image")
+        if info.data.get("runtime") == "pyxis" and re.search(r"\s", v):
+            raise ValueError(f"{v!r} contains whitespace, which no enroot URI or squashfs path for pyxis may hold")
+        return v
+
+    @field_validator("binds")
+    @classmethod
+    def _check_binds(cls, v: List[str]) -> List[str]:
+        for item in v:
+            parts = item.split(":")
+            if len(parts) > 3 or not all(BIND_PATH.fullmatch(p) for p in parts[:2]):
+                raise ValueError(f"{item!r} must be SRC[:DST[:ro|rw]], SRC and DST each {BIND_PATH_RULE}")
+            if len(parts) == 3 and parts[2] not in ("ro", "rw"):
+                raise ValueError(f"{item!r}: the options after the second ':' must be 'ro' or 'rw'")
+            if parts[0].rstrip("/") == "":
+                raise ValueError(f"{item!r} would bind the whole file system; bind the directories the run needs")
+        return v
+
+    @field_validator("nv")
+    @classmethod
+    def _check_nv(cls, v: Optional[bool], info: ValidationInfo) -> Optional[bool]:
+        if v is not None and info.data.get("runtime") == "pyxis":
+            raise ValueError("is apptainer's --nv; pyxis gives the container the job's GPUs itself (enroot's nvidia "
+                             "hook): remove nv")
+        return v
+
+
 class EnvironmentSection(Section):
     setup: List[str] = Field(default_factory=list, description="shell lines run before training, e.g. 'module load cuda'")
     env: Dict[str, str] = Field(default_factory=dict)
-    python: Optional[str] = Field(None, description="interpreter on the compute nodes; default: the one running submit")
+    python: Optional[str] = Field(None, description="interpreter on the compute nodes; default: the one running "
+                                                    "submit, or `python3` inside environment.container")
+    container: Optional[ContainerSection] = Field(None, description="run the jobs inside a container image")
 
     @field_validator("env")
     @classmethod
@@ -200,6 +259,14 @@ class EnvironmentSection(Section):
                 raise ValueError(f"{key!r} would override paddle.distributed.launch's flags, which ernie_cluster sets "
                                  f"from the Slurm allocation; use resources.* / cluster.* instead")
         return {k: str(val) for k, val in v.items()}
+
+    # No `container: null` in a frozen spec: specs (and their hashes) without a container read as before it existed.
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> Dict[str, Any]:
+        data = handler(self)
+        if self.container is None:
+            data.pop("container", None)
+        return data
 
 
 class MaskingSection(Section):

@@ -164,9 +164,13 @@ def _run_spec_command(args: argparse.Namespace, spec: JobSpec) -> int:
     from .render import render
 
     if args.command == "validate":
-        print(f"{args.spec}: valid. {spec.resources.nodes} node(s) x {spec.resources.trainers_per_node} trainer(s), "
-              f"engine {spec.train.resolved_engine}, dp {spec.dp_degree}, global batch {spec.global_batch_size} "
-              f"(accumulate {spec.accumulate_steps}), run directory {spec.run_dir()}; starts from {spec.starts_from()}")
+        r = spec.resources
+        shapes = "; ".join(f"{n} node(s): dp {p.dp_degree}, accumulate {p.accumulate_steps}" for n in r.node_counts
+                           for p in [spec.batch_plan(world_size=n * r.trainers_per_node)]) if r.elastic else \
+            f"dp {spec.dp_degree}, accumulate {spec.accumulate_steps}"
+        print(f"{args.spec}: valid. {r.nodes} node(s) x {r.trainers_per_node} trainer(s), engine "
+              f"{spec.train.resolved_engine}, global batch {spec.global_batch_size} ({shapes}), run directory "
+              f"{spec.run_dir()}; starts from {spec.starts_from()}")
         return 0
     if args.command == "render" or args.dry_run:
         rendered = render(spec)

@@ -160,7 +160,10 @@ def submitit_parameters(options: Options, setup: List[str]) -> Dict[str, Any]:
     extra: Dict[str, Any] = {}
     for key, value in options.items():
         value = sbatch_escape(value) if isinstance(value, str) else value  # submitit shlex-quotes it
-        if key in _SUBMITIT_NAMED:
+        if key == "nodes" and isinstance(value, str):  # a range (elastic): submitit counts tasks from the minimum
+            params["nodes"] = int(value.split("-")[0])
+            extra[key] = value  # ... and writes the range over its own --nodes
+        elif key in _SUBMITIT_NAMED:
             params[key.replace("-", "_")] = value
         else:
             extra[key] = value

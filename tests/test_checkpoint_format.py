@@ -19,7 +19,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Derived from the code before issue #13's refactor (static engine, 1 rank, 4 steps, checkpoint at 4).
+# Derived from the code before issue #13's refactor (static engine, 1 rank, 4 steps, checkpoint at 4);
+# issue #15 added trainer_state's "nodes" (the attempt's node count; readers of older checkpoints derive it).
 EXPECTED = {
     "checkpoints_dir": ["model_last", "step_000000004"],
     "model_last": "step_000000004",
@@ -28,7 +29,7 @@ EXPECTED = {
     "manifest_format": 1,
     "trainer_state_keys": [
         "accumulate_steps", "compat_key", "consumed_samples", "dp_degree", "engine", "format", "global_batch_size",
-        "lr_schedule", "max_steps", "model_config", "paddle_version", "paddlenlp_version", "saved_at",
+        "lr_schedule", "max_steps", "model_config", "nodes", "paddle_version", "paddlenlp_version", "saved_at",
         "spec_sha256", "starting_weights", "step", "world_size"],
     "trainer_state_format": 1,
     "optimizer_keys": ["accumulators", "extra", "format", "loss_scaling"],
@@ -89,7 +90,7 @@ def test_build_trainer_state_keys_and_format():
 
     state = ck.build_trainer_state(
         step=3, global_batch_size=8, lr_schedule={"step": 3}, spec_sha256="x", compat_key={}, engine="static",
-        world_size=1, dp_degree=1, accumulate_steps=1, model_config={}, max_steps=4, starting_weights=None)
+        world_size=1, dp_degree=1, nodes=1, accumulate_steps=1, model_config={}, max_steps=4, starting_weights=None)
     assert sorted(state) == EXPECTED["trainer_state_keys"]
     assert state["format"] == ck.FORMAT_VERSION and state["consumed_samples"] == 24
 

@@ -182,20 +182,20 @@ def test_static_stop_and_resume_with_recompute_and_dropout(tmp_path, toy_data):
 
 
 def test_dynamic_two_ranks_stop_and_resume_with_recompute_and_dropout(tmp_path, toy_data):
-    from test_train_dist import TwoNodes
+    from test_train_dist import LaunchedNodes
 
     steps = 6
     base = tiny_spec(tmp_path, toy_data, engine="dynamic", nodes=2, dropout=0.1, max_steps=steps, eval_iters=0)
     # Reference without recompute: recompute must change neither losses nor weights.
     ref_run = make_run(tmp_path / "ref", base | {"output_dir": str(tmp_path / "ref" / "run")})
-    ref = TwoNodes(ref_run, "ref")
+    ref = LaunchedNodes(ref_run, "ref")
     assert ref.wait() == [0, 0], ref.output()
     spec = base | {"output_dir": str(tmp_path / "cut" / "run"), "train": {**base["train"], "use_recompute": True}}
     run = make_run(tmp_path / "cut", spec)
-    a = TwoNodes(run, "a", ERNIE_CLUSTER_TEST_STOP_AT_STEP="3")
+    a = LaunchedNodes(run, "a", ERNIE_CLUSTER_TEST_STOP_AT_STEP="3")
     assert a.wait() == [0, 0], a.output()
     assert a.exit_record(0)["step"] == a.exit_record(1)["step"] == 3
-    b = TwoNodes(run, "b")
+    b = LaunchedNodes(run, "b")
     assert b.wait() == [0, 0], b.output()
     for rank in (0, 1):
         got, want = {**a.losses(rank), **b.losses(rank)}, ref.losses(rank)

@@ -36,7 +36,7 @@ BAD_SPECS = [
     ("colour", "blue", "colour", "unknown key"),
     ("cluster.partiton", "gpu", "cluster.partiton", "did you mean 'partition'"),
     ("cluster.time", "25 hours", "cluster.time", "Slurm time"),
-    ("resources.nodes", 0, "resources.nodes", "greater than or equal to 1"),
+    ("resources.nodes", 0, "resources.nodes", "outside 1-4096"),
     ("train.device", "gpu", "resources.gpus_per_node", "no GPUs are requested"),
     ("train.dp_degree", 3, "train.dp_degree", "make them equal"),
     ("train.global_batch_size", 6, "train.global_batch_size", "not a multiple"),

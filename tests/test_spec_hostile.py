@@ -51,6 +51,7 @@ def _valid(tmp: Path) -> Dict[str, Any]:
         "cluster.convert_partition": "debug",
         "cluster.convert_time": "00:30:00",
         "resources.mem": "4G",
+        "resources.nodes": "1-2",
         "environment.setup": ['echo "setup ran" >> "$ERNIE_TEST_REC/setup"'],
         "environment.env": {"DOMAIN_TAG": "news"},
         "environment.python": PY_STAND_IN,
@@ -87,7 +88,7 @@ def string_fields(model: type = JobSpec, prefix: str = "") -> Dict[str, str]:
         origin, args = get_origin(ann), get_args(ann)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             found.update(string_fields(ann, path + "."))
-        elif ann is str:
+        elif ann is str or (origin is Union and str in args):  # str, or a count that may be written as text
             found[path] = "str"
         elif origin is Literal and all(isinstance(a, str) for a in args):
             found[path] = "literal"

@@ -35,22 +35,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class TwoNodes:
-    """Two launcher processes on this machine, as two Slurm nodes would start them."""
+class LaunchedNodes:
+    """`nodes` launcher processes on this machine (one trainer each), as that many Slurm nodes would start them."""
 
-    def __init__(self, run: Path, tag: str, **env: str):
-        self.run, self.tag = run, tag
+    def __init__(self, run: Path, tag: str, nodes: int = 2, **env: str):
+        self.run, self.tag, self.nodes = run, tag, nodes
         self.control = run / f"control-{tag}"
         self.loss_log = run / f"loss-{tag}.jsonl"
         port = _free_port()
         self.procs: List[subprocess.Popen] = []
         self.logs = []
-        for rank in (0, 1):
+        for rank in range(nodes):
             log_dir = run / f"launch-{tag}" / f"node{rank}"
             log_dir.mkdir(parents=True, exist_ok=True)
             out = open(log_dir / "launcher.out", "w")
             self.logs.append(out)
-            cmd = [PY, "-m", "paddle.distributed.launch", "--master", f"127.0.0.1:{port}", "--nnodes", "2",
+            cmd = [PY, "-m", "paddle.distributed.launch", "--master", f"127.0.0.1:{port}", "--nnodes", str(nodes),
                    "--rank", str(rank), "--nproc_per_node", "1", "--log_dir", str(log_dir),
                    PY, "-u", "-m", "ernie_cluster.train", "--run-dir", str(run)]
             e = base_env(ERNIE_CLUSTER_CONTROL_DIR=str(self.control), ERNIE_CLUSTER_LOSS_LOG=str(self.loss_log), **env)
@@ -73,7 +73,7 @@ class TwoNodes:
 
     def output(self) -> str:
         texts = []
-        for rank in (0, 1):
+        for rank in range(self.nodes):
             for f in sorted((self.run / f"launch-{self.tag}" / f"node{rank}").glob("*")):
                 if f.is_file():
                     texts.append(f"== {f}\n{f.read_text(errors='replace')[-3000:]}")
@@ -92,7 +92,7 @@ def two_node_full(tmp_path_factory, toy_data):
     tmp = tmp_path_factory.mktemp("dp2")
     spec = tiny_spec(tmp, toy_data, engine="dynamic", nodes=2, max_steps=STEPS)
     run = make_run(tmp, spec)
-    job = TwoNodes(run, "full")
+    job = LaunchedNodes(run, "full")
     rcs = job.wait()
     assert rcs == [0, 0], job.output()
     return {"run": run, "job": job, "spec": spec}
@@ -129,7 +129,7 @@ def test_two_process_evaluation_is_averaged_over_ranks(two_node_full):
 def test_two_process_stop_on_one_rank_and_exact_resume(two_node_full, tmp_path):
     spec = dict(two_node_full["spec"], output_dir=str(tmp_path / "run"))
     run = make_run(tmp_path, spec)
-    job = TwoNodes(run, "first")
+    job = LaunchedNodes(run, "first")
     pid1 = job.control / "trainer.1.pid"
     deadline = time.time() + 180
     while time.time() < deadline and not (pid1.exists() and len(read_jsonl(job.loss_log)) >= 3):
@@ -145,7 +145,7 @@ def test_two_process_stop_on_one_rank_and_exact_resume(two_node_full, tmp_path):
     assert e1["signal"] == "SIGUSR2" and e0["signal"] == "peer"
     assert e0["param_digest"] == e1["param_digest"]
     stopped = e0["step"]
-    again = TwoNodes(run, "second")
+    again = LaunchedNodes(run, "second")
     assert again.wait() == [0, 0], again.output()
     full = two_node_full["job"]
     for rank in (0, 1):

@@ -24,7 +24,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from ..envvars import child_pythonpath, launcher_environment
 from ..rundir import RunDir
-from ..spec import JobSpec
+from ..spec import BatchPlan, BatchPlanError, JobSpec
 from ..train.control import CONTROL_DIR_ENV
 from .cluster_env import ClusterEnvironment
 
@@ -61,6 +61,16 @@ def select_devices(count: int, visible_devices: Optional[str]) -> List[str]:
     return [str(i) for i in range(count)]
 
 
+def attempt_plan(spec: JobSpec, cenv: ClusterEnvironment) -> BatchPlan:
+    """This attempt's batch plan on the nodes Slurm gave it (any count of an elastic range); CommandError for an
+    allocation outside resources.nodes (e.g. `sbatch --nodes=5` over the script's own range)."""
+    try:
+        return spec.batch_plan(world_size=cenv.num_nodes * spec.resources.trainers_per_node)
+    except BatchPlanError as exc:
+        raise CommandError(f"the allocation has {cenv.num_nodes} node(s), but resources.nodes is "
+                           f"{spec.resources.nodes}; submit the job with the spec's node count ({exc})") from None
+
+
 def build_launch_command(
     spec: JobSpec,
     run: RunDir,
@@ -74,6 +84,7 @@ def build_launch_command(
     """argv of `python -m paddle.distributed.launch ...` for node `cenv.node_rank` of the allocation."""
     python = python or sys.executable
     per_node = spec.resources.trainers_per_node
+    attempt_plan(spec, cenv)  # the allocation must be one the spec can train on
     argv: List[str] = [python, "-m", "paddle.distributed.launch"]
     if cenv.num_nodes > 1:
         argv += ["--master", f"{cenv.main_address}:{cenv.main_port}",

@@ -53,7 +53,7 @@ from . import attempt as att
 from . import preflight as pf
 from . import slurm_actions
 from .cluster_env import ClusterEnvError, ClusterEnvironment, detect_environment, node_address
-from .command import TRAIN_MODULE, CommandError, build_launch_command, launch_environment
+from .command import TRAIN_MODULE, CommandError, attempt_plan, build_launch_command, launch_environment
 from .conclude import conclude
 from .exchange import HANDLED_SIGNALS, failed_peer, open_node_dir, slurm_command, wait_for_decision, write_node_result
 from .lock import acquire_run_lock, release_run_lock
@@ -292,10 +292,10 @@ class NodeLauncher:
             self._log(f"ERROR: {exc}")
             return [], att.NodeOutcome("failed", None, str(exc), cause="error")
         self._log(f"{cenv.describe()} port={cenv.main_port} trainers_per_node={spec.resources.trainers_per_node} "
-                  f"device={spec.train.device} host={socket.gethostname()} pid={os.getpid()}")
+                  f"device={spec.train.device} host={socket.gethostname()} pid={os.getpid()}; resources.nodes "
+                  f"{spec.resources.nodes}: {attempt_plan(spec, cenv).describe()}")
         self._log(f"node_list={','.join(cenv.node_list[:8])}{',...' if cenv.num_nodes > 8 else ''} "
-                  f"log_dir={a.node_dir}")
-        self._log(f"control_dir={a.control}")
+                  f"log_dir={a.node_dir} control_dir={a.control}")
         self._log("argv: " + " ".join(argv))
         if self.launcher_argv is not None:
             argv = list(self.launcher_argv)

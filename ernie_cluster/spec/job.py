@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 
 from ..slurm import slurm_time_to_seconds
 from .architectures import MODEL_SIZE_KEYS, builtin_without_weights, is_builtin
+from .batch import BatchPlan, batch_problems, dp_at, global_batch, plan_at, plan_for_world
 from .sections import (ClusterSection, ConvertSection, DataSection, EnvironmentSection, ModelSection, ResourcesSection,
                        Section, TrainSection)
 
@@ -57,19 +58,19 @@ class JobSpec(Section):
             errors.append(("resources.procs_per_node", f"with GPUs there is one trainer per GPU; remove procs_per_node or set it to {r.gpus_per_node}"))
         model_parallel = t.mp_degree * t.pp_degree * t.sharding_degree
         dp = self.dp_degree
-        if dp * model_parallel != world:
+        if dp * model_parallel != world and not (r.elastic and t.dp_degree is not None):  # that one: below
             errors.append((
                 "train.dp_degree",
                 f"dp*mp*pp*sharding = {dp}*{t.mp_degree}*{t.pp_degree}*{t.sharding_degree} = {dp * model_parallel} "
-                f"but nodes*trainers_per_node = {r.nodes}*{r.trainers_per_node} = {world}; make them equal",
+                f"but nodes*trainers_per_node = {r.max_nodes}*{r.trainers_per_node} = {world}; make them equal",
             ))
-        per_step = t.micro_batch_size * dp * t.sharding_degree
-        if t.global_batch_size is not None and t.global_batch_size % per_step:
-            errors.append((
-                "train.global_batch_size",
-                f"{t.global_batch_size} is not a multiple of micro_batch_size*dp*sharding = {per_step}; "
-                f"use {max(per_step, t.global_batch_size // per_step * per_step)} or {(t.global_batch_size // per_step + 1) * per_step}",
-            ))
+        errors += batch_problems(self)
+        if r.elastic and t.dp_degree is not None:
+            errors.append(("train.dp_degree", f"with a node range (resources.nodes {r.nodes}) each attempt's "
+                                              f"data-parallel degree follows the nodes it gets; remove train.dp_degree"))
+        if r.elastic and self.cluster.backend == "local":
+            errors.append(("resources.nodes", f"a node range ({r.nodes}) needs cluster.backend: slurm (the local "
+                                              f"backend runs on this machine only); use a count"))
         if t.min_lr > t.max_lr:
             errors.append(("train.min_lr", f"min_lr {t.min_lr} is above max_lr {t.max_lr}; the reference's inverted default, swap them"))
         if t.resolved_engine == "static" and t.device == "cpu" and world > 1:
@@ -91,7 +92,7 @@ class JobSpec(Section):
         masking = self.data.masking
         if masking.max_predictions_per_seq is not None and masking.max_predictions_per_seq > t.max_seq_len:
             errors.append(("data.masking.max_predictions_per_seq", f"must not exceed train.max_seq_len {t.max_seq_len}"))
-        if self.cluster.backend == "local" and t.device == "gpu" and r.nodes > 1:
+        if self.cluster.backend == "local" and t.device == "gpu" and r.max_nodes > 1:
             errors.append(("resources.nodes", "the local backend runs on this machine only; use nodes: 1"))
         lead = self.cluster.requeue.signal_lead_s
         if lead >= slurm_time_to_seconds(self.cluster.time):
@@ -113,23 +114,23 @@ class JobSpec(Section):
             return f"random weights (model.random_init), architecture of {what} {m.model_name_or_path}"
         return f"the weights in {m.model_name_or_path} (DAPT)"
 
-    # Derived values used by render, train and checkpoints.
+    # Derived values used by render, train and checkpoints: at the most nodes; an attempt's own: batch_plan.
     @property
     def dp_degree(self) -> int:
-        t = self.train
-        if t.dp_degree is not None:
-            return t.dp_degree
-        return max(1, self.resources.world_size // (t.mp_degree * t.pp_degree * t.sharding_degree))
+        return dp_at(self, self.resources.max_nodes)
 
     @property
     def global_batch_size(self) -> int:
-        t = self.train
-        return t.global_batch_size or t.micro_batch_size * self.dp_degree * t.sharding_degree
+        return global_batch(self)
 
     @property
     def accumulate_steps(self) -> int:
-        t = self.train
-        return self.global_batch_size // (t.micro_batch_size * self.dp_degree * t.sharding_degree)
+        return plan_at(self, self.resources.max_nodes).accumulate_steps
+
+    def batch_plan(self, *, world_size: int) -> BatchPlan:
+        """The data-parallel shape of an attempt whose launcher started `world_size` trainers (BatchPlanError
+        when the spec cannot train at that world)."""
+        return plan_for_world(self, world_size)
 
     @property
     def decay_steps(self) -> int:

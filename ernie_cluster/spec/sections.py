@@ -4,7 +4,7 @@ that need that field alone. `JobSpec` (spec/job.py) puts them together and check
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationInfo, field_validator,
                       model_serializer)
@@ -155,14 +155,65 @@ class ClusterSection(Section):
         return {k: str(val) for k, val in v.items()}
 
 
+MAX_NODES = 4096
+_NODE_RANGE = re.compile(r"([0-9]+)-([0-9]+)")
+
+
 class ResourcesSection(Section):
-    nodes: int = Field(1, ge=1, le=4096)
+    nodes: Union[int, str] = Field(
+        1, description="nodes per attempt: a count, or a range 'MIN-MAX' (elastic: each attempt runs on the nodes "
+                       "Slurm can give within it, with the same global batch)")
     gpus_per_node: int = Field(0, ge=0, le=16)
     procs_per_node: Optional[int] = Field(
         None, ge=1, le=128, description="trainer processes per node; default: gpus_per_node, or 1 on CPU"
     )
     cpus_per_task: int = Field(1, ge=1, le=512)
     mem: Optional[str] = None
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _check_nodes(cls, v: Any) -> Union[int, str]:
+        """A count stays an int; a range becomes 'MIN-MAX' (a range of one count: that count)."""
+        usage = f"use a count of nodes (1-{MAX_NODES}) or a range such as '2-4' (elastic)"
+        # this runs before Section's own check: the same message for a control character
+        message = control_character_message(v) if isinstance(v, str) else None
+        if message:
+            raise PydanticCustomError("control_character", "{message}", {"message": message, "entry": ""})
+        text = str(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else None
+        if text is None:
+            raise ValueError(f"{v!r} is not a number of nodes; {usage}")
+        if re.fullmatch(r"[0-9]+", text):
+            low = high = int(text)
+        else:
+            match = _NODE_RANGE.fullmatch(text)
+            if match is None:
+                raise ValueError(f"{text!r} is not a number of nodes or a range of them; {usage}")
+            low, high = int(match.group(1)), int(match.group(2))
+        if low > high:
+            raise ValueError(f"{text!r}: the minimum is above the maximum; write the range as '{high}-{low}'")
+        if not 1 <= low <= high <= MAX_NODES:
+            raise ValueError(f"{text} is outside 1-{MAX_NODES}; {usage}")
+        return low if low == high else f"{low}-{high}"
+
+    @property
+    def min_nodes(self) -> int:
+        return int(str(self.nodes).split("-")[0])
+
+    @property
+    def max_nodes(self) -> int:
+        return int(str(self.nodes).split("-")[-1])
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_nodes != self.max_nodes
+
+    @property
+    def node_counts(self) -> range:
+        return range(self.min_nodes, self.max_nodes + 1)
+
+    @property
+    def nodes_text(self) -> str:
+        return str(self.nodes)
 
     @field_validator("mem")
     @classmethod
@@ -179,7 +230,8 @@ class ResourcesSection(Section):
 
     @property
     def world_size(self) -> int:
-        return self.nodes * self.trainers_per_node
+        """The world at the most nodes (an elastic attempt's own: `JobSpec.batch_plan`)."""
+        return self.max_nodes * self.trainers_per_node
 
 
 # A path bound into a container: apptainer splits --bind at ',' and ':', pyxis splits --container-mounts at ','

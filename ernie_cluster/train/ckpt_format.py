@@ -75,7 +75,7 @@ def json_default(obj: Any) -> Any:
 
 
 def build_trainer_state(*, step: int, global_batch_size: int, lr_schedule: Dict[str, Any], spec_sha256: str,
-                        compat_key: Dict[str, Any], engine: str, world_size: int, dp_degree: int,
+                        compat_key: Dict[str, Any], engine: str, world_size: int, dp_degree: int, nodes: int,
                         accumulate_steps: int, model_config: Dict[str, Any], max_steps: int,
                         starting_weights: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """The trainer_state.json of a checkpoint at `step` (versions and the save time filled in here)."""
@@ -91,7 +91,7 @@ def build_trainer_state(*, step: int, global_batch_size: int, lr_schedule: Dict[
         "format": FORMAT_VERSION, "step": step, "consumed_samples": step * global_batch_size,
         "global_batch_size": global_batch_size, "lr_schedule": lr_schedule,
         "spec_sha256": spec_sha256, "compat_key": compat_key, "engine": engine,
-        "world_size": world_size, "dp_degree": dp_degree, "accumulate_steps": accumulate_steps,
+        "world_size": world_size, "dp_degree": dp_degree, "nodes": nodes, "accumulate_steps": accumulate_steps,
         "paddle_version": paddle.__version__, "paddlenlp_version": nlp_version, "model_config": model_config,
         "saved_at": time.time(), "max_steps": max_steps, "starting_weights": starting_weights,
     }

@@ -205,8 +205,10 @@ def load_checkpoint(info: CheckpointInfo, rank: int) -> LoadedCheckpoint:
     if rpath.is_file():
         with open(rpath, "rb") as f:
             rng = pickle.load(f)
-    else:
-        log.warning("checkpoint %s has no RNG state for rank %d (saved with world size %s); "
-                    "python/numpy RNG start fresh", info.path, rank, info.manifest.get("world_size"))
+    else:  # a rank the saving attempt did not have (an elastic resume on more nodes): the caller seeds it
+        saved = info.manifest.get("world_size")
+        (log.info if isinstance(saved, int) and rank >= saved else log.warning)(
+            "checkpoint %s has no RNG state for rank %d (saved with world size %s); python/numpy RNG are "
+            "seeded from (seed, rank)", info.path, rank, saved)
     return LoadedCheckpoint(info=info, model_state={k: np.asarray(v) for k, v in model_state.items()},
                             optimizer=optimizer, rng=rng)

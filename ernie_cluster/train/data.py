@@ -116,9 +116,10 @@ def _batches(spec, dataset, dist, *, accumulate_steps: int, start_step: int, num
                               num_workers=num_workers)
 
 
-def train_stream(spec, dataset, dist, start_step: int):
-    """`(step, [micro-batch dicts])` for this rank from `start_step`; close it with `close_stream`."""
-    return _batches(spec, dataset, dist, accumulate_steps=spec.accumulate_steps, start_step=start_step,
+def train_stream(spec, dataset, dist, start_step: int, accumulate_steps: int):
+    """`(step, [micro-batch dicts])` for this rank from `start_step` (the attempt's accumulation: its batch
+    plan); close it with `close_stream`."""
+    return _batches(spec, dataset, dist, accumulate_steps=accumulate_steps, start_step=start_step,
                     num_workers=spec.train.num_workers)
 
 

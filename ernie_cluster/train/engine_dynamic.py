@@ -66,7 +66,7 @@ class DynamicCollective(Collective):
 class DynamicEngine:
     name = "dynamic"
 
-    def __init__(self, spec, dist, config: Dict[str, Any], schedule):
+    def __init__(self, spec, dist, config: Dict[str, Any], schedule, plan=None):
         import paddle
 
         self.spec = spec
@@ -74,7 +74,9 @@ class DynamicEngine:
         self.config = config
         self.schedule = schedule
         self.binary_head = bool(spec.data.masking.binary_head)
-        self.micro_per_step = spec.accumulate_steps
+        # the attempt's accumulation: an elastic attempt's follows its nodes (spec.batch_plan)
+        self.plan = plan if plan is not None else spec.batch_plan(world_size=dist.world_size)
+        self.micro_per_step = self.plan.accumulate_steps
         t = spec.train
         paddle.disable_static()
         if t.device == "gpu":

@@ -61,7 +61,7 @@ def make_lr_scheduler(schedule):
     return _lr_scheduler_class()(schedule)
 
 
-def fleet_strategy(spec, recompute_checkpoints: List[str]):
+def fleet_strategy(spec, recompute_checkpoints: List[str], accumulate_steps: int):
     import paddle
     from paddle.distributed import fleet
 
@@ -89,7 +89,7 @@ def fleet_strategy(spec, recompute_checkpoints: List[str]):
             "init_loss_scaling": float(t.amp_init_loss_scaling),
             "use_dynamic_loss_scaling": True,
         }
-    acc = spec.accumulate_steps
+    acc = accumulate_steps  # the attempt's (batch plan): the program is built for the nodes it got
     if acc > 1:
         strategy.gradient_merge = True
         strategy.gradient_merge_configs = {"k_steps": acc, "avg": True}
@@ -190,7 +190,7 @@ class StaticCollective(Collective):
 class StaticEngine:
     name = "static"
 
-    def __init__(self, spec, dist, config: Dict[str, Any], schedule):
+    def __init__(self, spec, dist, config: Dict[str, Any], schedule, plan=None):
         import paddle
         from paddle.distributed import fleet
 
@@ -199,7 +199,9 @@ class StaticEngine:
         self.config = config
         self.schedule = schedule
         self.binary_head = bool(spec.data.masking.binary_head)
-        self.micro_per_step = spec.accumulate_steps
+        # the attempt's accumulation: an elastic attempt's follows its nodes (spec.batch_plan)
+        self.plan = plan if plan is not None else spec.batch_plan(world_size=dist.world_size)
+        self.micro_per_step = self.plan.accumulate_steps
         t = spec.train
         paddle.enable_static()
         self.place = paddle.CUDAPlace(gpu_device_id(dist)) if t.device == "gpu" else paddle.CPUPlace()
@@ -256,7 +258,7 @@ class StaticEngine:
         optimizer = paddle.optimizer.AdamW(
             learning_rate=self.lr, beta1=t.adam_beta1, beta2=t.adam_beta2, epsilon=t.adam_epsilon,
             weight_decay=t.weight_decay, apply_decay_param_fun=lambda vname: vname in decay_vars, grad_clip=clip)
-        self.strategy = fleet_strategy(self.spec, recompute_checkpoints)
+        self.strategy = fleet_strategy(self.spec, recompute_checkpoints, self.plan.accumulate_steps)
         optimizer = fleet.distributed_optimizer(optimizer, strategy=self.strategy)
         optimizer.minimize(self.loss)
 

@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 log = logging.getLogger("ernie_cluster.train")
 
@@ -58,10 +58,11 @@ class Metrics:
         self._excluded += seconds
 
     def step(self, step: int, loss: float, lm: float, sop: float, lr: float, loss_scale: Optional[float],
-             data_digest: Optional[str] = None) -> None:
-        """`step` = number of completed steps after this update (1-based)."""
+             trace: Optional[Dict[str, Any]] = None) -> None:
+        """`step` = number of completed steps after this update (1-based); `trace`: the loss log's digests of this
+        rank's input (all micro-batches, each micro-batch) and its global sample ids."""
         if self.loss_log is not None:
-            rec = {"step": step, "loss": loss, "lm_loss": lm, "sop_loss": sop, "lr": lr, "data": data_digest}
+            rec = {"step": step, "loss": loss, "lm_loss": lm, "sop_loss": sop, "lr": lr, **(trace or {"data": None})}
             self.loss_log.write(json.dumps(rec) + "\n")
             self.loss_log.flush()
         self._window_steps += 1

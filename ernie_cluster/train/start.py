@@ -53,14 +53,19 @@ def agree_on_checkpoint(ckpt_dir: Path, compat_key: Dict[str, Any], dist, collec
     return info
 
 
-def resume(info: CheckpointInfo, manager: CheckpointManager, engine, spec,
-           rank: int) -> Tuple[int, Optional[Dict[str, Any]]]:
-    """Load the checkpoint's model, optimizer and RNG states into the engine; (step, what step 0 started from)."""
+def resume(info: CheckpointInfo, manager: CheckpointManager, engine, spec, rank: int,
+           plan) -> Tuple[int, Optional[Dict[str, Any]]]:
+    """Load the checkpoint's model, optimizer and RNG states into the engine; (step, what step 0 started from).
+
+    The checkpoint may come from an attempt on another number of nodes (resources.nodes a range): its state is
+    replicated, and the global batch (the compat key) is the same, so only the accumulation differs: logged."""
     loaded = manager.load(info)
     engine.set_model_state(loaded.model_state)
     engine.set_optimizer_state(loaded.optimizer)
     if loaded.rng is not None:
         restore_rng(loaded.rng)
+    else:
+        seed_host_rngs(spec.train.seed, rank)
     st = loaded.trainer_state
     step = int(st["step"])
     if st.get("engine") != engine.name:
@@ -68,24 +73,43 @@ def resume(info: CheckpointInfo, manager: CheckpointManager, engine, spec,
     if st.get("spec_sha256") != spec.sha256():
         log.info("the spec changed since the checkpoint (compatible fields only)")
     log.info("resumed from %s: step %d, consumed samples %d", info.path, step, st.get("consumed_samples", -1))
+    change = shape_change(st, plan, spec.resources.trainers_per_node)
+    if change and rank == 0:
+        log.info("%s", change)
     starting = st.get("starting_weights")
     if rank == 0 and isinstance(starting, dict):
         log.info("this run started from %s", describe_start(starting))
     return step, starting
 
 
-def start_fresh(spec, engine, rank: int):
-    """Seed python/numpy, then load the model directory's weights into the engine (or keep its random
-    initialisation with model.random_init); (what step 0 starts from, the StartingWeightsReport or None)."""
+def shape_change(trainer_state: Dict[str, Any], plan, trainers_per_node: int) -> Optional[str]:
+    """'resumed on 2 nodes, was 3: accumulation 2 -> 3, dp 3 -> 2' when the checkpoint's attempt had another shape."""
+    world = trainer_state.get("world_size")
+    nodes = trainer_state.get("nodes") or (world // trainers_per_node if isinstance(world, int) else None)
+    acc, dp = trainer_state.get("accumulate_steps"), trainer_state.get("dp_degree")
+    if (nodes, acc, dp) == (plan.nodes, plan.accumulate_steps, plan.dp_degree):
+        return None
+    return (f"resumed on {plan.nodes} node{'s' if plan.nodes != 1 else ''}, was {nodes}: accumulation {acc} -> "
+            f"{plan.accumulate_steps}, dp {dp} -> {plan.dp_degree} (global batch {plan.global_batch_size} kept)")
+
+
+def seed_host_rngs(seed: int, rank: int) -> None:
+    """python's and numpy's RNG of a rank that has no saved state (paddle's is re-seeded every step)."""
     import random
 
     import numpy as np
 
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % (2 ** 32))
+
+
+def start_fresh(spec, engine, rank: int):
+    """Seed python/numpy, then load the model directory's weights into the engine (or keep its random
+    initialisation with model.random_init); (what step 0 starts from, the StartingWeightsReport or None)."""
     from .model import starting_weights
 
     t = spec.train
-    random.seed(t.seed + rank)
-    np.random.seed((t.seed + rank) % (2 ** 32))
+    seed_host_rngs(t.seed, rank)
     started = starting_weights(spec, engine.param_shapes(), fresh=engine.model_state)
     if started is None:
         log.info("random initialisation (model.random_init: true): architecture of %s, seed %d; no weights "

@@ -71,17 +71,18 @@ def quiet_paddle_env() -> None:
     os.environ.setdefault("FLAGS_call_stack_level", "1")
 
 
-def create_engine(spec, dist, config, schedule):
+def create_engine(spec, dist, config, schedule, plan):
+    """The engine of `spec`, shaped by the attempt's batch plan (its data-parallel degree and accumulation)."""
     engine = spec.train.resolved_engine
     if engine == "static":
         if spec.train.device == "cpu" and dist.world_size > 1:
             raise RuntimeError("the static engine cannot run several processes on the CPU; use engine: dynamic")
         from .engine_static import StaticEngine
 
-        return StaticEngine(spec, dist, config, schedule)
+        return StaticEngine(spec, dist, config, schedule, plan)
     from .engine_dynamic import DynamicEngine
 
-    return DynamicEngine(spec, dist, config, schedule)
+    return DynamicEngine(spec, dist, config, schedule, plan)
 
 
 class Trainer:
@@ -149,7 +150,8 @@ class Trainer:
         self._evaluate_start()
         self.stream = None
         if self.step < t.max_steps:
-            self.stream = train_stream(self.spec, self.datasets["train"], self.dist, self.step)
+            self.stream = train_stream(self.spec, self.datasets["train"], self.dist, self.step,
+                                       self.plan.accumulate_steps)
         try:
             code = self._agree()
             control.write_ready(self.dist.rank)  # every rank answered: the rendezvous worked
@@ -200,25 +202,24 @@ class Trainer:
         # A re-tokenized or edited corpus under the same prefix would silently shift the data position.
         corpus = self.datasets["train"].indexed
         self.compat_key = dict(spec.compat_key(), corpus={"documents": corpus.n_docs, "tokens": corpus.n_tokens})
-        self.engine = create_engine(spec, dist, self.config, self.schedule)
+        self.engine = create_engine(spec, dist, self.config, self.schedule, self.plan)
         self.collective = self.engine.collective
         self.manager = CheckpointManager(run.checkpoints, dist.rank, dist.world_size, spec.train.keep_checkpoints,
                                          self.collective)
 
     def _check_world(self) -> None:
+        """This attempt's batch plan: the launcher's world (the nodes Slurm gave, within resources.nodes)."""
+        from ..spec import BatchPlanError
         from .checkpoint import CheckpointError
 
         spec, dist, t = self.spec, self.dist, self.spec.train
-        log.info("trainer rank %d/%d (local %d) pid %d: engine %s, device %s, gbs %d = micro %d x accumulate %d x dp %d",
-                 dist.rank, dist.world_size, dist.local_rank, os.getpid(), t.resolved_engine, t.device,
-                 spec.global_batch_size, t.micro_batch_size, spec.accumulate_steps, dist.world_size)
-        if dist.world_size != spec.resources.world_size and os.environ.get("PADDLE_TRAINERS_NUM"):
-            log.warning("launcher world size %d differs from the spec's %d", dist.world_size, spec.resources.world_size)
-        if spec.global_batch_size != t.micro_batch_size * spec.accumulate_steps * dist.world_size:
-            raise CheckpointError(
-                f"global batch {spec.global_batch_size} != micro {t.micro_batch_size} x accumulate "
-                f"{spec.accumulate_steps} x world {dist.world_size}: the launcher started a different number of "
-                "trainers than the spec describes")
+        try:
+            self.plan = spec.batch_plan(world_size=dist.world_size)
+        except BatchPlanError as exc:
+            raise CheckpointError(f"{exc}: the launcher started a different number of trainers than the spec "
+                                  f"describes") from None
+        log.info("trainer rank %d/%d (local %d) pid %d: engine %s, device %s, %s", dist.rank, dist.world_size,
+                 dist.local_rank, os.getpid(), t.resolved_engine, t.device, self.plan.describe())
 
     def _resume_or_start(self) -> int:
         """Resume the checkpoint every rank agreed on, else start from the starting weights; the step to run next."""
@@ -228,7 +229,7 @@ class Trainer:
         self.start_report = None  # the starting weights' report (a fresh start from a model directory only)
         info = agree_on_checkpoint(self.run.checkpoints, self.compat_key, self.dist, self.collective)
         if info is not None:
-            step, self.starting = resume(info, self.manager, self.engine, self.spec, self.dist.rank)
+            step, self.starting = resume(info, self.manager, self.engine, self.spec, self.dist.rank, self.plan)
             self.resumed_from = str(info.path)
         else:
             step = 0
@@ -249,6 +250,9 @@ class Trainer:
                                max_steps=t.max_steps, logging_freq=t.logging_freq, use_amp=t.use_amp)
         # What produced these curves, beside them in VisualDL (per attempt: a resume may change max_steps).
         self.metrics.text("config/spec", spec.to_yaml(), self.step)
+        # The attempt's shape beside the loss: an elastic run changes it at a resume.
+        self.metrics.scalars("attempt", self.step, {"nodes": self.plan.nodes, "dp_degree": self.plan.dp_degree,
+                                                    "accumulate_steps": self.plan.accumulate_steps})
         if not self.resumed_from:
             self.metrics.text("init/starting_weights", self.start_report.text() if self.start_report is not None
                               else describe_start(self.starting or {}), 0)
@@ -256,7 +260,7 @@ class Trainer:
     def _evaluate_start(self) -> None:
         """Where DAPT starts: the loaded model's loss on this corpus's validation split, before any step."""
         if self.start_report is not None and self.spec.train.eval_iters > 0:
-            self._evaluate("valid", 0, 0, self.spec.train.eval_iters * self.spec.accumulate_steps)
+            self._evaluate("valid", 0, 0, self.spec.train.eval_iters * self.plan.accumulate_steps)
 
     # -- the step ---------------------------------------------------------
     def _agree(self, failing: bool = False) -> int:
@@ -277,14 +281,17 @@ class Trainer:
         else:
             self.nonfinite_run += 1
             log.warning("non-finite loss at step %d (%d in a row)", self.step, self.nonfinite_run)
-        self.metrics.step(self.step, res.loss, res.lm_loss, res.sop_loss, lr, res.loss_scale,
-                          data_digest=batch_digest(micro_batches) if self.metrics.loss_log is not None else None)
+        trace = None
+        if self.metrics.loss_log is not None:  # tests: what this rank trained on, comparable across degrees
+            trace = {"data": batch_digest(micro_batches), "micro": [batch_digest([mb]) for mb in micro_batches],
+                     "samples": [i for r in self.stream.samples_for_step(self.step - 1) for i in r]}
+        self.metrics.step(self.step, res.loss, res.lm_loss, res.sop_loss, lr, res.loss_scale, trace=trace)
 
     # -- periodic work ----------------------------------------------------
     def _maybe_evaluate(self) -> None:
         t = self.spec.train
         if t.eval_iters > 0 and self.step % t.eval_freq == 0 and self.step < t.max_steps:
-            self._evaluate("valid", self.step, self.step // t.eval_freq, t.eval_iters * self.spec.accumulate_steps)
+            self._evaluate("valid", self.step, self.step // t.eval_freq, t.eval_iters * self.plan.accumulate_steps)
 
     def _maybe_checkpoint(self) -> None:
         if self.step % self.spec.train.checkpoint_steps == 0 and self.step < self.spec.train.max_steps:
@@ -341,7 +348,8 @@ class Trainer:
         return build_trainer_state(
             step=at, global_batch_size=spec.global_batch_size, lr_schedule=self.schedule.state(at),
             spec_sha256=spec.sha256(), compat_key=self.compat_key, engine=self.engine.name,
-            world_size=self.dist.world_size, dp_degree=spec.dp_degree, accumulate_steps=spec.accumulate_steps,
+            world_size=self.dist.world_size, dp_degree=self.plan.dp_degree, nodes=self.plan.nodes,
+            accumulate_steps=self.plan.accumulate_steps,
             model_config=self.config, max_steps=spec.train.max_steps, starting_weights=self.starting)
 
     def _snapshot(self, at: int) -> None:
@@ -384,7 +392,7 @@ class Trainer:
         self._save(self.step)
         self._snapshot(self.step)
         if t.eval_iters > 0:
-            self._evaluate("test", self.step, 0, t.eval_iters * 10 * self.spec.accumulate_steps)
+            self._evaluate("test", self.step, 0, t.eval_iters * 10 * self.plan.accumulate_steps)
         self.collective.barrier()
         control.write_exit(self.dist.rank, "completed", self.step, param_digest=param_digest(self.engine))
         log.info("training completed at step %d", self.step)

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "run was submitted with (frozen again in the run directory); without it such a resume is refused")
     p.add_argument("--preempt-after", type=float, metavar="SECONDS",
                    help="local backend only: send the preemption warning once, SECONDS after training started")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="local backend: stream the jobs' whole output (also in RUN/logs/local<pid>.out) instead of "
+                        "the live view")
 
     for name, text in (("status", "show the jobs, attempts, checkpoint and converted model of a run"),
                        ("logs", "print the run's Slurm and trainer logs"),
@@ -62,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("run_dir", help="the run directory (the spec's output_dir)")
         if name == "status":
-            p.add_argument("--json", action="store_true")
+            shown = p.add_mutually_exclusive_group()
+            shown.add_argument("--json", action="store_true")
+            shown.add_argument("--follow", "-f", action="store_true",
+                               help="a live view until the run ends (exit 0 when it completed), then a summary")
         if name == "logs":
             p.add_argument("--follow", "-f", action="store_true")
             p.add_argument("--lines", "-n", type=int, default=40)
@@ -185,8 +191,11 @@ def _run_spec_command(args: argparse.Namespace, spec: JobSpec) -> int:
         return EXIT_BAD_INPUT
     try:
         if spec.cluster.backend == "local":
-            sub = submit_local(spec, resume=args.resume, force=args.force, new_code=args.new_code,
-                               preempt_after_s=args.preempt_after)
+            from .console import watching_local_submit
+
+            with watching_local_submit(spec.run_dir(), verbose=args.verbose):
+                sub = submit_local(spec, resume=args.resume, force=args.force, new_code=args.new_code,
+                                   preempt_after_s=args.preempt_after)
         else:
             if args.preempt_after is not None:
                 print("--preempt-after is for the local backend; on Slurm, preemption comes from Slurm", file=sys.stderr)
@@ -255,6 +264,10 @@ def _run_dir_command(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.command == "status":
+        if args.follow:
+            from .console import follow_run
+
+            return follow_run(run)
         print_status(collect_status(run), as_json=args.json)
     elif args.command == "logs":
         show_logs(run, follow=args.follow, lines=args.lines)

@@ -6,6 +6,11 @@ the launcher marked for requeue, like `scontrol requeue` would (same `cluster.re
 runs the conversion only if training completed (afterok). Its progress goes into state.json
 (`local_state`, `restarts`); `cancel` TERMs it. Every attempt and the conversion import the run's
 frozen code (`submit` froze it), like the jobs on Slurm.
+
+What Slurm would write into the job's output file goes into `logs/local<pid>.out` (`output_file`): the
+supervisor's own lines, everything the node launchers, paddle's launcher and the conversion print. The
+terminal shows the console (`console`) instead, which reads the run directory; `submit --verbose` streams
+that file.
 """
 
 from __future__ import annotations
@@ -14,12 +19,18 @@ import os
 import signal
 import subprocess
 import threading
-from typing import Dict, Optional, Tuple
+from pathlib import Path
+from typing import IO, Any, Dict, Optional, Tuple
 
 from .frozen_paths import code_environment
 from .launch.cluster_env import LOCAL_JOB_ID_ENV, LOCAL_RESTART_ENV
 from .rundir import AttemptRecord, RunDir
 from .spec import JobSpec
+
+
+def output_file(run: RunDir, job_id: str) -> Path:
+    """The local job's output (Slurm's job output file on the Slurm backend), appended by every attempt."""
+    return run.logs / f"{job_id}.out"
 
 
 class LocalSupervisor:
@@ -31,6 +42,8 @@ class LocalSupervisor:
         self.job_id = f"local{os.getpid()}"
         self._child: Optional[subprocess.Popen] = None
         self._cancelled = False
+        self._out: Optional[IO[Any]] = None  # output_file, open while run() runs
+        self._out_lock = threading.Lock()  # the preemption thread logs too
 
     def _environment(self, **extra: str) -> Dict[str, str]:
         """This process's environment with the run's frozen code first on the path (frozen_paths)."""
@@ -40,7 +53,26 @@ class LocalSupervisor:
         return env
 
     def _log(self, message: str) -> None:
-        print(f"[ernie_cluster local] {message}", flush=True)
+        line = f"[ernie_cluster local] {message}\n"
+        with self._out_lock:
+            if self._out is None:
+                print(line, end="", flush=True)
+            else:
+                self._out.write(line)
+                self._out.flush()
+
+    def _open_output(self) -> None:
+        """Append mode, like Slurm's output of a requeued job; the children write into the same open file."""
+        path = output_file(self.rundir, self.job_id)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._out = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed by run()
+        except OSError as exc:  # nothing silent: the output stays on the terminal then
+            self._log(f"WARNING: cannot write {path} ({exc.strerror}); the jobs' output goes to the terminal")
+
+    def _output(self) -> Dict[str, Any]:
+        """Popen's stdout/stderr for a child: the output file when it is open, else this process's."""
+        return {"stdout": self._out, "stderr": subprocess.STDOUT} if self._out is not None else {}
 
     def _on_cancel(self, signum, _frame) -> None:
         # `cancel` sends TERM: pass it on as a stop so the trainers checkpoint, and do not requeue.
@@ -54,7 +86,7 @@ class LocalSupervisor:
         cmd = [self.python, "-m", "ernie_cluster.launch", "--run-dir", str(self.rundir.root), "--local"]
         before = len(self.rundir.read_attempts())
         self._log(f"attempt {restart}: {' '.join(cmd)}")
-        self._child = subprocess.Popen(cmd, env=env)
+        self._child = subprocess.Popen(cmd, env=env, **self._output())
         done = threading.Event()
         warner = None
         if self.preempt_after_s is not None and restart == 0:
@@ -66,7 +98,8 @@ class LocalSupervisor:
             warner.join()
         attempts = self.rundir.read_attempts()[before:]
         if not attempts:
-            self._log(f"attempt {restart}: the launcher recorded no attempt")
+            self._log(f"ERROR: attempt {restart}: the launcher recorded no attempt (exit {code}); its output is in "
+                      f"{output_file(self.rundir, self.job_id)}")
         return (attempts[-1] if attempts else AttemptRecord(reason="failed")), code
 
     def _warn_once(self, restart: int, done: threading.Event) -> None:
@@ -107,6 +140,7 @@ class LocalSupervisor:
 
     def run(self) -> bool:
         previous = signal.signal(signal.SIGTERM, self._on_cancel)
+        self._open_output()
         try:
             trained = self.run_training()
             if not trained:
@@ -120,10 +154,14 @@ class LocalSupervisor:
             self.rundir.update_state(local_state="CONVERTING")
             cmd = [self.python, "-m", "ernie_cluster.convert", "--run-dir", str(self.rundir.root)]
             self._log(f"conversion: {' '.join(cmd)}")
-            code = subprocess.call(cmd, env=self._environment())
+            code = subprocess.call(cmd, env=self._environment(), **self._output())
             self.rundir.update_state(local_state="COMPLETED" if code == 0 else "FAILED", convert_exit_code=code)
             if code == 0:
                 self._log(f"converted model: {self.spec.convert_dir()}")
             return code == 0
         finally:
             signal.signal(signal.SIGTERM, previous)
+            with self._out_lock:
+                out, self._out = self._out, None
+            if out is not None:
+                out.close()

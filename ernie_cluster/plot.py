@@ -9,85 +9,15 @@ started from), and the median samples/s of each attempt. matplotlib (Agg) is imp
 
 from __future__ import annotations
 
-import re
-import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .rundir import AttemptRecord, RunDir
-
-_NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)"
-_TRAIN = re.compile(r"\bstep (\d+)/\d+ \| loss " + _NUM + r".*?\| lr " + _NUM + r"(?:.*?\| " + _NUM + r" samples/s)?")
-_VALID = re.compile(r"\bvalid at step (\d+) \| loss " + _NUM)
-_RESUMED = re.compile(r"\bresumed from .*: step (\d+)")
-_ATTEMPT_DIR = re.compile(r"^attempt-(.+)-(\d+)$")
+from .progress import AttemptSeries, collect  # the log parsing, shared with `status` and the live console
+from .rundir import RunDir
 
 
 class PlotError(Exception):
     """Bad input for `plot`: not a run directory, or nothing logged yet (the CLI exits 2)."""
-
-
-@dataclass
-class AttemptSeries:
-    name: str                       # attempt-<job>-<restart>
-    job_id: str
-    restart: int
-    train: List[tuple] = field(default_factory=list)   # (step, loss, lr)
-    valid: List[tuple] = field(default_factory=list)   # (step, loss)
-    samples_per_s: List[float] = field(default_factory=list)
-    resumed_from: Optional[int] = None
-    record: Optional[AttemptRecord] = None
-
-    @property
-    def median_samples_per_s(self) -> Optional[float]:
-        return statistics.median(self.samples_per_s) if self.samples_per_s else None
-
-
-def parse_workerlog(text: str, series: AttemptSeries) -> AttemptSeries:
-    for line in text.splitlines():
-        m = _TRAIN.search(line)
-        if m:
-            series.train.append((int(m.group(1)), float(m.group(2)), float(m.group(3))))
-            if m.group(4) is not None:
-                series.samples_per_s.append(float(m.group(4)))
-            continue
-        m = _VALID.search(line)
-        if m:
-            series.valid.append((int(m.group(1)), float(m.group(2))))
-            continue
-        m = _RESUMED.search(line)
-        if m and series.resumed_from is None:
-            series.resumed_from = int(m.group(1))
-    return series
-
-
-def collect(run: RunDir) -> List[AttemptSeries]:
-    """Every attempt, in the order attempts.jsonl recorded them (an unrecorded, e.g. running, one last)."""
-    records = run.read_attempts()
-    dirs: Dict[tuple, Path] = {}
-    if run.logs.is_dir():
-        for d in run.logs.iterdir():
-            m = _ATTEMPT_DIR.match(d.name)
-            if m and d.is_dir():
-                dirs[(m.group(1), int(m.group(2)))] = d
-    ordered: List[tuple] = []
-    for r in records:
-        key = (str(r.get("job_id")), int(r.get("restart") or 0))
-        if key not in ordered:
-            ordered.append(key)
-    rest = sorted((k for k in dirs if k not in ordered), key=lambda k: (dirs[k].stat().st_mtime, k[1]))
-    by_key = {(str(r.get("job_id")), int(r.get("restart") or 0)): r for r in records}
-    out = []
-    for key in ordered + rest:
-        s = AttemptSeries(f"attempt-{key[0]}-{key[1]}", key[0], key[1], record=by_key.get(key))
-        log = dirs.get(key, run.logs / s.name) / "node0" / "workerlog.0"
-        try:
-            parse_workerlog(log.read_text(errors="replace"), s)
-        except OSError:
-            pass
-        out.append(s)
-    return out
 
 
 def marks_for(attempts: List[AttemptSeries]) -> List[Dict[str, Any]]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from . import progress as pg
 from . import slurm
 from .rundir import CONVERT_REPORT, DATA_REPORT, AttemptRecord, RunDir, RunState
 from .slurm import job_states as slurm_jobs
@@ -54,13 +55,15 @@ class RunStatus:
     max_steps: Optional[int] = None
     data: Optional[Dict[str, Any]] = None  # data_cache/data_report.json: documents that give no sample
     watchdog: Optional[Dict[str, Any]] = None  # the hang watchdog's latest view (`watchdog_view`)
+    progress: Dict[str, Any] = field(default_factory=dict)  # `progress.figures`: step, loss, samples/s, ETA...
+    waiting: List[str] = field(default_factory=list)  # what the run waits on now (`progress.waiting_on`)
 
     def as_dict(self) -> Dict[str, Any]:
         return {"run_dir": str(self.run_dir), "name": self.name, "backend": self.backend, "jobs": self.jobs,
                 "attempts": self.attempts, "checkpoint": self.checkpoint, "conversion": self.conversion,
                 "max_steps": self.max_steps, "data": self.data, "causes": _cause_counts(self.attempts),
                 "nodes": _node_events(self.attempts),
-                "watchdog": self.watchdog}
+                "watchdog": self.watchdog, "progress": self.progress, "waiting": self.waiting}
 
 
 def _node_events(attempts: List[AttemptRecord]) -> Dict[str, List[Dict[str, Any]]]:
@@ -117,6 +120,7 @@ def collect_status(run: RunDir) -> RunStatus:
     except (OSError, ValueError):
         status.data = {"error": f"unreadable data_cache/{DATA_REPORT}"}
     status.watchdog = watchdog_view(run)
+    _add_progress(run, status)
     report = model_dir / CONVERT_REPORT
     if report.exists():
         try:
@@ -125,6 +129,19 @@ def collect_status(run: RunDir) -> RunStatus:
             status.conversion = {"error": f"unreadable {CONVERT_REPORT}"}
         status.conversion["model_dir"] = str(model_dir)
     return status
+
+
+def _add_progress(run: RunDir, status: RunStatus) -> None:
+    """The latest figures from the trainers' logs and heartbeat, and what the run waits on. No ETA and no
+    phase unless training runs now: a stopped run's last attempt may have left no record."""
+    series = pg.collect(run, launcher_logs=True)
+    current = series[-1] if series else None
+    beat = pg.read_heartbeat(run.logs / current.name) if current is not None and current.record is None else None
+    status.progress = pg.figures(series, status.max_steps, beat)
+    running = bool(status.jobs) and status.jobs[0].get("state") in ("RUNNING", "COMPLETING", "CONVERTING")
+    if not running and current is not None and current.record is None:
+        status.progress.update(eta_s=None, phase=None)
+    status.waiting = pg.waiting_on(status.jobs, status.progress)
 
 
 def watchdog_view(run: RunDir) -> Optional[Dict[str, Any]]:
@@ -170,6 +187,10 @@ def _slurm_jobs(run: RunDir, state: RunState) -> List[Dict[str, Any]]:
         if kind == "train":
             row["logs"] = str(run.slurm / jid)
         rows.append(row)
+    pending = [r["job_id"] for r in rows if r["state"] == "PENDING"]
+    starts = slurm.expected_starts(pending) if pending else {}
+    for r in rows:  # Slurm's estimate (squeue --start); None when it has none or did not answer
+        r["expected_start"] = starts.get(r["job_id"]) if isinstance(starts, dict) else None
     return rows
 
 
@@ -198,10 +219,11 @@ def print_status(status: RunStatus, *, as_json: bool = False) -> None:
     console.print(jobs)
     if status.attempts:
         attempts = Table(title="training attempts")
-        for col in ("#", "job", "restart", "started", "ended", "reason", "cause", "step", "action"):
+        for col in ("#", "job", "restart", "nodes", "started", "ended", "reason", "cause", "step", "action"):
             attempts.add_column(col)
         for i, a in enumerate(status.attempts):
-            attempts.add_row(str(i), str(a.get("job_id", "")), str(a.get("restart", "")), _fmt_time(a.get("started")),
+            attempts.add_row(str(i), str(a.get("job_id", "")), str(a.get("restart", "")), str(a.get("nodes", "")),
+                             _fmt_time(a.get("started")),
                              _fmt_time(a.get("ended")), str(a.get("reason", "")), str(a.get("cause") or ""),
                              str(a.get("step", "")), str(a.get("action", "")))
         console.print(attempts)
@@ -213,6 +235,7 @@ def print_status(status: RunStatus, *, as_json: bool = False) -> None:
 
         console.print(f"[yellow]WARNING[/yellow] data: {escape(status.data['summary'])}", highlight=False)
     _print_watchdog(console, status.watchdog)
+    _print_progress(console, status)
     ckpt = status.checkpoint
     steps = f"/{status.max_steps}" if status.max_steps else ""
     console.print(f"last checkpoint: step {ckpt['step']}{steps} ({ckpt['path']})" if ckpt else "last checkpoint: none yet")
@@ -222,6 +245,28 @@ def print_status(status: RunStatus, *, as_json: bool = False) -> None:
         console.print(f"converted model: {conv.get('model_dir')} (verification {verdict}, max diff {conv.get('max_abs_diff')})")
     else:
         console.print("converted model: not yet")
+
+
+def _print_progress(console: Any, status: RunStatus) -> None:
+    """`progress: step 120/200, loss 5.989 at step 120, 186.6 samples/s, ETA 0:00:06 (attempt-..., 1 node, train)`
+    and one `waiting on:` line per thing the run waits for."""
+    from rich.markup import escape
+
+    p = status.progress
+    if p.get("step") is not None:
+        parts = [f"step {p['step']}" + (f"/{p['max_steps']}" if p.get("max_steps") else "")]
+        if p.get("loss") is not None:
+            parts.append(f"loss {p['loss']:.6f} at step {p['loss_step']}")
+        if p.get("samples_per_s") is not None:
+            parts.append(f"{p['samples_per_s']:.1f} samples/s")
+        if p.get("eta_s") is not None:
+            parts.append(f"ETA {pg.fmt_duration(p['eta_s'])}")
+        where = ", ".join(str(x) for x in (p.get("attempt"), p.get("nodes") and f"{p['nodes']} node(s)",
+                                          p.get("phase")) if x)
+        console.print(escape(f"progress: {', '.join(parts)} ({where}); {p['steps_lost']} step(s) computed again "
+                             f"after resumes"), highlight=False)
+    for line in status.waiting:
+        console.print(f"[yellow]waiting on[/yellow]: {escape(line)}", highlight=False)
 
 
 def _print_watchdog(console, view: Optional[Dict[str, Any]]) -> None:
@@ -254,11 +299,13 @@ def _fmt_time(value: Any) -> str:
 
 
 def log_files(run: RunDir) -> List[Path]:
-    """Slurm outputs of every job, then the trainers' workerlog.N and the node launchers' launcher.log of
-    every attempt, then the trainers' Python stacks the hang watchdog recorded, each group sorted by path.
+    """Slurm outputs of every job (the local backend's: logs/local<pid>.out), then the trainers' workerlog.N and
+    the node launchers' launcher.log of every attempt, then the trainers' Python stacks the hang watchdog
+    recorded, each group sorted by path.
 
     Not paddle's own pod log, envlog.N or backup_env.N.json: they hold the launcher's whole environment."""
     files = sorted(p for p in run.slurm.rglob("*") if p.is_file() and p.suffix in (".out", ".err"))
+    files += sorted(p for p in run.logs.glob("local*.out") if p.is_file())
     files += sorted(p for p in run.logs.rglob("workerlog.*") if p.is_file())
     files += sorted(p for p in run.logs.rglob("launcher.log") if p.is_file())
     files += sorted(p for p in run.logs.rglob("stacks.rank*.txt") if p.is_file() and _holds_stacks(p))

@@ -169,10 +169,11 @@ def sinfo_partitions(*, env: Optional[Mapping[str, str]] = None, timeout: Union[
 
 
 def squeue(fmt: str, job_ids: Optional[Sequence[str]] = None, *, env: Optional[Mapping[str, str]] = None,
-           timeout: Union[str, float] = "query") -> Answer:
-    """`squeue -h [-j IDS] -o FMT`: every queued job, or these (squeue exits non-zero for purged ids)."""
+           timeout: Union[str, float] = "query", start: bool = False) -> Answer:
+    """`squeue -h [--start] [-j IDS] -o FMT`: every queued job, or these (squeue exits non-zero for purged ids);
+    `start`: pending jobs only, %S their expected start."""
     ids = ["-j", ",".join(job_ids)] if job_ids is not None else []
-    return call(["squeue", "-h", *ids, "-o", fmt], timeout=timeout, env=env)
+    return call(["squeue", "-h", *(["--start"] if start else []), *ids, "-o", fmt], timeout=timeout, env=env)
 
 
 def sacct(fields: str, job_ids: Sequence[str], *, duplicates: bool = False, env: Optional[Mapping[str, str]] = None,
@@ -244,6 +245,20 @@ def job_states(job_ids: Sequence[str], *, env: Optional[Mapping[str, str]] = Non
             for j in missing:
                 jobs.setdefault(j, ("UNKNOWN", "squeue/sacct did not answer"))
     return jobs
+
+
+def expected_starts(job_ids: Sequence[str], *, env: Optional[Mapping[str, str]] = None,
+                    timeout: Union[str, float] = "query") -> Union[Dict[str, Optional[float]], NoAnswer]:
+    """Slurm's estimate of when each pending job starts (`squeue --start`), as epoch seconds; None where Slurm
+    has none (N/A: held, waiting on a dependency, not yet looked at by the scheduler). Jobs that are not
+    pending are left out; NoAnswer when squeue did not answer."""
+    ids = [j for j in job_ids if j]
+    if not ids:
+        return {}
+    out = squeue("%i|%S", ids, env=env, timeout=timeout, start=True)
+    if isinstance(out, NoAnswer):
+        return out
+    return {parts[0]: parse_timestamp(parts[1]) for parts in out.rows() if len(parts) == 2}
 
 
 def job_attempts(job_id: str, *, env: Optional[Mapping[str, str]] = None,

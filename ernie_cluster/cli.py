@@ -200,6 +200,9 @@ def _run_spec_command(args: argparse.Namespace, spec: JobSpec) -> int:
             if args.preempt_after is not None:
                 print("--preempt-after is for the local backend; on Slurm, preemption comes from Slurm", file=sys.stderr)
                 return EXIT_BAD_INPUT
+            if args.verbose:  # accepted, but say what it does here rather than ignore it
+                print("--verbose: a Slurm job's output is in the run directory; follow it with `status RUN "
+                      "--follow` or `logs RUN --follow`", file=sys.stderr)
             sub = submit_slurm(spec, resume=args.resume, force=args.force, new_code=args.new_code)
     except SubmitError as exc:
         print(f"submit refused: {exc}", file=sys.stderr)

@@ -196,8 +196,9 @@ def _slurm_jobs(run: RunDir, state: RunState) -> List[Dict[str, Any]]:
 
 def _local_job(run: RunDir, state: RunState) -> Dict[str, Any]:
     """The local supervisor's row: what it last wrote into state.json."""
-    return {"kind": "local", "job_id": str(state.get("supervisor_pid")), "state": state.get("local_state", "UNKNOWN"),
-            "restarts": state.get("restarts", 0), "logs": str(run.logs)}
+    pid = state.get("supervisor_pid")
+    return {"kind": "local", "job_id": f"local{pid}" if pid else str(pid),  # as the attempts name it
+            "state": state.get("local_state", "UNKNOWN"), "restarts": state.get("restarts", 0), "logs": str(run.logs)}
 
 
 def print_status(status: RunStatus, *, as_json: bool = False) -> None:
@@ -293,8 +294,9 @@ def _fmt_age(seconds: float) -> str:
 
 
 def _fmt_time(value: Any) -> str:
+    """sacct's layout: a run of several days needs the date too."""
     if isinstance(value, (int, float)):
-        return time.strftime("%H:%M:%S", time.localtime(value))
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(value))
     return str(value or "")
 
 

@@ -147,7 +147,7 @@ def test_status_into_a_file_holds_full_values(main_run, tmp_path):
         row = next(line.split("│")[1:-1] for line in text.splitlines() if line.startswith(f"│ {i} │"))
         assert [cell.strip() for cell in row] == [
             str(i), a["job_id"], str(a["restart"]), str(a["nodes"]),
-            *(time.strftime("%H:%M:%S", time.localtime(a[k])) for k in ("started", "ended")),
+            *(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(a[k])) for k in ("started", "ended")),
             a["reason"], a["cause"] or "", str(a["step"]), a["action"]]
     assert "progress: step 200/200, loss " in text and "(attempt-" in text
     data = json.loads(cli("status", str(run), "--json").stdout)

@@ -26,13 +26,14 @@ from .common import (BENCH_DIR, REPO, RESULTS_DIR, git_commit, load_avg, machine
 # Run in this order; any other bench_*.py found in the modules directory runs after these.
 KNOWN_MODULES = ("bench_data", "bench_train", "bench_submit", "bench_preempt", "bench_hang")
 # What a module needs beyond Python; checked here so that a missing piece is a clear skip, not a failure.
-# (bench_hang needs Slurm too and says so itself with Skip.)
+# (bench_hang and bench_elastic, found after these, need Slurm too and say so themselves with Skip.)
 NEEDS = {"bench_preempt": ("slurm",)}
 QUICK_BUDGET_S = 290.0        # --quick: all modules together stay under 5 minutes
 QUICK_MODULE_TIMEOUT_S = 150.0
 # --quick limits of modules that cannot fit QUICK_MODULE_TIMEOUT_S (still within what is left of QUICK_BUDGET_S;
-# --timeout overrides): bench_hang waits out a 2-minute Slurm time limit, then a requeue and a fresh start-up.
-QUICK_MODULE_TIMEOUTS = {"bench_hang": 280.0}
+# --timeout overrides): bench_hang waits out a 2-minute Slurm time limit, then a requeue and a fresh start-up;
+# bench_elastic runs two jobs one after the other, each through a 60 s hold of one node.
+QUICK_MODULE_TIMEOUTS = {"bench_hang": 280.0, "bench_elastic": 285.0}
 FULL_MODULE_TIMEOUT_S = 3600.0
 
 

@@ -65,10 +65,9 @@ from ernie_cluster import slurm
 from ernie_cluster.procs import pid_alive, start_ticks
 from ernie_cluster.rundir import RunDir
 
-from bench.bench_preempt import (TERMINAL, LossTail, _check_alive, _first_stamp, _job_state, _on_sigterm,
-                                  _scancel_and_wait)
-from bench.common import (REPO, Skip, load_avg, make_row, module_main, slurm_answered, slurm_cluster_env,
-                          summarize)
+from bench.common import REPO, load_avg, make_row, module_main, slurm_answered, slurm_cluster_env, summarize
+from bench.slurm_jobs import (TERMINAL, LossTail, check_alive, first_stamp, job_state, on_sigterm,
+                              scancel_and_wait)
 
 PY = sys.executable
 HANG_LOGGED = r"(?:ERROR: hung|WARNING: hung, not stopped)\b.*?\(limit (\d+)s"
@@ -199,7 +198,7 @@ class Trial:
             self._last_check = time.monotonic()
         if self.t_hang is None:
             if check:
-                _check_alive({"variant": self.variant, "job": self.job, "run": self.run}, self.env, "the hang")
+                check_alive({"variant": self.variant, "job": self.job, "run": self.run}, self.env, "the hang")
             if self.tail.last_step >= HANG_STEP:
                 self._freeze_trainers()
             return
@@ -209,7 +208,7 @@ class Trial:
             self._find_restart()
         if self.record is not None and self.first_after is not None and self._resumed() is not None:
             self.done = True
-        elif check and (state := _job_state(self.job, self.env)) in TERMINAL:
+        elif check and (state := job_state(self.job, self.env)) in TERMINAL:
             self.final_state, self.done = state, True
             out = slurm_answered(slurm.sacct("End", [self.job], env=self.env))
             ends = [slurm.parse_timestamp(x) for x in out.stdout.split()]
@@ -237,8 +236,8 @@ class Trial:
             top = line[0]
 
     def _resumed(self) -> Optional[Tuple[Optional[float], re.Match]]:
-        return _first_stamp(RunDir(self.run).attempt_log_dir(self.job, 1, 0) / "workerlog.0",
-                            r"resumed from \S+: step (\d+)")
+        return first_stamp(RunDir(self.run).attempt_log_dir(self.job, 1, 0) / "workerlog.0",
+                           r"resumed from \S+: step (\d+)")
 
     def figures(self) -> Dict[str, Any]:
         assert self.t_hang is not None
@@ -252,7 +251,7 @@ class Trial:
         logs = [RunDir(self.run).attempt_log_dir(self.job, 0, k) / "launcher.log" for k in range(NODES)]
         logged = _earliest(logs, HANG_LOGGED)
         warned = _earliest(logs, r"received SIGUSR\d") if self.variant == "baseline" else None
-        restarted = _first_stamp(RunDir(self.run).attempt_log_dir(self.job, 1, 0) / "launcher.log", r".")
+        restarted = first_stamp(RunDir(self.run).attempt_log_dir(self.job, 1, 0) / "launcher.log", r".")
         ended = float(rec["ended"]) if rec.get("ended") else self.job_end
         last = self.last_step or self.tail.last_step
         # without a resume: what a manual `submit --resume` would start from, the newest complete checkpoint
@@ -284,8 +283,8 @@ def _newest_checkpoint(run: Path) -> Optional[int]:
 
 
 def _earliest(paths: List[Path], pattern: str) -> Optional[Tuple[Optional[float], re.Match]]:
-    """The earliest stamped line matching `pattern` in any of these logs (see _first_stamp)."""
-    found = [f for f in (_first_stamp(p, pattern) for p in paths) if f is not None]
+    """The earliest stamped line matching `pattern` in any of these logs (see first_stamp)."""
+    found = [f for f in (first_stamp(p, pattern) for p in paths) if f is not None]
     return min(found, key=lambda f: f[0] or float("inf")) if found else None
 
 
@@ -308,7 +307,7 @@ def _pair(tmp: Path, idx: int, env: Dict[str, str], quick: bool) -> Dict[str, Di
                 t.poll()
                 if t.done:
                     t.freezer.kill_all()
-                    _scancel_and_wait([t.job], env)
+                    scancel_and_wait([t.job], env)
                 elif time.monotonic() - start > limit_s[t.variant]:
                     reasons = [(a.get("reason"), a.get("cause")) for a in RunDir(t.run).read_attempts()]
                     raise RuntimeError(f"{t.variant} job {t.job}: no resume and no end {limit_s[t.variant]:.0f} s "
@@ -319,7 +318,7 @@ def _pair(tmp: Path, idx: int, env: Dict[str, str], quick: bool) -> Dict[str, Di
     finally:
         for t in trials:
             t.freezer.kill_all()
-        left = _scancel_and_wait([t.job for t in trials], env)
+        left = scancel_and_wait([t.job for t in trials], env)
         if left:
             print(f"bench_hang: WARNING: jobs still queued after scancel: {' '.join(left)}", file=sys.stderr)
 
@@ -327,7 +326,7 @@ def _pair(tmp: Path, idx: int, env: Dict[str, str], quick: bool) -> Dict[str, Di
 def run(quick: bool) -> List[Dict[str, Any]]:
     env = slurm_cluster_env()
     t_start, load_before = time.time(), load_avg()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)  # the harness's stop unwinds through _pair's cleanup
+    previous = signal.signal(signal.SIGTERM, on_sigterm)  # the harness's stop unwinds through _pair's cleanup
     tmp = Path(tempfile.mkdtemp(prefix="bench-hang-"))
     try:
         pairs = [_pair(tmp, i, env, quick) for i in range(1 if quick else REPEATS_FULL)]

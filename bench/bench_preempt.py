@@ -31,8 +31,6 @@ scancelled in a finally block (also when the harness stops the module with SIGTE
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
 import re
 import shutil
@@ -49,8 +47,9 @@ from ernie_cluster import slurm
 
 from ernie_cluster.rundir import AttemptRecord, RunDir
 
-from bench.common import (REPO, Skip, load_avg, make_row, module_main, slurm_answered, slurm_cluster_env,
-                          summarize)
+from bench.common import REPO, load_avg, make_row, module_main, slurm_answered, summarize
+from bench.slurm_jobs import (LossTail, Stopped, check_alive, first_stamp, job_state, on_sigterm, preemptible_cluster,
+                              scancel_and_wait, wait_for_idle_cluster)
 
 PY = sys.executable
 TINY = REPO / "jobs" / "ernie_tiny_slurm.yaml"
@@ -61,107 +60,7 @@ MAX_STEPS = 200                # far beyond the stop; the job is cancelled once 
 REPEATS_FULL = 3
 POLL_S = 0.2
 RESUME_GOAL_S = 60.0
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 VARIANTS = (("ours", True), ("reference", False))
-
-
-class _Stopped(Exception):
-    """SIGTERM from the harness: unwind so the finally blocks scancel our jobs."""
-
-
-def _on_sigterm(signum, _frame):
-    raise _Stopped(f"stopped by signal {signum}")
-
-
-# ------------------------------------------------------------------ slurm ---
-
-def _queue(env: Dict[str, str]) -> List[Tuple[str, str, str, str]]:
-    """(job id, partition, name, state) of every job in squeue."""
-    out = slurm_answered(slurm.squeue("%i|%P|%j|%T", env=env))
-    return [tuple(line.split("|", 3)) for line in out.stdout.splitlines() if line.count("|") == 3]  # type: ignore[misc]
-
-
-def _job_state(job_id: str, env: Dict[str, str]) -> Optional[str]:
-    """squeue state, or the last sacct state once it left the queue; None when neither knows it."""
-    out = slurm_answered(slurm.squeue("%T", [job_id], env=env))
-    if out.returncode == 0 and out.stdout.strip():
-        return out.stdout.split()[0]
-    out = slurm_answered(slurm.sacct("State", [job_id], env=env))
-    states = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
-    return states[-1] if states else None
-
-
-def _scancel_and_wait(ids: List[str], env: Dict[str, str], timeout: float = 60) -> List[str]:
-    """scancel these jobs and wait until none is in squeue; returns those still there at the deadline."""
-    ids = sorted({i for i in ids if i}, key=int)
-    if not ids:
-        return []
-    deadline = time.monotonic() + timeout
-    left = ids
-    while True:
-        slurm_answered(slurm.scancel(left, env=env))
-        out = slurm_answered(slurm.squeue("%i", left, env=env))
-        left = [i for i in out.stdout.split() if i in ids]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(1)
-
-
-def _wait_for_idle_cluster(env: Dict[str, str], ours: List[str], timeout: float) -> List[str]:
-    """Wait (bounded) until no other job is queued or running; returns what is still there (for the note)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        others = [f"{j} ({p}, {n}, {s})" for j, p, n, s in _queue(env) if j not in ours]
-        if not others or time.monotonic() > deadline:
-            return others
-        time.sleep(2)
-
-
-# ------------------------------------------------------------------ files ---
-
-class LossTail:
-    """Incremental reader of the loss log: (step, time first seen) per complete line."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.offset = 0
-        self.buf = ""
-        self.lines: List[Tuple[int, float]] = []
-
-    def poll(self) -> None:
-        try:
-            with open(self.path, "r", encoding="utf-8") as fh:
-                fh.seek(self.offset)
-                chunk = fh.read()
-                self.offset = fh.tell()
-        except FileNotFoundError:
-            return
-        now = time.time()
-        self.buf += chunk
-        *complete, self.buf = self.buf.split("\n")
-        for line in complete:
-            if line.strip():
-                self.lines.append((int(json.loads(line)["step"]), now))
-
-    @property
-    def last_step(self) -> int:
-        return self.lines[-1][0] if self.lines else 0
-
-
-def _first_stamp(path: Path, pattern: str) -> Optional[Tuple[float, re.Match]]:
-    """Local-time stamp (1 s resolution) and match of the first line matching `pattern`, e.g. in a workerlog."""
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return None
-    rx = re.compile(pattern)
-    for line in text.splitlines():
-        m = rx.search(line)
-        if m:
-            stamp = re.match(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)", line)
-            when = _dt.datetime.fromisoformat(f"{stamp.group(1)} {stamp.group(2)}").timestamp() if stamp else None
-            return when, m
-    return None
 
 
 # -------------------------------------------------------------- one trial ---
@@ -181,15 +80,6 @@ def _submit(variant: str, on_signal: bool, tmp: Path, idx: int, env: Dict[str, s
         raise RuntimeError(f"ernie_cluster submit ({variant}) exited {out.returncode}: "
                            f"{(out.stderr or out.stdout).strip()[-800:]}")
     return {"variant": variant, "name": name, "run": run, "loss_log": loss_log, "job": ids[0]}
-
-
-def _check_alive(job: Dict[str, Any], env: Dict[str, str], what: str) -> None:
-    state = _job_state(job["job"], env)
-    if state in TERMINAL:
-        log = RunDir(job["run"]).attempt_log_dir(job["job"], 0, 0) / "launcher.log"
-        tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-8:]) if log.exists() else "(none)"
-        raise RuntimeError(f"{job['variant']} job {job['job']} ended ({state}) while waiting for {what}; "
-                           f"launcher.log tail:\n{tail}")
 
 
 def _trial(variant: str, on_signal: bool, tmp: Path, idx: int, env: Dict[str, str], submitted: List[str],
@@ -215,7 +105,7 @@ def _trial(variant: str, on_signal: bool, tmp: Path, idx: int, env: Dict[str, st
         first_after, first_new = _wait_for_resume(job, tail, len(tail.lines), int(record["step"]), env,
                                                   120 if quick else 300)
     finally:
-        left = _scancel_and_wait([job["job"]], env)
+        left = scancel_and_wait([job["job"]], env)
         if left:
             print(f"bench_preempt: WARNING: job {job['job']} still queued after scancel", file=sys.stderr)
     return dict(_figures(job, record, pre_lines, first_after, first_new, t0),
@@ -228,9 +118,9 @@ def _wait_for_step(job: Dict[str, Any], tail: LossTail, step: int, env: Dict[str
     while tail.last_step < step:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{job['variant']}: training did not reach step {step} in time (at {tail.last_step}; "
-                               f"job state {_job_state(job['job'], env)})")
+                               f"job state {job_state(job['job'], env)})")
         if time.monotonic() - last_check > 3:
-            _check_alive(job, env, f"step {step}")
+            check_alive(job, env, f"step {step}")
             last_check = time.monotonic()
         time.sleep(POLL_S)
         tail.poll()
@@ -244,7 +134,7 @@ def _wait_for_attempt_end(job: Dict[str, Any], tail: LossTail, env: Dict[str, st
     while record is None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{variant}: no end of attempt {jid}-0 recorded 90 s after the preemption "
-                               f"(job state {_job_state(jid, env)}, loss log at step {tail.last_step})")
+                               f"(job state {job_state(jid, env)}, loss log at step {tail.last_step})")
         tail.poll()
         record = next((a for a in RunDir(job["run"]).read_attempts() if str(a.get("restart")) == "0"), None)
         if record is None:
@@ -268,9 +158,9 @@ def _wait_for_resume(job: Dict[str, Any], tail: LossTail, n_before: int, stop_st
         if time.monotonic() > deadline:
             reasons = [a.get("reason") for a in RunDir(job["run"]).read_attempts()]
             raise RuntimeError(f"{job['variant']}: training did not resume within the deadline (job state "
-                               f"{_job_state(job['job'], env)}, attempts {reasons})")
+                               f"{job_state(job['job'], env)}, attempts {reasons})")
         if time.monotonic() - last_check > 3:
-            _check_alive(job, env, "the resume")
+            check_alive(job, env, "the resume")
             last_check = time.monotonic()
         time.sleep(POLL_S)
         tail.poll()
@@ -287,8 +177,8 @@ def _figures(job: Dict[str, Any], record: AttemptRecord, pre_lines: List[Tuple[i
     """One trial's figures from the attempt record, the loss lines and the next attempt's logs."""
     variant, jid, stop_step = job["variant"], job["job"], int(record["step"])
     attempt1 = RunDir(job["run"]).attempt_log_dir(jid, 1, 0)
-    resumed = _first_stamp(attempt1 / "workerlog.0", r"resumed from \S+: step (\d+)")
-    restarted = _first_stamp(attempt1 / "launcher.log", r"restart=1\b")
+    resumed = first_stamp(attempt1 / "workerlog.0", r"resumed from \S+: step (\d+)")
+    restarted = first_stamp(attempt1 / "launcher.log", r"restart=1\b")
     resumed_step = int(resumed[1].group(1)) if resumed else first_after[0] - 1
     if resumed and resumed_step != first_after[0] - 1:
         raise RuntimeError(f"{variant}: workerlog says resumed from step {resumed_step}, loss log restarts at "
@@ -332,17 +222,6 @@ def _comp(v: str, c: Dict[str, Optional[float]]) -> str:
             f"first new step {_fmt(c['resume_s'])} s")
 
 
-def _preemptible_cluster() -> Dict[str, str]:
-    """The environment for the local cluster's Slurm; Skip unless it has partitions low and high."""
-    env = slurm_cluster_env()
-    names = slurm.sinfo_partitions(env=env, timeout="query")
-    parts = [] if isinstance(names, slurm.NoAnswer) else names
-    if not {"low", "high"} <= {p.rstrip("*") for p in parts}:
-        raise Skip(f"needs partitions low (PreemptMode=REQUEUE) and high (the local cluster of scripts/local-slurm); "
-                   f"this Slurm has {parts}")
-    return env
-
-
 def _run_trials(env: Dict[str, str], tmp: Path, submitted: List[str], quick: bool
                 ) -> Tuple[Dict[str, List[Dict[str, Any]]], str]:
     """Every variant's trials, interleaved; and a note on failed repeats and other jobs on the cluster."""
@@ -352,12 +231,12 @@ def _run_trials(env: Dict[str, str], tmp: Path, submitted: List[str], quick: boo
     for i in range(1 if quick else REPEATS_FULL):
         for variant, on_signal in VARIANTS:
             # other jobs on the nodes would block the preemption (or preempt us): wait for them, bounded
-            others = _wait_for_idle_cluster(env, submitted, timeout=15 if quick else 900)
+            others = wait_for_idle_cluster(env, submitted, timeout=15 if quick else 900)
             if others:
                 busy_notes.append(f"{variant} #{i + 1} started beside: {', '.join(others)[:200]}")
             try:
                 trials[variant].append(_trial(variant, on_signal, tmp, i, env, submitted, quick))
-            except _Stopped:
+            except Stopped:
                 raise
             except Exception as exc:  # noqa: BLE001 - one failed repeat in full mode; reraised below if none left
                 if quick:
@@ -374,15 +253,15 @@ def _run_trials(env: Dict[str, str], tmp: Path, submitted: List[str], quick: boo
 
 
 def run(quick: bool) -> List[Dict[str, Any]]:
-    env = _preemptible_cluster()
+    env = preemptible_cluster()
     t_start, load_before = time.time(), load_avg()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     submitted: List[str] = []
     tmp = Path(tempfile.mkdtemp(prefix="bench-preempt-"))
     try:
         trials, extra_note = _run_trials(env, tmp, submitted, quick)
     finally:
-        left = _scancel_and_wait(submitted, env)
+        left = scancel_and_wait(submitted, env)
         if left:
             print(f"bench_preempt: WARNING: jobs still queued after scancel: {' '.join(left)}", file=sys.stderr)
         signal.signal(signal.SIGTERM, previous)

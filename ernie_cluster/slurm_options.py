@@ -82,7 +82,10 @@ def train_options(spec: JobSpec, form: Form) -> Options:
     options = _set({
         "job-name": spec.name,
         "nodes": r.nodes,
-        "ntasks-per-node": 1,  # one node launcher per node; it starts the node's trainers
+        # one node launcher per node; it starts the node's trainers. Not with a node range: sbatch would count
+        # min nodes x 1 tasks, and Slurm then starts the job on the fewest nodes even when more are free (seen on
+        # Slurm 22.05); without it srun runs one task per allocated node (the plain script's srun says so too)
+        "ntasks-per-node": None if r.elastic else 1,
         "cpus-per-task": r.cpus_per_task,
         "gpus-per-node": r.gpus_per_node or None,
         "mem": r.mem,

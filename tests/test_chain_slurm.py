@@ -15,6 +15,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 import pytest
+from helpers_slurm import preempt_nodes
 
 pytestmark = pytest.mark.slurm
 
@@ -161,18 +162,6 @@ def test_transient_failure_is_requeued_resumes_and_converts(tmp_path, cleanup):
     assert sorted(losses(loss_log)) == list(range(1, 81)) and st["conversion"]["passed"] is True
 
 
-def _preempt_nodes(cleanup: List[str]) -> str:
-    """A high-priority job that needs every CPU of every node: the low job must make way, wherever it runs."""
-    nodes = subprocess.run(["sinfo", "-h", "-N", "-p", "high", "-o", "%N"], capture_output=True, text=True,
-                           check=True).stdout.split()
-    out = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", str(len(set(nodes))), "--exclusive", "-c", "4",
-                          "-o", "/dev/null",
-                          "--wrap", "sleep 3"], capture_output=True, text=True, check=True).stdout
-    job_id = out.strip().split(";")[0]
-    cleanup.append(job_id)
-    return job_id
-
-
 def _progress(loss_log: Path) -> int:
     return max(losses(loss_log), default=0) if loss_log.exists() else 0
 
@@ -192,7 +181,7 @@ def test_preempted_twice_resumes_exactly_and_converts(tmp_path, cleanup):
     for threshold in (20, 0):
         # preempt once training has made progress past the previous stop
         wait_until(lambda: _progress(pre_log) > max([threshold] + [s + 10 for s in stops]), 240, "training progress")
-        _preempt_nodes(cleanup)
+        preempt_nodes(cleanup)
         record = wait_until(lambda: [a for a in status(run)["attempts"] if a["reason"] == "stopped"][len(stops):], 120,
                             "the stop to be recorded")
         stops.append(record[0]["step"])

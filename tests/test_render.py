@@ -49,6 +49,19 @@ def test_golden_render_of_the_seed_configuration(name, attr):
     assert text == golden.read_text(), f"rendered text differs from {golden}; rerun with UPDATE_GOLDEN=1 if intended"
 
 
+def test_golden_render_of_a_node_range():
+    """The seed's run on 2 to 4 nodes (elastic): the global batch every count keeps (32 x lcm(16, 24, 32) x 1)."""
+    spec = load_spec(REPO / "jobs" / "ernie_dapt.yaml", ["resources.nodes=2-4", "train.global_batch_size=3072"],
+                     check_paths=False)
+    text = render(spec).train_sbatch
+    golden = GOLDEN / "ernie_dapt_elastic.train.sbatch"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text(), f"rendered text differs from {golden}; rerun with UPDATE_GOLDEN=1 if intended"
+    options = [line for line in text.splitlines() if line.startswith("#SBATCH --n")]
+    assert options == ["#SBATCH --nodes=2-4"]  # and no --ntasks-per-node: srun starts one launcher per node
+
+
 def test_seed_render_has_the_essentials():
     r = _dapt()
     assert "#SBATCH --nodes=4" in r.train_sbatch and "#SBATCH --gpus-per-node=8" in r.train_sbatch

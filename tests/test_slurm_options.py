@@ -23,12 +23,14 @@ NAME = "opts 'q' \"d\" \\ #x"
 COMMENT = "c 'q' \\ # e \\"
 
 
-def _spec(tmp_path: Path, cluster: Dict = None, **sections):
+def _spec(tmp_path: Path, cluster: Dict = None, nodes=2, **sections):
     cluster = {"partition": "debug", "account": "acct", "qos": "normal", "exclusive": True,
                "convert_partition": "low", "time": "00:10:30", "convert_time": "5",
                "extra_sbatch": {"comment": COMMENT, "mail-type": "END", "ntasks-per-core": "1"}, **(cluster or {})}
+    if isinstance(nodes, str):  # a range: a global batch every count keeps (micro 4 x dp 2 x 3 = 4 x dp 3 x 2)
+        sections["train"] = {"global_batch_size": 24, **sections.get("train", {})}
     raw = base_spec(tmp_path, name=NAME, output_dir=str(tmp_path / "run dir"), cluster=cluster,
-                    resources={"nodes": 2, "cpus_per_task": 2, "mem": "100M"},
+                    resources={"nodes": nodes, "cpus_per_task": 2, "mem": "100M"},
                     environment={"setup": ["echo setup"], "env": {"TAG": "a b"}}, **sections)
     return validate_text(yaml.safe_dump(raw), "s.yaml", [])
 
@@ -85,6 +87,23 @@ def test_the_two_forms_differ_only_where_documented(tmp_path):
     assert "ntasks-per-core" not in r.convert.options and r.train.options["ntasks-per-core"] == "1"
 
 
+def test_a_node_range_is_written_once_and_lets_slurm_give_more_than_the_minimum(tmp_path):
+    r = render(_spec(tmp_path, nodes="2-3"))
+    folder = submitit_folder(r.run_dir)
+    for text in (r.train_sbatch, r.train.sbatch_text):  # the plain script, and the file submitit writes
+        read = sbatch_options(text)
+        assert [v for k, v in read if k == "nodes"] == ["2-3"], text
+        # --ntasks-per-node=1 would make sbatch ask for min x 1 tasks: Slurm then starts on 2 nodes of 3 free
+        assert "ntasks-per-node" not in dict(read), text
+    written = submitit_written_options(r.train.executor_params, folder)
+    assert written["nodes"] == "2-3" and "ntasks-per-node" not in written
+    assert r.train.executor_params["nodes"] == 2  # submitit's own count: the least the job starts on
+    # the conversion job stays one task on one node; a fixed count keeps one launcher per node
+    assert (r.convert.options["nodes"], r.convert.options["ntasks-per-node"]) == (1, 1)
+    fixed = render(_spec(tmp_path, nodes=3)).train.options
+    assert (fixed["nodes"], fixed["ntasks-per-node"]) == (3, 1)
+
+
 def test_conversion_job_result_is_where_the_model_went(tmp_path, monkeypatch):
     from ernie_cluster import jobs
     from ernie_cluster.rundir import RunDir
@@ -102,14 +121,15 @@ def test_conversion_job_result_is_where_the_model_went(tmp_path, monkeypatch):
 
 
 @pytest.mark.slurm
-def test_submitit_submits_exactly_the_one_source_options(slurm_cluster, tmp_path, monkeypatch):
+@pytest.mark.parametrize("nodes", [2, "2-3"])
+def test_submitit_submits_exactly_the_one_source_options(slurm_cluster, tmp_path, monkeypatch, nodes):
     """submit through submitit (jobs held: nothing runs); submitit's own file carries the one source's options."""
     from submitit.core.utils import JobPaths
 
     from ernie_cluster.submit import submit_slurm
 
     monkeypatch.setenv("SBATCH_HOLD", "1")  # sbatch's environment form of --hold
-    spec = _spec(tmp_path)
+    spec = _spec(tmp_path, nodes=nodes)
     r = render(spec)
     sub = submit_slurm(spec)
     try:
@@ -124,13 +144,17 @@ def test_submitit_submits_exactly_the_one_source_options(slurm_cluster, tmp_path
                 shown = submitit_sbatch_text(convert_executor_params(spec, sub.train_job_id), folder, r.python)
             assert written == shown  # render shows exactly the file submitit writes
             got = dict(sbatch_options(written))
+            if kind == "train":  # once: submitit's own --nodes (the least) is replaced, not followed, by the range
+                assert [v for k, v in sbatch_options(written) if k == "nodes"] == [str(nodes)], written
             assert {k: got.get(k) for k in options} == _as_read(options)
             assert set(got) - set(options) <= set(SUBMITIT_OWN) and "output" in got
             assert _without(got, FORM_DIFFERENCES) == _without(dict(sbatch_options(plain)), FORM_DIFFERENCES)
         # and Slurm read them so (the test cluster's accounting enforces nothing: it books an unknown account to the
         # user's default, so the account is not compared)
-        row = slurm_cluster.run("squeue", "-h", "-j", sub.train_job_id, "-o", "%j|%P|%q|%l|%D|%k").rstrip("\n")
-        assert row == f"{NAME}|debug|normal|11:00|2|{COMMENT}"
+        # (a pending job's node count is Slurm's estimate: a range shows the least or the most nodes it may get)
+        row = slurm_cluster.run("squeue", "-h", "-j", sub.train_job_id, "-o", "%j|%P|%q|%l|%k|%D").rstrip("\n")
+        assert row.rsplit("|", 1)[0] == f"{NAME}|debug|normal|11:00|{COMMENT}"
+        assert row.rsplit("|", 1)[1] in (["2"] if nodes == 2 else ["2", "3"]), row
         row = slurm_cluster.run("squeue", "-h", "-j", sub.convert_job_id, "-o", "%j|%P|%l|%D|%E").rstrip("\n")
         assert row == f"{NAME}-convert|low|5:00|1|afterok:{sub.train_job_id}(unfulfilled)"
     finally:

@@ -78,6 +78,17 @@ def plan_for_world(spec: "JobSpec", world_size: int) -> BatchPlan:
     return plan
 
 
+def _runs(counts: List[int]) -> List[str]:
+    """Consecutive counts as the ranges one can write: [1, 2, 4, 5, 6, 8] -> ['1-2', '4-6', '8']."""
+    runs: List[List[int]] = []
+    for n in counts:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return [f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs]
+
+
 def batch_problems(spec: "JobSpec") -> List[Tuple[str, str]]:
     """The node counts of the range at which the global batch is no whole number of micro-batches per rank."""
     t, r = spec.train, spec.resources
@@ -99,7 +110,7 @@ def batch_problems(spec: "JobSpec") -> List[Tuple[str, str]]:
     fix = f"set train.global_batch_size to a multiple of {unit}, such as {lower}" + \
           (f" or {upper}" if upper != lower else "")
     if good:
-        fix += f", or narrow resources.nodes to counts that divide it ({', '.join(map(str, good[:8]))})"
+        fix += f", or narrow resources.nodes to counts that divide it ({', '.join(_runs(good)[:8])})"
     where = "train.global_batch_size" if t.global_batch_size is not None else "resources.nodes"
     default = "" if t.global_batch_size is not None else " (the default: micro batch x dp at the most nodes)"
     return [(where, f"the global batch {gbs}{default} cannot be kept at every node count of resources.nodes "

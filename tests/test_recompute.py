@@ -86,8 +86,8 @@ def _static_run(recompute_pass: bool):
     if not recompute_pass:
         build = es.fleet_strategy
 
-        def without_recompute(spec, checkpoints):
-            strategy = build(spec, checkpoints)
+        def without_recompute(spec, checkpoints, accumulate_steps):
+            strategy = build(spec, checkpoints, accumulate_steps)
             strategy.recompute = False
             return strategy
 

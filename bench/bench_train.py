@@ -1,27 +1,21 @@
-"""Trainer overhead and checkpoint I/O, each against a baseline measured side by side in the same run.
+"""Trainer overhead, against a baseline measured side by side in the same run.
 
-(a) step time of our static engine (`ernie_cluster.train.engine_static.StaticEngine`: Fleet
-    strategy, structured-name map, per-step LR/seed, 3 fetched losses) vs a bare Paddle static
-    program of the same model built here (paddlenlp ErnieForPretraining + the same loss, AdamW,
-    global-norm clip, LR scheduler, `exe.run` with the loss fetched), on the same batch and
-    executor place, no checkpoint/logging in either. Repeats alternate between the two so load
-    drift hits both. Goal: ours <= 1.03x the bare program.
-(b) checkpoint save (temp dir, paddle.save, sha256 of every file, fsync, MANIFEST, rename,
-    model_last) and load (manifest verification with full sha256, paddle.load) in MB/s vs
-    checkpoint size, against bare `paddle.save` + fsync (the durable minimum; the reference does
-    not even fsync) and bare `paddle.load` of the same dicts. Goals: save >= 0.75x (hashing runs
-    in a thread beside the writes), load >= 0.4x (verification reads every byte once more).
+Step time of our static engine (`ernie_cluster.train.engine_static.StaticEngine`: Fleet
+strategy, structured-name map, per-step LR/seed, 3 fetched losses) vs a bare Paddle static
+program of the same model built here (paddlenlp ErnieForPretraining + the same loss, AdamW,
+global-norm clip, LR scheduler, `exe.run` with the loss fetched), on the same batch and
+executor place, no checkpoint/logging in either. Repeats alternate between the two so load
+drift hits both. Goal: ours <= 1.03x the bare program.
 
     python bench/bench_train.py [--quick] [--json OUT]      (or python -m bench.bench_train)
 
-Checkpoint sizes: 16 and 96 MB with --quick, else 16, 128 and 512 MB; `BENCH_CKPT_SIZES=64,1024`
-overrides them (an ERNIE-1.0-base checkpoint is about 1.3 GB: 440 MB weights + 880 MB Adam moments).
+The checkpoint figures (stall of a periodic checkpoint, durable save, verified load) are in `bench_ckpt`, which
+also uses this module's tiny model (`_spec`, `_batch`).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -181,81 +175,8 @@ def bench_step(quick: bool) -> List[Dict[str, Any]]:
     ]
 
 
-def _fake_state(total_mb: float, seed: int = 0):
-    """A model state of total_mb/3 MB (100 tensors) and an optimizer state of 2x that (two moments)."""
-    rng = np.random.RandomState(seed)
-    per = max(1, int(total_mb * 2 ** 20 / 3 / 4 / 100))
-    model = {f"ernie.encoder.layers.{i}.w": rng.rand(per).astype("float32") for i in range(100)}
-    from ernie_cluster.train.checkpoint import empty_optimizer_state, put_accumulator
-
-    opt = empty_optimizer_state()
-    for k, v in model.items():
-        for kind, value in (("moment1", v * 0.5), ("moment2", v * 0.25), ("beta1_pow_acc", np.ones(1, "float32")),
-                            ("beta2_pow_acc", np.ones(1, "float32"))):
-            put_accumulator(opt, k, kind, value)
-    return model, opt
-
-
-def bench_checkpoint(quick: bool) -> List[Dict[str, Any]]:
-    import paddle
-
-    from ernie_cluster.train import checkpoint as ck
-
-    sizes = [16, 96] if quick else [16, 128, 512]
-    sizes = [int(x) for x in os.environ["BENCH_CKPT_SIZES"].split(",")] if os.environ.get("BENCH_CKPT_SIZES") else sizes
-    repeats = 3 if quick else 5
-    rows = []
-    root = Path(tempfile.mkdtemp(prefix="ernie-bench-ckpt-"))
-    try:
-        for size in sizes:
-            model, opt = _fake_state(size)
-            actual_mb = (sum(v.nbytes for v in model.values()) * 3) / 2 ** 20
-            save_t, load_t, raw_save_t, raw_load_t = [], [], [], []
-            for r in range(repeats):
-                mgr = ck.CheckpointManager(root / f"c{size}", rank=0, world_size=1, keep=2)
-                t0 = time.perf_counter()
-                mgr.save(r + 1, model_state=lambda: model, optimizer_state=lambda: opt,
-                         trainer_state={"step": r + 1, "compat_key": {}}, rng_state=ck.capture_rng(0, {}))
-                save_t.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                info = ck.find_latest(root / f"c{size}", {})
-                mgr.load(info)
-                load_t.append(time.perf_counter() - t0)
-                raw = root / f"raw{size}"
-                raw.mkdir(exist_ok=True)
-                t0 = time.perf_counter()
-                paddle.save(model, str(raw / "m.pdparams"))
-                paddle.save(opt, str(raw / "o.pdopt"))
-                ck.fsync_file(raw / "m.pdparams")
-                ck.fsync_file(raw / "o.pdopt")
-                raw_save_t.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                paddle.load(str(raw / "m.pdparams"), return_numpy=True)
-                paddle.load(str(raw / "o.pdopt"), return_numpy=True)
-                raw_load_t.append(time.perf_counter() - t0)
-            for kind, ours, raw in (("save", save_t, raw_save_t), ("load", load_t, raw_load_t)):
-                mbps = summarize([actual_mb / t for t in ours])
-                raw_mbps = summarize([actual_mb / t for t in raw])
-                need = 0.75 if kind == "save" else 0.4
-                rows.append(make_row(
-                    f"checkpoint_{kind}_{size}MB", mbps["median"], "MB/s",
-                    baseline=("bare paddle.save + fsync (durable) of the same dicts" if kind == "save"
-                              else "bare paddle.load of the same dicts (no verification)"),
-                    baseline_value=raw_mbps["median"], higher_is_better=True, goal=f">= {need}x baseline",
-                    goal_met=mbps["median"] >= need * raw_mbps["median"],
-                    runs=mbps["runs"], spread=mbps["spread"],
-                    note=f"{actual_mb:.0f} MB; ours includes sha256 of every file"
-                         + (", fsync, MANIFEST, rename, model_last" if kind == "save" else ", manifest verification")
-                         + f"; median {summarize(ours)['median']:.3f} s"))
-            shutil.rmtree(root / f"c{size}", ignore_errors=True)
-            shutil.rmtree(root / f"raw{size}", ignore_errors=True)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    return rows
-
-
 def run(quick: bool) -> List[Dict[str, Any]]:
-    return bench_step(quick) + bench_checkpoint(quick)
+    return bench_step(quick)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ def _valid(tmp: Path) -> Dict[str, Any]:
         "train.engine": "auto",
         "train.device": "cpu",
         "train.lr_decay_style": "linear",
+        "train.async_checkpoint": "auto",
         "convert.output_dir": str(tmp / "converted"),
     }
 

@@ -34,7 +34,8 @@ def base_env(**extra: str) -> Dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "1")
     for k in ("PADDLE_TRAINER_ID", "PADDLE_TRAINERS_NUM", "PADDLE_GLOBAL_RANK", "PADDLE_GLOBAL_SIZE",
               "ERNIE_CLUSTER_CONTROL_DIR", "ERNIE_CLUSTER_LOSS_LOG", "ERNIE_CLUSTER_TEST_SLOW_SAVE",
-              "ERNIE_CLUSTER_TEST_STOP_AT_STEP"):
+              "ERNIE_CLUSTER_TEST_STOP_AT_STEP", "ERNIE_CLUSTER_TEST_HOLD_SAVE", "ERNIE_CLUSTER_TEST_FAIL_SAVE",
+              "ERNIE_CLUSTER_TEST_MEM_AVAILABLE_MB"):
         env.pop(k, None)
     env.update(extra)
     return env

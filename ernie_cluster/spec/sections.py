@@ -412,12 +412,20 @@ class TrainSection(Section):
     checkpoint_steps: int = Field(500, ge=1)
     checkpoint_on_signal: bool = Field(
         True, description="save at the next step boundary when warned; false reproduces the reference (benchmarks)")
+    async_checkpoint: Literal["auto", "true", "false"] = Field(
+        "auto", description="periodic checkpoints written in the background from a host copy; auto: synchronous "
+                            "when host memory cannot hold the copy; true: refuse to start then")
     keep_checkpoints: int = Field(2, ge=2, le=100, description="complete checkpoints kept; the newest two at least")
     logging_freq: int = Field(20, ge=1)
     eval_freq: int = Field(1000, ge=1)
     eval_iters: int = Field(10, ge=0)
     seed: int = Field(1234, ge=0, le=2**31 - 1)
     num_workers: int = Field(2, ge=0, le=64)
+
+    @field_validator("async_checkpoint", mode="before")
+    @classmethod
+    def _async_checkpoint_bool(cls, v: Any) -> Any:
+        return str(v).lower() if isinstance(v, bool) else v  # YAML reads `true`/`false` as booleans
 
     @property
     def resolved_engine(self) -> str:

@@ -2,7 +2,9 @@
 
 The format itself (layout, file names, versions, what each file holds) has one home,
 ``ckpt_format``; ``ckpt_write`` is the durable collective save (temp dir, fsync, manifest last,
-rename, ``model_last``, pruning) and ``write_model_dir`` for snapshots; ``ckpt_read`` finds,
+rename, ``model_last``, pruning) and ``write_model_dir`` for snapshots; ``ckpt_async`` writes periodic
+checkpoints in the background from a host copy; ``ckpt_io`` hashes every file while writing and reading it
+(one pass over the bytes); ``ckpt_read`` finds,
 verifies (manifest: every file present, same size and sha256; damaged ones are skipped with a
 warning, newest first) and loads.
 
@@ -19,6 +21,7 @@ from .ckpt_format import (ACC_KINDS, ACC_RE, FORMAT_VERSION, LAST_LINK, LOSS_SCA
                           step_dir_name)
 from .ckpt_read import (CheckpointInfo, LoadedCheckpoint, compat_differences, find_latest,  # noqa: F401
                         list_step_dirs, load_checkpoint, paddle_load, verify_checkpoint)
-from .ckpt_write import (SLOW_SAVE_ENV, CheckpointManager, paddle_save, replace_symlink, write_json,  # noqa: F401
-                         write_model_dir)
+from .ckpt_write import (FAIL_SAVE_ENV, HOLD_SAVE_ENV, SLOW_SAVE_ENV, CheckpointManager, paddle_save,  # noqa: F401
+                         replace_symlink, write_json, write_model_dir)
+from .ckpt_async import CheckpointSaver, estimate_nbytes  # noqa: F401
 from .engine_common import Collective  # noqa: F401 - the process-group interface a CheckpointManager uses

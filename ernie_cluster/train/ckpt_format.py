@@ -6,7 +6,7 @@ Layout (``RunDir.checkpoints``)::
       model_last -> step_000001000        relative symlink to the newest complete checkpoint
       step_000000500/                     kept: the newest `train.keep_checkpoints` complete ones
       step_000001000/
-        model_state.pdparams              {structured name: numpy array} (paddle.save); tied aliases included
+        model_state.pdparams              {structured name: numpy array}; tied aliases included
         optimizer.pdopt                   {"format", "accumulators": {canonical name: {moment1, moment2,
                                            beta1_pow_acc, beta2_pow_acc}}, "loss_scaling", "extra"}
         trainer_state.json                step, consumed_samples, LR schedule state, spec sha256,
@@ -14,6 +14,10 @@ Layout (``RunDir.checkpoints``)::
         rng_rank00000.pkl ...             per rank: python `random` and numpy global states, paddle seed scheme
         MANIFEST.json                     written last: size and sha256 of every other file
       .tmp.step_000001500/                a save in progress (never read; removed by the next save)
+
+The .pdparams/.pdopt/.pkl files are pickles (protocol 5 since asynchronous checkpoints: arrays are written
+from their own memory; protocol 4 before, as paddle.save writes): `paddle.load(path, return_numpy=True)` and
+`ckpt_io.read_pickle` read both.
 
 Standard library only at import (numpy is imported where RNG state is captured), so submit-side
 readers such as ``runs.py`` use it without paddle or numpy. Writing is in ``ckpt_write``, finding,

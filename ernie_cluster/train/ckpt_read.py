@@ -4,13 +4,17 @@ complete compatible one, load it.
 A reader trusts a checkpoint only when its manifest verifies (every file present, same size and
 sha256), scanning newest first and skipping damaged ones with a warning. See ``checkpoint.py``
 for the layout.
+
+Loading reads every byte once (`ckpt_io.read_pickle`): the files are hashed while they are unpickled, the
+model and optimizer files in parallel, and compared with the manifest at the end. `find_latest(...,
+load_rank=r)` uses that load as its full verification, so a resume reads the chosen checkpoint once, not
+once to hash it and again to load it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -20,6 +24,7 @@ import numpy as np
 from ..durable import sha256_file
 from .ckpt_format import MANIFEST_FILE, MODEL_FILE, OPT_FILE, OPT_FORMAT, STATE_FILE, STEP_RE, rng_file
 from .ckpt_format import CheckpointError, IncompatibleCheckpoint, json_default
+from .ckpt_io import DamagedFile, read_pickle
 
 log = logging.getLogger("ernie_cluster.train")
 
@@ -30,6 +35,8 @@ class CheckpointInfo:
     step: int
     manifest: Dict[str, Any] = field(default_factory=dict)
     trainer_state: Dict[str, Any] = field(default_factory=dict)
+    # find_latest(load_rank=r): rank r's state, read while verifying; load_checkpoint hands it over once
+    loaded: Optional["LoadedCheckpoint"] = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -38,6 +45,7 @@ class LoadedCheckpoint:
     model_state: Dict[str, np.ndarray]
     optimizer: Dict[str, Any]
     rng: Optional[Dict[str, Any]]
+    rank: int = 0
 
     @property
     def step(self) -> int:
@@ -150,12 +158,16 @@ def compat_differences(saved: Dict[str, Any], current: Dict[str, Any], prefix: s
     return diffs
 
 
-def _refuse_incompatible(info: CheckpointInfo, compat_key: Dict[str, Any]) -> None:
+def _compat_diffs(info: CheckpointInfo, compat_key: Dict[str, Any]) -> List[str]:
     # Only the fields the caller names: the converter knows the spec, the trainer the corpus too.
     saved = {k: v for k, v in info.trainer_state.get("compat_key", {}).items() if k in compat_key}
     saved_norm = json.loads(json.dumps(saved, sort_keys=True))
     cur_norm = json.loads(json.dumps(compat_key, sort_keys=True, default=json_default))
-    diffs = compat_differences(saved_norm, cur_norm)
+    return compat_differences(saved_norm, cur_norm)
+
+
+def _refuse_incompatible(info: CheckpointInfo, compat_key: Dict[str, Any]) -> None:
+    diffs = _compat_diffs(info, compat_key)
     if diffs:
         raise IncompatibleCheckpoint(
             f"checkpoint {info.path} was written by an incompatible spec; these fields differ:\n  "
@@ -165,14 +177,32 @@ def _refuse_incompatible(info: CheckpointInfo, compat_key: Dict[str, Any]) -> No
             "to continue this run.")
 
 
-def find_latest(ckpt_dir: Path, compat_key: Optional[Dict[str, Any]] = None, *, full: bool = True) -> Optional[CheckpointInfo]:
+def _load_into(info: CheckpointInfo, rank: int, compat_key: Optional[Dict[str, Any]]) -> Tuple[bool, str]:
+    """The full check of `info` by loading rank `rank`'s state into it; (intact, why not)."""
+    if compat_key is not None and _compat_diffs(info, compat_key):
+        # refused by the caller, but only when intact: a damaged checkpoint is skipped whatever wrote it
+        reason = _check_files(info.path, info.manifest["files"], full=True)
+        return not reason, reason
+    try:
+        info.loaded = load_checkpoint(info, rank)
+    except DamagedFile as exc:
+        return False, str(exc)
+    return True, "ok"
+
+
+def find_latest(ckpt_dir: Path, compat_key: Optional[Dict[str, Any]] = None, *, full: bool = True,
+                load_rank: Optional[int] = None) -> Optional[CheckpointInfo]:
     """Newest checkpoint whose manifest verifies; damaged ones are skipped with a warning.
 
-    Raises IncompatibleCheckpoint when the newest complete checkpoint was written by a spec
-    with a different compat key (global batch, sequence length, model shape, data, seed).
+    With `load_rank`, each candidate's full check is its load (every byte read once): the chosen one comes
+    back with that rank's state in `info.loaded`. Raises IncompatibleCheckpoint when the newest complete
+    checkpoint was written by a spec with a different compat key (global batch, sequence length, model
+    shape, data, seed).
     """
     for step, path in list_step_dirs(ckpt_dir):
-        ok, reason, info = verify_checkpoint(path, full=full)
+        ok, reason, info = verify_checkpoint(path, full=full and load_rank is None)
+        if ok and load_rank is not None:
+            ok, reason = _load_into(info, load_rank, compat_key)
         if not ok:
             log.warning("checkpoint %s is damaged and skipped: %s", path, reason)
             continue
@@ -188,27 +218,29 @@ def find_latest(ckpt_dir: Path, compat_key: Optional[Dict[str, Any]] = None, *, 
 # ---------------------------------------------------------------------------
 
 
-def _load_optimizer(info: CheckpointInfo) -> Dict[str, Any]:
-    """optimizer.pdopt, checked to be the engine-neutral optimizer state."""
-    optimizer = paddle_load(info.path / OPT_FILE)
+def load_checkpoint(info: CheckpointInfo, rank: int, *, verify: bool = True) -> LoadedCheckpoint:
+    """The model state, the (merged) optimizer state and `rank`'s RNG state of a checkpoint, each file read once
+    and, with `verify`, hashed on the way and checked against the manifest (DamagedFile when it differs)."""
+    if info.loaded is not None and info.loaded.rank == rank:
+        loaded, info.loaded = info.loaded, None  # handed over once: the caller owns the arrays now
+        return loaded
+    files = info.manifest.get("files", {}) if verify else {}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckpt-read") as pool:
+        reads = {name: pool.submit(read_pickle, info.path / name, files.get(name) if verify else None)
+                 for name in (OPT_FILE, MODEL_FILE)}
+        optimizer, model_state = reads[OPT_FILE].result(), reads[MODEL_FILE].result()
     if not isinstance(optimizer, dict) or optimizer.get("format") != OPT_FORMAT:
         raise CheckpointError(f"{info.path / OPT_FILE} is not an {OPT_FORMAT} optimizer state")
-    return optimizer
-
-
-def load_checkpoint(info: CheckpointInfo, rank: int) -> LoadedCheckpoint:
-    """The model state, the (merged) optimizer state and `rank`'s RNG state of a verified checkpoint."""
-    model_state = paddle_load(info.path / MODEL_FILE)
-    optimizer = _load_optimizer(info)
     rng = None
     rpath = info.path / rng_file(rank)
     if rpath.is_file():
-        with open(rpath, "rb") as f:
-            rng = pickle.load(f)
+        rng = read_pickle(rpath, files.get(rng_file(rank)) if verify else None)
     else:  # a rank the saving attempt did not have (an elastic resume on more nodes): the caller seeds it
         saved = info.manifest.get("world_size")
         (log.info if isinstance(saved, int) and rank >= saved else log.warning)(
             "checkpoint %s has no RNG state for rank %d (saved with world size %s); python/numpy RNG are "
             "seeded from (seed, rank)", info.path, rank, saved)
     return LoadedCheckpoint(info=info, model_state={k: np.asarray(v) for k, v in model_state.items()},
-                            optimizer=optimizer, rng=rng)
+                            optimizer=optimizer, rng=rng, rank=rank)

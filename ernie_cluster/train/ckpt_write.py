@@ -1,16 +1,21 @@
 """Writing checkpoints durably: the collective save, the ``model_last`` link, pruning, and
 ``from_pretrained`` model directories (snapshots, conversions).
 
-A save goes into ``.tmp.step_N`` in the same directory; every file is fsynced, the manifest is
-written last, the directory is fsynced and renamed with ``os.replace``, then ``model_last`` is
-swapped (temp symlink + rename) and only then are checkpoints beyond ``keep`` deleted.
+A save goes into ``.tmp.step_N`` in the same directory. Every file is hashed while it is written
+(`ckpt_io`: one pass over the bytes) and fsynced, the model and optimizer files in parallel; the
+manifest is written last, the directory is fsynced and renamed with ``os.replace``, then
+``model_last`` is swapped (temp symlink + rename) and only then are checkpoints beyond ``keep`` deleted.
 
 Multi-rank saves: all ranks hold identical parameters (data parallel), so only global rank 0
 writes the model/optimizer/state files; every rank writes its RNG file; barriers order "temp dir
-exists" -> "all files written" -> "manifest + rename done".
+exists" -> "all files written" -> "manifest + rename done". ``ckpt_async`` writes the same files
+from a background thread, without collectives (its docstring has that protocol).
 
-Test hook: ``ERNIE_CLUSTER_TEST_SLOW_SAVE=<seconds>`` sleeps that long between the files rank 0
-writes, so a test can SIGKILL a trainer in the middle of a save.
+Test hooks (never set in production), in rank 0's part of a save:
+``ERNIE_CLUSTER_TEST_SLOW_SAVE=<seconds>`` sleeps that long between the files, so a test can SIGKILL
+a trainer in the middle of a save; ``ERNIE_CLUSTER_TEST_HOLD_SAVE=<step>:<file>`` holds the save of
+that step, its files written but no manifest, until <file> exists; ``ERNIE_CLUSTER_TEST_FAIL_SAVE=<step>``
+makes the save of that step fail at the same point.
 """
 
 from __future__ import annotations
@@ -18,17 +23,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
 from ..durable import fsync_dir, fsync_file, replace_dir, sha256_file
 from .ckpt_format import (FORMAT_VERSION, LAST_LINK, MANIFEST_FILE, MODEL_FILE, OPT_FILE, STATE_FILE, STEP_GLOB,
-                         TMP_PREFIX, rng_file, step_dir_name)
+                          TMP_PREFIX, STEP_RE, rng_file, step_dir_name)
+from .ckpt_io import pickle_bytes, write_bytes, write_bytes_atomic, write_pickle
 from .ckpt_read import CheckpointInfo, LoadedCheckpoint, list_step_dirs, load_checkpoint, verify_checkpoint
 from .ckpt_format import CheckpointError, json_default
 from .engine_common import Collective
@@ -36,6 +42,8 @@ from .engine_common import Collective
 log = logging.getLogger("ernie_cluster.train")
 
 SLOW_SAVE_ENV = "ERNIE_CLUSTER_TEST_SLOW_SAVE"
+HOLD_SAVE_ENV = "ERNIE_CLUSTER_TEST_HOLD_SAVE"
+FAIL_SAVE_ENV = "ERNIE_CLUSTER_TEST_FAIL_SAVE"
 
 
 # ---------------------------------------------------------------------------
@@ -43,12 +51,12 @@ SLOW_SAVE_ENV = "ERNIE_CLUSTER_TEST_SLOW_SAVE"
 # ---------------------------------------------------------------------------
 
 
+def json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True, default=json_default) + "\n").encode("utf-8")
+
+
 def write_json(path: Path, data: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=json_default)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+    write_bytes(path, json_bytes(data))
 
 
 def paddle_save(obj: Any, path: Path, *, fsync: bool = True) -> None:
@@ -57,13 +65,6 @@ def paddle_save(obj: Any, path: Path, *, fsync: bool = True) -> None:
     paddle.save(obj, str(path))
     if fsync:
         fsync_file(path)
-
-
-def _digest_and_fsync(path: Path) -> Dict[str, Any]:
-    """sha256 + size of a written file, then fsync it (run in a worker thread: both release the GIL)."""
-    digest = sha256_file(path)
-    fsync_file(path)
-    return {"size": path.stat().st_size, "sha256": digest}
 
 
 def replace_symlink(link: Path, target: str) -> None:
@@ -87,6 +88,17 @@ def _slow_save_pause() -> None:
             pass
 
 
+def _hold_or_fail(step: int) -> None:
+    """The hold and failure test hooks, for the save of `step`."""
+    if os.environ.get(FAIL_SAVE_ENV, "").strip() == str(step):
+        raise OSError(f"{FAIL_SAVE_ENV}: simulated failure of the save of step {step}")
+    hold_step, _, release = os.environ.get(HOLD_SAVE_ENV, "").partition(":")
+    if release and hold_step.strip() == str(step):
+        log.info("%s: holding the save of step %d until %s exists", HOLD_SAVE_ENV, step, release)
+        while not os.path.exists(release):
+            time.sleep(0.05)
+
+
 # ---------------------------------------------------------------------------
 # the collective save
 # ---------------------------------------------------------------------------
@@ -100,6 +112,17 @@ class CheckpointManager:
         self.keep = max(2, int(keep))
         self.collective = collective or Collective()
 
+    def paths(self, step: int) -> Tuple[Path, Path]:
+        """(temporary, final) directory of the save of `step`."""
+        return self.dir / f"{TMP_PREFIX}{step_dir_name(step)}", self.dir / step_dir_name(step)
+
+    def clean_stale(self, before: Optional[int] = None) -> None:
+        """Rank 0: remove the temporary directories of interrupted saves (only those of steps before `before`)."""
+        for stale in self.dir.glob(TMP_PREFIX + STEP_GLOB):
+            m = STEP_RE.match(stale.name[len(TMP_PREFIX):])
+            if before is None or (m is not None and int(m.group(1)) < before):
+                shutil.rmtree(stale, ignore_errors=True)
+
     # -- save ---------------------------------------------------------------
     def save(
         self,
@@ -111,64 +134,51 @@ class CheckpointManager:
         rng_state: Dict[str, Any],
     ) -> Path:
         """Collective: every rank calls it at the same step boundary. Returns the final path."""
-        final = self.dir / step_dir_name(step)
-        tmp = self.dir / f"{TMP_PREFIX}{step_dir_name(step)}"
+        tmp, final = self.paths(step)
         t0 = time.time()
         if self.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
-            for stale in self.dir.glob(TMP_PREFIX + STEP_GLOB):
-                shutil.rmtree(stale, ignore_errors=True)
+            self.clean_stale()
             tmp.mkdir()
         self.collective.barrier()
-        self._write_rank_files(tmp, rng_state)
-        digests: Dict[str, Any] = {}
+        digests = {rng_file(self.rank): self.write_rng(tmp, rng_state)}
         if self.rank == 0:
-            digests = self._write_rank0_files(tmp, model_state, optimizer_state, trainer_state)
+            digests.update(self.write_rank0_files(step, tmp, model_state(), optimizer_state(), trainer_state))
         self.collective.barrier()
         if self.rank == 0:
-            self._finish(step, tmp, final, digests)
+            self.finish(step, tmp, final, digests)
             log.info("checkpoint step %d saved to %s in %.2fs", step, final, time.time() - t0)
         self.collective.barrier()
         return final
 
-    def _write_rank_files(self, tmp: Path, rng_state: Dict[str, Any]) -> None:
-        """Every rank's own file: its RNG state."""
-        with open(tmp / rng_file(self.rank), "wb") as f:
-            pickle.dump(rng_state, f, protocol=4)
-            f.flush()
-            os.fsync(f.fileno())
+    def write_rng(self, tmp: Path, rng_state: Dict[str, Any]) -> Dict[str, Any]:
+        """Every rank's own file: its RNG state (renamed into place whole: a peer may be watching for it)."""
+        return write_bytes_atomic(tmp / rng_file(self.rank), pickle_bytes(rng_state))
 
-    def _write_rank0_files(self, tmp: Path, model_state: Callable[[], Dict[str, np.ndarray]],
-                           optimizer_state: Callable[[], Dict[str, Any]],
-                           trainer_state: Dict[str, Any]) -> Dict[str, Any]:
-        """Model, optimizer and trainer state; returns {file: {size, sha256}} of the big two."""
-        # Each big file is hashed and fsynced in a worker thread while the next one is written.
-        from concurrent.futures import ThreadPoolExecutor
+    def write_rank0_files(self, step: int, tmp: Path, model: Dict[str, np.ndarray], optimizer: Dict[str, Any],
+                          trainer_state: Dict[str, Any]) -> Dict[str, Any]:
+        """Model, optimizer (in parallel, each hashed as it is written) and trainer state: {file: {size, sha256}}."""
+        _slow_save_pause()
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckpt-write") as pool:
+            # the optimizer file (two moments) is the bigger one: it starts first
+            futures = {OPT_FILE: pool.submit(write_pickle, tmp / OPT_FILE, optimizer),
+                       MODEL_FILE: pool.submit(write_pickle, tmp / MODEL_FILE, model)}
+            digests = {name: f.result() for name, f in futures.items()}
+        _slow_save_pause()
+        digests[STATE_FILE] = write_bytes(tmp / STATE_FILE, json_bytes(trainer_state))
+        _slow_save_pause()
+        _hold_or_fail(step)
+        return digests
 
-        digests: Dict[str, Any] = {}
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckpt-digest") as pool:
-            _slow_save_pause()
-            paddle_save(model_state(), tmp / MODEL_FILE, fsync=False)
-            digests[MODEL_FILE] = pool.submit(_digest_and_fsync, tmp / MODEL_FILE)
-            _slow_save_pause()
-            paddle_save(optimizer_state(), tmp / OPT_FILE, fsync=False)
-            digests[OPT_FILE] = pool.submit(_digest_and_fsync, tmp / OPT_FILE)
-            _slow_save_pause()
-            write_json(tmp / STATE_FILE, trainer_state)
-            _slow_save_pause()
-            return {k: f.result() for k, f in digests.items()}
-
-    def _finish(self, step: int, tmp: Path, final: Path, digests: Optional[Dict[str, Any]] = None) -> None:
-        """Rank 0, after every rank wrote its files: manifest, rename into place, model_last, prune."""
-        expected = [rng_file(r) for r in range(self.world_size)]
-        missing = [name for name in expected if not (tmp / name).is_file()]
+    def finish(self, step: int, tmp: Path, final: Path, digests: Dict[str, Any]) -> None:
+        """Rank 0, once every rank's files are in `tmp`: manifest, rename into place, model_last, prune."""
+        names = [MODEL_FILE, OPT_FILE, STATE_FILE] + [rng_file(r) for r in range(self.world_size)]
+        missing = [name for name in names if not (tmp / name).is_file()]
         if missing:
-            raise CheckpointError(f"checkpoint step {step}: per-rank files missing after the barrier: {missing}")
-        files = {}
-        digests = digests or {}
-        for f in sorted(tmp.iterdir()):
-            if f.is_file():
-                files[f.name] = digests.get(f.name) or {"size": f.stat().st_size, "sha256": sha256_file(f)}
+            raise CheckpointError(f"checkpoint step {step}: files missing when the manifest is due: {missing}")
+        # the big files were hashed as they were written; a peer's RNG file (a few KB) is read here
+        files = {name: digests.get(name) or {"size": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+                 for name in names}
         manifest = {"format": FORMAT_VERSION, "step": step, "files": files, "world_size": self.world_size,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         write_json(tmp / MANIFEST_FILE, manifest)

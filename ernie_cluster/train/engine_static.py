@@ -307,7 +307,7 @@ class StaticEngine:
         var = self.scope.find_var(vname)
         if var is None:
             raise KeyError(f"variable {vname} is not in the scope")
-        return np.array(var.get_tensor())
+        return np.asarray(var.get_tensor())  # __array__ already copies (device to host on a GPU): no second copy
 
     def _set(self, vname: str, value: np.ndarray) -> None:
         var = self.scope.find_var(vname)

@@ -25,7 +25,8 @@ NOT_RANK0 = -(2 ** 62)
 def agree_on_checkpoint(ckpt_dir: Path, compat_key: Dict[str, Any], dist, collective) -> Optional[CheckpointInfo]:
     """The checkpoint every rank resumes from, or None for a fresh start.
 
-    Rank 0 verifies fully and chooses (an incompatible newest checkpoint is refused on every rank);
+    Rank 0 verifies fully and chooses (an incompatible newest checkpoint is refused on every rank), loading
+    the candidate as it hashes it (`find_latest(load_rank=0)`: one pass, `resume` gets that state);
     the other ranks check that they see the same complete files (the file system must be shared).
     """
     choice = NOT_RANK0
@@ -33,7 +34,7 @@ def agree_on_checkpoint(ckpt_dir: Path, compat_key: Dict[str, Any], dist, collec
     chosen = None
     if dist.rank == 0:
         try:
-            chosen = find_latest(ckpt_dir, compat_key)
+            chosen = find_latest(ckpt_dir, compat_key, load_rank=0)
             choice = chosen.step if chosen is not None else NO_CHECKPOINT
         except IncompatibleCheckpoint as exc:
             refusal, choice = exc, REFUSED
@@ -43,7 +44,7 @@ def agree_on_checkpoint(ckpt_dir: Path, compat_key: Dict[str, Any], dist, collec
             "rank 0 refused the newest checkpoint (incompatible spec); see its log")
     if choice < 0:
         return None
-    if chosen is not None:  # rank 0 verified it fully a moment ago
+    if chosen is not None:  # rank 0 verified (and loaded) it a moment ago
         return chosen
     path = ckpt_dir / step_dir_name(choice)
     ok, reason, info = verify_checkpoint(path, full=False)

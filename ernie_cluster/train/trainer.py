@@ -10,8 +10,9 @@ trainer_state.json), or from random weights with model.random_init (`start.py`).
 
 Loop (`Trainer._train`): batch -> step -> log -> test hooks -> the ranks agree (one max
 all-reduce) on "continue / stop signal / non-finite loss" -> a heartbeat -> evaluation every
-`eval_freq`, checkpoint every `checkpoint_steps`, snapshot every `save_steps`. A stop saves a checkpoint at
-that boundary and exits 0 with exit.<rank>.json {"reason": "stopped"}; a non-finite loss exits 4
+`eval_freq`, checkpoint every `checkpoint_steps` (written in the background: `ckpt_async`), snapshot
+every `save_steps`. A stop saves a checkpoint at that boundary (synchronously, after any write in
+flight) and exits 0 with exit.<rank>.json {"reason": "stopped"}; a non-finite loss exits 4
 with {"reason": "failed"}. At max_steps a final checkpoint, a snapshot and the test-split
 evaluation, then {"reason": "completed"} and exit 0.
 
@@ -179,6 +180,7 @@ class Trainer:
                     self._maybe_checkpoint()
                     self._maybe_snapshot()
         finally:
+            self.saver.close()  # a write in flight ends (a crash too: its state was good) and a failure is logged
             close_stream(self.stream)
             self.metrics.close()
 
@@ -206,6 +208,10 @@ class Trainer:
         self.collective = self.engine.collective
         self.manager = CheckpointManager(run.checkpoints, dist.rank, dist.world_size, spec.train.keep_checkpoints,
                                          self.collective)
+        from .ckpt_async import CheckpointSaver, estimate_nbytes  # periodic checkpoints in the background
+
+        self.saver = CheckpointSaver(self.manager, spec.train.async_checkpoint, self.collective,
+                                     lambda: estimate_nbytes(self.engine))
 
     def _check_world(self) -> None:
         """This attempt's batch plan: the launcher's world (the nodes Slurm gave, within resources.nodes)."""
@@ -295,7 +301,7 @@ class Trainer:
 
     def _maybe_checkpoint(self) -> None:
         if self.step % self.spec.train.checkpoint_steps == 0 and self.step < self.spec.train.max_steps:
-            self._save(self.step)
+            self._save(self.step, periodic=True)
 
     def _maybe_snapshot(self) -> None:
         if self.step % self.spec.train.save_steps == 0 and self.step < self.spec.train.max_steps:
@@ -325,8 +331,8 @@ class Trainer:
                                              "samples_per_s": samples / max(dt, 1e-9)})
         self.metrics.exclude(time.time() - t0)
 
-    def _save(self, at: int) -> None:
-        """The resumable checkpoint at step `at` (collective; once per step)."""
+    def _save(self, at: int, periodic: bool = False) -> None:
+        """The resumable checkpoint at step `at` (collective; once per step; a periodic one in the background)."""
         from .checkpoint import capture_rng
         from .engine_common import paddle_seed_scheme
 
@@ -335,9 +341,9 @@ class Trainer:
         t0 = time.time()
         seed = self.spec.train.seed
         with self.heartbeat.during("checkpoint"):
-            self.manager.save(at, model_state=self.engine.model_state, optimizer_state=self.engine.optimizer_state,
-                              trainer_state=self._trainer_state(at),
-                              rng_state=capture_rng(self.dist.rank, paddle_seed_scheme(seed, self.dist.rank)))
+            self.saver.save(at, periodic=periodic, model_state=self.engine.model_state,
+                            optimizer_state=self.engine.optimizer_state, trainer_state=self._trainer_state(at),
+                            rng_state=capture_rng(self.dist.rank, paddle_seed_scheme(seed, self.dist.rank)))
         self.last_saved = at
         self.metrics.exclude(time.time() - t0)
 
@@ -378,7 +384,7 @@ class Trainer:
         if self.step > 0 and self.spec.train.checkpoint_on_signal:
             self._save(self.step)
         control.write_exit(self.dist.rank, "stopped", self.step, signal=signal_name,
-                           param_digest=param_digest(self.engine))
+                           param_digest=param_digest(self.engine), checkpoint_error=self.saver.close())
         return EXIT_OK
 
     def _complete(self) -> int:

@@ -15,11 +15,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Dict
 
 import pytest
+
+from test_chain_slurm import wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -40,16 +41,6 @@ def _submit(tmp_path: Path, name: str, *overrides: str, env: Dict[str, str]) -> 
     run = tmp_path / name
     out = _cli("submit", str(TINY), f"output_dir={run}", f"name={name}", *COMMON, *overrides, env=env)
     return {"run": run, "job": re.search(r"^training job: (\d+)", out, re.M).group(1)}
-
-
-def _wait(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _train_state(run: Path) -> str | None:
@@ -79,16 +70,16 @@ def test_a_stop_with_a_write_in_flight_requeues_and_resumes_exactly(slurm_cluste
     worker0 = run / "logs" / f"attempt-{job_id}-0" / "node0" / "workerlog.0"
     try:
         # training goes on past step 30 while rank 0's write of step 30 is held (the next one is at 60)
-        _wait(lambda: max(_losses(log), default=0) >= 32, 600, "step 32 of the async job")
+        wait_until(lambda: max(_losses(log), default=0) >= 32, 600, "step 32 of the async job", interval=0.2)
         assert (run / "checkpoints" / ".tmp.step_000000030").is_dir()
         assert not (run / "checkpoints" / "step_000000030").exists()
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-        _wait(lambda: "first waiting for the write of step 30 in flight" in _text(worker0), 120,
+        wait_until(lambda: "first waiting for the write of step 30 in flight" in _text(worker0), 120,
               "the stop's save to wait for the write in flight")
     finally:
         release.write_text("go")
-    assert _wait(lambda: _train_state(run), 600, "the async job to end") == "COMPLETED"
-    assert _wait(lambda: _train_state(ref["run"]), 600, "the reference job to end") == "COMPLETED"
+    assert wait_until(lambda: _train_state(run), 600, "the async job to end") == "COMPLETED"
+    assert wait_until(lambda: _train_state(ref["run"]), 600, "the reference job to end") == "COMPLETED"
 
     st = json.loads(_cli("status", str(run), "--json"))
     first, last = st["attempts"][0], st["attempts"][-1]

@@ -65,9 +65,8 @@ def test_status_into_a_file_holds_full_ids_times_reasons_and_the_wait(queued_run
     assert jobs["train"][1:3] == [train, "PENDING (BeginTime)"]
     assert jobs["convert"][1:3] == [convert, "PENDING (Dependency)"]
     attempt = next([c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines() if line.startswith("│ 0 "))
-    assert attempt == ["0", train, "0", "3", time.strftime("%H:%M:%S", time.localtime(queued_run["now"] - 600)),
-                       time.strftime("%H:%M:%S", time.localtime(queued_run["now"] - 60)), "stopped", "preempted",
-                       "1234", "requeue"]
+    stamp = [time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(queued_run["now"] - ago)) for ago in (600, 60)]
+    assert attempt == ["0", train, "0", "3", *stamp, "stopped", "preempted", "1234", "requeue"]
     assert (f"waiting on: training job {train} is pending (BeginTime: its begin time has not come); Slurm expects it "
             f"to start at {pg.fmt_time(queued_run['start'])}") in text
     assert f"waiting on: conversion job {convert} waits for training job {train} to complete (afterok)" in text

@@ -3,6 +3,9 @@
 Cluster part: ``slurm_cluster`` starts (or reuses) the local Slurm cluster of
 ``scripts/local-slurm`` once per session. When it cannot start, tests that use
 it are skipped, or fail when ``CI`` is set or ``ERNIE_REQUIRE_SLURM=1``.
+
+``main_command_run``: the README's main command (local backend, a simulated preemption, convert) run once per
+session with ``status --follow`` beside it; the console and plot tests read it.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,3 +100,42 @@ def cleanup():
     yield ids
     if ids:
         subprocess.run(["scancel", *ids], capture_output=True)
+
+
+SECRET = "hunter2-do-not-log"
+
+
+def _wait_for(path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def main_command_run(tmp_path_factory):
+    """`submit jobs/ernie_tiny_local.yaml --force --preempt-after 8` (the README's command) into a temporary run
+    directory, its stdout and stderr pipes; and `status --follow` on the same run from the moment it exists."""
+    tmp = tmp_path_factory.mktemp("main-command")
+    run = tmp / "run"
+    # The submitting shell also holds a secret (no file of the run may hold it: paddle's launcher logs its
+    # environment) and a stale PADDLE_MASTER (the launcher's own --master must win); the loss log is a test hook.
+    env = {**os.environ, "ERNIE_CLUSTER_LOSS_LOG": str(tmp / "loss.jsonl"), "DOMAIN_HUB_TOKEN": SECRET,
+           "PADDLE_MASTER": "10.255.255.1:1"}
+    submit = subprocess.Popen(
+        [sys.executable, "-m", "ernie_cluster", "submit", "jobs/ernie_tiny_local.yaml", "--force", "--preempt-after",
+         "8", f"output_dir={run}", f"data.input_prefix={tmp / 'data' / 'toy'}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    follow = None
+    try:
+        _wait_for(run / "state.json", 120)
+        follow = subprocess.Popen([sys.executable, "-m", "ernie_cluster", "status", str(run), "--follow"], cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = submit.communicate(timeout=600)
+        f_out, f_err = follow.communicate(timeout=120)
+    finally:
+        for proc in (submit, follow):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    return {"run": run, "tmp": tmp, "loss_log": tmp / "loss.jsonl", "rc": submit.returncode, "out": out, "err": err,
+            "follow_rc": follow.returncode, "follow_out": f_out, "follow_err": f_err}

@@ -25,36 +25,10 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
                           timeout=kw.pop("timeout", 120), **kw)
 
 
-def wait_for(path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.2)
-
-
-@pytest.fixture(scope="module")
-def main_run(tmp_path_factory):
-    """`submit jobs/ernie_tiny_local.yaml --force --preempt-after 8` (the README's command) into a temporary run
-    directory, its stdout and stderr pipes; and `status --follow` on the same run from the moment it exists."""
-    tmp = tmp_path_factory.mktemp("console")
-    run = tmp / "run"
-    submit = subprocess.Popen(
-        [sys.executable, "-m", "ernie_cluster", "submit", "jobs/ernie_tiny_local.yaml", "--force", "--preempt-after",
-         "8", f"output_dir={run}", f"data.input_prefix={tmp / 'data' / 'toy'}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    follow = None
-    try:
-        wait_for(run / "state.json", 120)
-        follow = subprocess.Popen([sys.executable, "-m", "ernie_cluster", "status", str(run), "--follow"], cwd=REPO,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        out, err = submit.communicate(timeout=600)
-        f_out, f_err = follow.communicate(timeout=120)
-    finally:
-        for proc in (submit, follow):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-    return {"run": run, "rc": submit.returncode, "out": out, "err": err,
-            "follow_rc": follow.returncode, "follow_out": f_out, "follow_err": f_err}
+@pytest.fixture
+def main_run(main_command_run):
+    """The README's main command with `status --follow` beside it (conftest: one run for this module and plot's)."""
+    return main_command_run
 
 
 def _check_plain(text: str) -> list:

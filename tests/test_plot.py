@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,16 +12,11 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def preempted_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("plot")
-    run = tmp / "run"
-    cmd = [sys.executable, "-m", "ernie_cluster", "submit", "jobs/ernie_tiny_local.yaml", f"output_dir={run}",
-           f"data.input_prefix={tmp / 'data' / 'toy'}", "train.max_steps=150", "train.checkpoint_steps=40",
-           "train.save_steps=150", "train.eval_freq=50", "--preempt-after", "4"]  # seconds of training
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ))
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return run
+@pytest.fixture
+def preempted_run(main_command_run):
+    """The README's main command, preempted once (conftest: shared with the console tests)."""
+    assert main_command_run["rc"] == 0, main_command_run["out"][-4000:] + main_command_run["err"][-4000:]
+    return main_command_run["run"]
 
 
 def _expected_marks(run: Path):
@@ -43,7 +37,7 @@ def test_plot_marks_match_attempts(preempted_run, tmp_path):
 
     records, expected = _expected_marks(preempted_run)
     assert [r["reason"] for r in records] == ["stopped", "completed"]
-    assert 0 < records[0]["step"] < 150
+    assert 0 < records[0]["step"] < 200
 
     out = tmp_path / "sub" / "loss.png"
     result = plot_run(str(preempted_run), str(out))

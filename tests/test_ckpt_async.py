@@ -16,6 +16,7 @@ import pytest
 
 from ernie_cluster.train import checkpoint as ck
 from ernie_cluster.train import ckpt_async, ckpt_io, ckpt_read
+from test_train_support import flip_bit
 
 
 def _state(step: int, n: int = 3000):
@@ -85,9 +86,7 @@ def test_read_pickle_tells_damage_from_an_intact_unreadable_file(tmp_path):
     model, _ = _state(2)
     path = tmp_path / "m.pdparams"
     meta = ckpt_io.write_pickle(path, model)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01  # inside an array: unpickles fine, the hash catches it
-    path.write_bytes(bytes(data))
+    flip_bit(path, path.stat().st_size // 2)  # inside an array: unpickles fine, the hash catches it
     with pytest.raises(ckpt_io.DamagedFile, match="corrupted"):
         ckpt_io.read_pickle(path, meta)
     with pytest.raises(ckpt_io.DamagedFile, match="bytes"):
@@ -103,10 +102,7 @@ def test_resume_load_reads_each_file_once_and_skips_damage(tmp_path, monkeypatch
     mgr = ck.CheckpointManager(tmp_path / "c", rank=0, world_size=1, keep=10)
     for step in (2, 4):
         mgr.save(step, **_args(step))
-    f = tmp_path / "c" / "step_000000004" / "optimizer.pdopt"
-    data = bytearray(f.read_bytes())
-    data[-200] ^= 0x04
-    f.write_bytes(bytes(data))
+    flip_bit(tmp_path / "c" / "step_000000004" / "optimizer.pdopt", -200, 0x04)
 
     def no_second_pass(*a, **k):
         raise AssertionError("a file was hashed outside its load")
@@ -129,10 +125,7 @@ def test_resume_load_skips_a_damaged_incompatible_checkpoint_and_refuses_an_inta
     mgr.save(4, **args)
     with pytest.raises(ck.IncompatibleCheckpoint, match="gbs: checkpoint 16, spec 8"):
         ck.find_latest(tmp_path / "c", {"gbs": 8}, load_rank=0)
-    f = tmp_path / "c" / "step_000000004" / "model_state.pdparams"
-    data = bytearray(f.read_bytes())
-    data[-100] ^= 0x01
-    f.write_bytes(bytes(data))
+    flip_bit(tmp_path / "c" / "step_000000004" / "model_state.pdparams", -100)
     assert ck.find_latest(tmp_path / "c", {"gbs": 8}, load_rank=0).step == 2
 
 

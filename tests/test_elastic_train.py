@@ -56,12 +56,17 @@ def runs(tmp_path_factory, toy_data):
     return ref, parts, run
 
 
-def test_elastic_run_trains_on_the_same_samples_as_the_uninterrupted_run(runs):
-    ref, parts, _ = runs
-    want = _steps(ref)
+def _elastic_steps(parts: List[LaunchedNodes]) -> Dict[int, List[Dict]]:
+    """step -> every rank's record, over the attempts of the elastic run (each step ran in one attempt)."""
     got: Dict[int, List[Dict]] = {}
     for job in parts:
         got.update(_steps(job))
+    return got
+
+
+def test_elastic_run_trains_on_the_same_samples_as_the_uninterrupted_run(runs):
+    ref, parts, _ = runs
+    want, got = _steps(ref), _elastic_steps(parts)
     assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         ids, micro = global_stream(got[step])
@@ -73,10 +78,7 @@ def test_elastic_run_trains_on_the_same_samples_as_the_uninterrupted_run(runs):
 
 def test_elastic_losses_agree_within_the_stated_tolerance(runs):
     ref, parts, _ = runs
-    want = _steps(ref)
-    got: Dict[int, List[Dict]] = {}
-    for job in parts:
-        got.update(_steps(job))
+    want, got = _steps(ref), _elastic_steps(parts)
     rel = relative_differences(got, want)
     assert sorted(rel) == list(range(1, STEPS + 1))
     assert max(rel.values()) <= TOLERANCE, rel

@@ -10,12 +10,11 @@ copy makes `auto` synchronous and `true` refuse to start.
 
 from __future__ import annotations
 
-import shutil
 import signal
 
 import pytest
 
-from test_train_support import Trainer, by_step, make_run, read_jsonl, run_trainer, tiny_spec, toy_data  # noqa: F401
+from test_train_support import Trainer, by_step, copy_checkpoints, flip_bit, make_run, read_jsonl, run_trainer, tiny_spec, toy_data  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 BACKGROUND = "in the background"  # the log line of a checkpoint written by the background thread
@@ -98,13 +97,8 @@ def test_a_stop_waits_for_the_write_in_flight_then_saves_and_resumes_exactly(run
 
 def test_a_damaged_newest_asynchronous_checkpoint_is_skipped_and_the_resume_is_exact(runs, tmp_path):
     run = make_run(tmp_path, runs["auto"]["spec"] | {"output_dir": str(tmp_path / "run")})
-    for step in (16, 20):  # both written by the background thread
-        shutil.copytree(runs["auto"]["run"] / "checkpoints" / f"step_{step:09d}",
-                        run / "checkpoints" / f"step_{step:09d}")
-    f = run / "checkpoints" / "step_000000020" / "optimizer.pdopt"
-    data = bytearray(f.read_bytes())
-    data[-300] ^= 0x10  # one flipped bit, same size
-    f.write_bytes(bytes(data))
+    copy_checkpoints(runs["auto"]["run"], run, (16, 20))  # both written by the background thread
+    flip_bit(run / "checkpoints" / "step_000000020" / "optimizer.pdopt", -300, 0x10)
     t = run_trainer(run, "damaged")
     assert t.proc.returncode == 0, t.output[-3000:]
     assert "step_000000020 is damaged and skipped" in t.output and "corrupted" in t.output

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from test_train_support import Trainer, by_step, make_run, read_jsonl, run_trainer, set_spec, stop_and_resume, tiny_spec, toy_data  # noqa: F401
+from test_train_support import Trainer, by_step, copy_checkpoints, flip_bit, make_run, read_jsonl, run_trainer, set_spec, stop_and_resume, tiny_spec, toy_data  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -124,16 +124,9 @@ def test_sigkill_during_checkpoint_write_falls_back(baseline, tmp_path):
 
 
 def test_corrupted_newest_checkpoint_is_skipped(baseline, tmp_path):
-    import shutil
-
     run = make_run(tmp_path, baseline["spec"] | {"output_dir": str(tmp_path / "run")})
-    src = baseline["run"] / "checkpoints"
-    for step in (16, 20):
-        shutil.copytree(src / f"step_{step:09d}", run / "checkpoints" / f"step_{step:09d}")
-    f = run / "checkpoints" / "step_000000020" / "model_state.pdparams"
-    data = bytearray(f.read_bytes())
-    data[-100] ^= 0x01  # one flipped bit, same size
-    f.write_bytes(bytes(data))
+    copy_checkpoints(baseline["run"], run, (16, 20))
+    flip_bit(run / "checkpoints" / "step_000000020" / "model_state.pdparams", -100)
     t = run_trainer(run, "corrupt")
     assert t.proc.returncode == 0, t.output[-3000:]
     assert "step_000000020 is damaged and skipped" in t.output and "corrupted" in t.output
@@ -143,10 +136,8 @@ def test_corrupted_newest_checkpoint_is_skipped(baseline, tmp_path):
 
 
 def test_incompatible_spec_is_refused(baseline, tmp_path):
-    import shutil
-
     run = make_run(tmp_path, baseline["spec"] | {"output_dir": str(tmp_path / "run")})
-    shutil.copytree(baseline["run"] / "checkpoints" / "step_000000024", run / "checkpoints" / "step_000000024")
+    copy_checkpoints(baseline["run"], run, (24,))
     set_spec(run, global_batch_size=16, max_steps=30)
     t = run_trainer(run, "incompat")
     assert t.proc.returncode == 3, t.output[-3000:]

@@ -145,6 +145,23 @@ def run_trainer(run: Path, tag: str, timeout: float = 240, **env: str) -> Traine
     return t
 
 
+def flip_bit(path: Path, offset: int, mask: int = 0x01) -> None:
+    """Damage a file as storage does: the bits of `mask` flipped in the byte at `offset` (negative: from the
+    end), the size unchanged."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def copy_checkpoints(src_run: Path, dst_run: Path, steps) -> None:
+    """Copy the checkpoints of `steps` from one run directory into another."""
+    import shutil
+
+    for step in steps:
+        name = f"step_{step:09d}"
+        shutil.copytree(src_run / "checkpoints" / name, dst_run / "checkpoints" / name)
+
+
 def read_jsonl(path: Path) -> List[Dict[str, Any]]:
     if not path.exists():
         return []

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+import xxhash
 
 from ernie_cluster.train import checkpoint as ck
 from ernie_cluster.train import ckpt_async, ckpt_io, ckpt_read
@@ -51,14 +52,30 @@ def _args(step: int, rank: int = 0, calls=None):
 # ---------------------------------------------------------------------------
 
 
-def test_hasher_keeps_the_order_of_small_and_large_blocks():
-    rng = np.random.RandomState(0)
-    blocks = [rng.bytes(int(n)) for n in rng.choice([10, 1000, 70_000, 300_000, 3_000_000], 60)]
-    h = ckpt_io.Hasher(max_pending=2)
-    for b in blocks:
-        h.update(b)
-    assert h.hexdigest() == hashlib.sha256(b"".join(blocks)).hexdigest()
-    assert h.size == sum(map(len, blocks))
+@pytest.fixture(params=["whole", "streamed"])
+def read_path(request, monkeypatch):
+    """read_pickle's two ways: a small file read whole and checked before it is unpickled, a large one streamed."""
+    if request.param == "streamed":
+        monkeypatch.setattr(ckpt_io, "WHOLE_FILE_BYTES", 0)
+    return request.param
+
+
+def test_checksums_are_xxh3_and_manifests_listing_sha256_still_verify(tmp_path, read_path):
+    model, _ = _state(3)
+    path = tmp_path / "m.pdparams"
+    meta = ckpt_io.write_pickle(path, model)
+    data = path.read_bytes()
+    assert meta == {"size": len(data), "xxh3_128": xxhash.xxh3_128(data).hexdigest()}
+    assert ckpt_io.file_meta(path) == meta and ckpt_io.file_problem(path, meta) == ""
+    legacy = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}  # a manifest written before xxh3
+    assert ckpt_io.file_problem(path, legacy) == ""
+    np.testing.assert_array_equal(ckpt_io.read_pickle(path, legacy)["ernie.a.weight"], model["ernie.a.weight"])
+    for bad in (dict(meta, xxh3_128="0" * 32), dict(legacy, sha256="0" * 64)):
+        assert "is corrupted" in ckpt_io.file_problem(path, bad)
+        with pytest.raises(ckpt_io.DamagedFile, match="corrupted"):
+            ckpt_io.read_pickle(path, bad)
+    with pytest.raises(ckpt_io.DamagedFile, match="corrupted"):  # a manifest entry without any checksum
+        ckpt_io.read_pickle(path, {"size": len(data)})
 
 
 def test_write_pickle_files_are_what_paddle_load_reads_and_old_files_still_load(tmp_path):
@@ -68,21 +85,21 @@ def test_write_pickle_files_are_what_paddle_load_reads_and_old_files_still_load(
     for name, obj in (("model", model), ("opt", opt)):
         meta = ckpt_io.write_pickle(tmp_path / f"{name}.ours", obj)
         data = (tmp_path / f"{name}.ours").read_bytes()
-        assert meta == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}  # hashed as written
+        assert meta == {"size": len(data), "xxh3_128": xxhash.xxh3_128(data).hexdigest()}  # as written
         assert data[:2] == b"\x80\x05"  # protocol 5: arrays written from their own memory
         want = pickle.dumps(obj, protocol=4)
         assert pickle.dumps(paddle.load(str(tmp_path / f"{name}.ours"), return_numpy=True), protocol=4) == want
         assert pickle.dumps(ckpt_io.read_pickle(tmp_path / f"{name}.ours", meta), protocol=4) == want
         paddle.save(obj, str(tmp_path / f"{name}.paddle"))  # a checkpoint written before this change (protocol 4)
         old = (tmp_path / f"{name}.paddle").read_bytes()
-        meta = {"size": len(old), "sha256": hashlib.sha256(old).hexdigest()}
+        meta = {"size": len(old), "xxh3_128": xxhash.xxh3_128(old).hexdigest()}
         back = ckpt_io.read_pickle(tmp_path / f"{name}.paddle", meta)
         assert pickle.dumps(back, protocol=4) == want
     back = ckpt_io.read_pickle(tmp_path / "model.ours")
     assert back["cls.tied"] is back["ernie.a.weight"]  # a tied weight stays one array
 
 
-def test_read_pickle_tells_damage_from_an_intact_unreadable_file(tmp_path):
+def test_read_pickle_tells_damage_from_an_intact_unreadable_file(tmp_path, read_path):
     model, _ = _state(2)
     path = tmp_path / "m.pdparams"
     meta = ckpt_io.write_pickle(path, model)
@@ -90,7 +107,7 @@ def test_read_pickle_tells_damage_from_an_intact_unreadable_file(tmp_path):
     with pytest.raises(ckpt_io.DamagedFile, match="corrupted"):
         ckpt_io.read_pickle(path, meta)
     with pytest.raises(ckpt_io.DamagedFile, match="bytes"):
-        ckpt_io.read_pickle(path, {"size": meta["size"] + 1, "sha256": meta["sha256"]})
+        ckpt_io.read_pickle(path, dict(meta, size=meta["size"] + 1))
     evil = tmp_path / "evil.pkl"
     meta = ckpt_io.write_bytes(evil, pickle.dumps({"x": os.getcwd}, protocol=4))  # names posix.getcwd
     with pytest.raises(ck.CheckpointError, match="intact but cannot be read") as exc:
@@ -107,7 +124,7 @@ def test_resume_load_reads_each_file_once_and_skips_damage(tmp_path, monkeypatch
     def no_second_pass(*a, **k):
         raise AssertionError("a file was hashed outside its load")
 
-    monkeypatch.setattr(ckpt_read, "sha256_file", no_second_pass)
+    monkeypatch.setattr(ckpt_read, "file_problem", no_second_pass)
     with caplog.at_level("WARNING", logger="ernie_cluster.train"):
         info = ck.find_latest(tmp_path / "c", {"gbs": 8}, load_rank=0)
     assert info.step == 2 and "step_000000004 is damaged and skipped" in caplog.text and "corrupted" in caplog.text

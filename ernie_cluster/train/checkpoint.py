@@ -3,9 +3,9 @@
 The format itself (layout, file names, versions, what each file holds) has one home,
 ``ckpt_format``; ``ckpt_write`` is the durable collective save (temp dir, fsync, manifest last,
 rename, ``model_last``, pruning) and ``write_model_dir`` for snapshots; ``ckpt_async`` writes periodic
-checkpoints in the background from a host copy; ``ckpt_io`` hashes every file while writing and reading it
+checkpoints in the background from a host copy; ``ckpt_io`` checksums every file while writing and reading it
 (one pass over the bytes); ``ckpt_read`` finds,
-verifies (manifest: every file present, same size and sha256; damaged ones are skipped with a
+verifies (manifest: every file present, same size and checksum; damaged ones are skipped with a
 warning, newest first) and loads.
 
 Import the names from here: ``from ernie_cluster.train.checkpoint import find_latest``.

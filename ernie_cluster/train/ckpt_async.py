@@ -5,7 +5,7 @@ At a periodic checkpoint's step boundary the main thread takes a consistent host
 checkpoint holds: the engine's parameters and optimizer state (the Adam moments, the AMP loss scaling; numpy
 copies, made between two steps), the trainer state (step, consumed samples, LR schedule) and the RNG state. It
 hands the copy to a background thread and trains the next step; the thread writes the same files as a
-synchronous save (`ckpt_write`: hashed as they are written, fsynced, manifest last, renamed, `model_last`,
+synchronous save (`ckpt_write`: checksummed as they are written, fsynced, manifest last, renamed, `model_last`,
 pruning). A checkpoint counts when its manifest is on disk, as before.
 
 * One write in flight at most: every save, periodic or not, first waits for the previous write of its rank.

@@ -12,7 +12,7 @@ Layout (``RunDir.checkpoints``)::
         trainer_state.json                step, consumed_samples, LR schedule state, spec sha256,
                                            compat key, engine, world size, versions
         rng_rank00000.pkl ...             per rank: python `random` and numpy global states, paddle seed scheme
-        MANIFEST.json                     written last: size and sha256 of every other file
+        MANIFEST.json                     written last: size and checksum of every other file
       .tmp.step_000001500/                a save in progress (never read; removed by the next save)
 
 The .pdparams/.pdopt/.pkl files are pickles (protocol 5 since asynchronous checkpoints: arrays are written

@@ -1,39 +1,47 @@
-"""One pass over a checkpoint's bytes: every file is hashed (sha256) while it is written and while it is read
-back, never read a second time only to be hashed.
+"""One pass over a checkpoint's bytes: every file is checksummed while it is written and while it is read
+back, never read a second time only to be checked.
+
+The checksum is xxh3-128 (`xxhash`): it is there to catch damage (a torn or truncated write, a flipped bit, a
+partial copy), and the manifest that lists it sits beside the files, so whoever can change a file can change its
+entry too: a cryptographic hash buys nothing here and costs ten times the time (sha256 runs at about 2 GB/s per
+core on the machines we measured, xxh3 at about 28 GB/s, faster than the page cache hands bytes over).
+Manifests written before list sha256; those files are checked with sha256.
 
 Writing: `write_pickle(path, obj)` pickles `obj` with protocol 5, whose in-band buffers let the pickler hand each
 numpy array's memory to the file as it is (protocol 4, paddle.save's default, first copies every array into a
-bytes object). Each block goes to a hashing thread as it goes to the file; then the file is fsynced, and
-`write_pickle` returns the {"size", "sha256"} a manifest lists. `paddle.load` and `pickle.load` read these files
-as they read paddle.save's. The object must not change while it is written (a checkpoint's state is a snapshot).
+bytes object). Each block is checksummed as it goes to the file; then the file is fsynced, and `write_pickle`
+returns the {"size", "xxh3_128"} a manifest lists. `paddle.load` and `pickle.load` read these files as they read
+paddle.save's. The object must not change while it is written (a checkpoint's state is a snapshot).
 `write_bytes` does the same for a small file, `write_bytes_atomic` under a temporary name renamed into place.
 
-Reading: `read_pickle(path, meta)` unpickles from a reader that hashes what it hands to the unpickler, reading the
-next chunk of a large array while a helper thread hashes the previous one, and at the end compares size and
-sha256 with the manifest's `meta`; a mismatch raises `DamagedFile` and the object is dropped. Because the bytes
-are unpickled before they are known to be intact, the unpickler builds only what a checkpoint holds (containers,
+Reading: `read_pickle(path, meta)` unpickles from a reader that checksums what it hands to the unpickler (a large
+array in chunks, each checksummed while it is still in the CPU cache), and at the end compares size and checksum
+with the manifest's `meta`; a mismatch raises `DamagedFile` and the object is dropped. Because the bytes are
+unpickled before they are known to be intact, the unpickler builds only what a checkpoint holds (containers,
 numbers, strings, numpy arrays and dtypes): a corrupted byte that turns into another global fails instead of
-calling it. An intact file (sha256 as listed) that still cannot be read is a `CheckpointError`, never mistaken for
-damage.
+calling it. An intact file that still cannot be read is a `CheckpointError`, never mistaken for damage.
 
-Standard library only at import (numpy is resolved by name when a pickle asks for it).
+Standard library and xxhash only at import (numpy is resolved by name when a pickle asks for it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
-import queue
-import threading
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import xxhash
 
 from .ckpt_format import CheckpointError
 
 PICKLE_PROTOCOL = 5            # in-band buffers: arrays are written from their own memory, no copy
-INLINE_HASH_BYTES = 256 << 10  # smaller blocks are hashed at once when nothing is queued (a thread hop costs more)
-READ_CHUNK = 8 << 20           # a large array is read in chunks, each hashed while the next one is read
+READ_CHUNK = 8 << 20           # a large array is read in chunks, each checksummed while it is still in cache
+WHOLE_FILE_BYTES = 32 << 20    # a smaller file is read with one call and unpickled from memory (fewer calls)
+CHECKSUM = "xxh3_128"          # the checksum new manifests list
+_CHECKSUMS: Dict[str, Callable[[], Any]] = {CHECKSUM: xxhash.xxh3_128, "sha256": hashlib.sha256}  # newest first
 
 # The globals a checkpoint pickle may name (numpy 1.x and 2.x module paths; protocol 4 and 5 arrays).
 _ALLOWED_GLOBALS = {
@@ -45,45 +53,40 @@ _ALLOWED_GLOBALS = {
 
 
 class DamagedFile(CheckpointError):
-    """A file whose bytes are not the ones its manifest lists (size or sha256)."""
+    """A file whose bytes are not the ones its manifest lists (size or checksum)."""
 
 
-class Hasher:
-    """sha256 of the blocks given to `update`, in order, on a helper thread (hashlib releases the GIL), so hashing
-    overlaps the file I/O and the (un)pickling of the next block. A block's memory must stay as it is until it
-    is hashed: bytes, or a view the caller keeps unchanged (`join` waits for everything queued)."""
+def listed_checksum(meta: Dict[str, Any]) -> Tuple[str, Optional[str]]:
+    """(algorithm, digest) a manifest entry lists: xxh3_128, or sha256 in manifests written before it."""
+    for algorithm in _CHECKSUMS:
+        if algorithm in meta:
+            return algorithm, meta[algorithm]
+    return CHECKSUM, None
 
-    def __init__(self, max_pending: int = 8):
-        self._h = hashlib.sha256()
-        self._q: "queue.Queue[Any]" = queue.Queue(maxsize=max_pending)
-        self._thread = threading.Thread(target=self._run, name="ckpt-hash", daemon=True)
-        self._thread.start()
-        self.size = 0
 
-    def _run(self) -> None:
+def file_meta(path: Path, algorithm: str = CHECKSUM, chunk: int = READ_CHUNK) -> Dict[str, Any]:
+    """{"size", algorithm} of a file, read once."""
+    h, size = _CHECKSUMS[algorithm](), 0
+    with open(path, "rb") as f:
         while True:
-            block = self._q.get()
-            if block is None:
-                self._q.task_done()
-                return
-            self._h.update(block)
-            self._q.task_done()
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+            size += len(block)
+    return {"size": size, algorithm: h.hexdigest()}
 
-    def update(self, block) -> None:
-        n = block.nbytes if isinstance(block, memoryview) else len(block)
-        self.size += n
-        if n < INLINE_HASH_BYTES and self._q.unfinished_tasks == 0:
-            self._h.update(block)  # nothing queued before it: the order is kept
-        else:
-            self._q.put(block)
 
-    def join(self) -> None:
-        self._q.join()
-
-    def hexdigest(self) -> str:
-        self._q.put(None)
-        self._thread.join()
-        return self._h.hexdigest()
+def file_problem(path: Path, meta: Dict[str, Any]) -> str:
+    """"" when `path` has the size and checksum `meta` lists, else what differs (the file is read once)."""
+    algorithm, want = listed_checksum(meta)
+    got = file_meta(path, algorithm)
+    if got["size"] != meta.get("size"):
+        return f"{Path(path).name} has {got['size']} bytes, the manifest says {meta.get('size')}"
+    if got[algorithm] != want:
+        return (f"{Path(path).name} is corrupted ({algorithm} {got[algorithm][:12]}... != manifest "
+                f"{str(want)[:12]}...)")
+    return ""
 
 
 def _byte_view(block) -> memoryview:
@@ -94,34 +97,34 @@ def _byte_view(block) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-class _HashingWriter:
+class _ChecksummingWriter:
     def __init__(self, f):
         self._f = f
-        self.hasher = Hasher()
+        self._h = _CHECKSUMS[CHECKSUM]()
+        self.size = 0
 
     def write(self, block) -> int:
-        # a view keeps its array alive; the array does not change while it is written (a snapshot)
         block = block if isinstance(block, bytes) else _byte_view(block)
-        self.hasher.update(block)
-        self._f.write(block)
-        return len(block) if isinstance(block, bytes) else block.nbytes
+        self._h.update(block)
+        n = self._f.write(block)
+        self.size += n
+        return n
 
     def meta(self) -> Dict[str, Any]:
-        return {"size": self.hasher.size, "sha256": self.hasher.hexdigest()}
+        return {"size": self.size, CHECKSUM: self._h.hexdigest()}
 
 
-class _HashingReader:
-    """What the unpickler reads, hashed on the way. `read` returns new bytes the hasher may keep; `readinto` fills
-    the unpickler's own buffer, so it hashes that buffer before it returns (the buffer may be gone afterwards)."""
+class _ChecksummingReader:
+    """What the unpickler reads, checksummed on the way (with the algorithm the manifest lists)."""
 
-    def __init__(self, f, size: int):
+    def __init__(self, f, size: int, algorithm: str):
         self._f = f
         self._left = size
-        self.hasher = Hasher()
+        self._h = _CHECKSUMS[algorithm]()
 
     def _take(self, block: bytes) -> bytes:
         self._left -= len(block)
-        self.hasher.update(block)
+        self._h.update(block)
         return block
 
     def read(self, n: int = -1) -> bytes:
@@ -140,19 +143,21 @@ class _HashingReader:
             n = self._f.readinto(view[got:min(want, got + READ_CHUNK)])
             if not n:
                 break
-            self.hasher.update(view[got:got + n])  # hashed while the next chunk is read
+            self._h.update(view[got:got + n])
             got += n
-        self.hasher.join()
         self._left -= got
         return got
 
     def drain(self) -> None:
-        """Hash whatever the unpickler left unread (trailing bytes, or all of it after an error)."""
+        """Checksum whatever the unpickler left unread (trailing bytes, or all of it after an error)."""
         while self._left > 0:
-            block = self._f.read(min(self._left, 8 << 20))
+            block = self._f.read(min(self._left, READ_CHUNK))
             if not block:
                 break
             self._take(block)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
 
 
 class _CheckpointUnpickler(pickle.Unpickler):
@@ -168,9 +173,9 @@ class _CheckpointUnpickler(pickle.Unpickler):
 
 
 def write_pickle(path: Path, obj: Any, *, fsync: bool = True) -> Dict[str, Any]:
-    """Pickle `obj` to `path` (hashed on the way, fsynced); {"size", "sha256"} of the file."""
+    """Pickle `obj` to `path` (checksummed on the way, fsynced); {"size", "xxh3_128"} of the file."""
     with open(path, "wb") as f:
-        writer = _HashingWriter(f)
+        writer = _ChecksummingWriter(f)
         pickle.Pickler(writer, protocol=PICKLE_PROTOCOL).dump(obj)
         f.flush()
         if fsync:
@@ -184,7 +189,7 @@ def write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> Dict[str, Any
         f.flush()
         if fsync:
             os.fsync(f.fileno())
-    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return {"size": len(data), CHECKSUM: _CHECKSUMS[CHECKSUM](data).hexdigest()}
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> Dict[str, Any]:
@@ -205,24 +210,35 @@ def pickle_bytes(obj: Any) -> bytes:
 
 
 def read_pickle(path: Path, meta: Optional[Dict[str, Any]] = None) -> Any:
-    """The object pickled in `path`, read once; with `meta` ({"size", "sha256"}), verified against it on the way
+    """The object pickled in `path`, read once; with `meta` ({"size", checksum}), verified against it on the way
     (DamagedFile when the bytes differ, CheckpointError when intact bytes do not unpickle)."""
     path = Path(path)
+    algorithm, want = listed_checksum(meta or {})
     with open(path, "rb", buffering=1 << 20) as f:
         size = os.fstat(f.fileno()).st_size
         if meta is not None and size != meta.get("size"):
             raise DamagedFile(f"{path.name} has {size} bytes, the manifest says {meta.get('size')}")
-        reader = _HashingReader(f, size)
-        try:
-            obj, error = _CheckpointUnpickler(reader, encoding="latin1").load(), None
-        except Exception as exc:  # noqa: BLE001 - judged below, once every byte is hashed
-            obj, error = None, exc
-        reader.drain()
-        digest = reader.hasher.hexdigest()
-    if meta is not None and digest != meta.get("sha256"):
-        raise DamagedFile(f"{path.name} is corrupted (sha256 {digest[:12]}... != manifest "
-                          f"{str(meta.get('sha256'))[:12]}...)")
+        if size <= WHOLE_FILE_BYTES:  # one read and one checksum call, checked before it is unpickled
+            data = f.read(size)
+            digest = _CHECKSUMS[algorithm](data).hexdigest() if meta is not None else None
+            if digest == want or meta is None:
+                obj, error = _unpickle(io.BytesIO(data))
+        else:  # streamed: checksummed while it is unpickled, judged once every byte is checksummed
+            reader = _ChecksummingReader(f, size, algorithm)
+            obj, error = _unpickle(reader)
+            reader.drain()
+            digest = reader.hexdigest()
+    if meta is not None and digest != want:
+        raise DamagedFile(f"{path.name} is corrupted ({algorithm} {digest[:12]}... != manifest "
+                          f"{str(want)[:12]}...)")
     if error is not None:
         raise CheckpointError(f"{path} is intact but cannot be read as a checkpoint pickle: "
                               f"{type(error).__name__}: {error}")
     return obj
+
+
+def _unpickle(source) -> Tuple[Any, Optional[Exception]]:
+    try:
+        return _CheckpointUnpickler(source, encoding="latin1").load(), None
+    except Exception as exc:  # noqa: BLE001 - judged by the caller, which knows whether the bytes are intact
+        return None, exc

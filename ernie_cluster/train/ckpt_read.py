@@ -2,11 +2,11 @@
 complete compatible one, load it.
 
 A reader trusts a checkpoint only when its manifest verifies (every file present, same size and
-sha256), scanning newest first and skipping damaged ones with a warning. See ``checkpoint.py``
+checksum: `ckpt_io`), scanning newest first and skipping damaged ones with a warning. See ``checkpoint.py``
 for the layout.
 
-Loading reads every byte once (`ckpt_io.read_pickle`): the files are hashed while they are unpickled, the
-model and optimizer files in parallel, and compared with the manifest at the end. `find_latest(...,
+Loading reads every byte once (`ckpt_io.read_pickle`): the files are checksummed while they are unpickled,
+one after the other (in parallel they competed for the memory bandwidth and ran slower), and compared with the manifest at the end. `find_latest(...,
 load_rank=r)` uses that load as its full verification, so a resume reads the chosen checkpoint once, not
 once to hash it and again to load it.
 """
@@ -21,10 +21,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..durable import sha256_file
 from .ckpt_format import MANIFEST_FILE, MODEL_FILE, OPT_FILE, OPT_FORMAT, STATE_FILE, STEP_RE, rng_file
 from .ckpt_format import CheckpointError, IncompatibleCheckpoint, json_default
-from .ckpt_io import DamagedFile, read_pickle
+from .ckpt_io import DamagedFile, file_problem, read_pickle
 
 log = logging.getLogger("ernie_cluster.train")
 
@@ -96,7 +95,7 @@ def _read_manifest(path: Path) -> Tuple[Optional[Dict[str, Any]], str]:
 
 
 def _check_files(path: Path, files: Dict[str, Any], *, full: bool) -> str:
-    """"" when every listed file has its size (and, with `full`, its sha256), else the first problem."""
+    """"" when every listed file has its size (and, with `full`, its checksum), else the first problem."""
     for name, meta in files.items():
         try:
             size = (path / name).stat().st_size
@@ -105,15 +104,10 @@ def _check_files(path: Path, files: Dict[str, Any], *, full: bool) -> str:
         if size != meta.get("size"):
             return f"{name} has {size} bytes, the manifest says {meta.get('size')}"
     if full:
-        from concurrent.futures import ThreadPoolExecutor
-
-        names = sorted(files, key=lambda n: -int(files[n].get("size") or 0))
-        with ThreadPoolExecutor(max_workers=min(4, len(names)), thread_name_prefix="ckpt-verify") as pool:
-            digests = dict(zip(names, pool.map(lambda n: sha256_file(path / n), names)))
         for name, meta in files.items():
-            digest = digests[name]
-            if digest != meta.get("sha256"):
-                return f"{name} is corrupted (sha256 {digest[:12]}... != manifest {str(meta.get('sha256'))[:12]}...)"
+            problem = file_problem(path / name, meta)
+            if problem:
+                return problem
     return ""
 
 
@@ -220,17 +214,13 @@ def find_latest(ckpt_dir: Path, compat_key: Optional[Dict[str, Any]] = None, *, 
 
 def load_checkpoint(info: CheckpointInfo, rank: int, *, verify: bool = True) -> LoadedCheckpoint:
     """The model state, the (merged) optimizer state and `rank`'s RNG state of a checkpoint, each file read once
-    and, with `verify`, hashed on the way and checked against the manifest (DamagedFile when it differs)."""
+    and, with `verify`, checksummed on the way and checked against the manifest (DamagedFile when it differs)."""
     if info.loaded is not None and info.loaded.rank == rank:
         loaded, info.loaded = info.loaded, None  # handed over once: the caller owns the arrays now
         return loaded
     files = info.manifest.get("files", {}) if verify else {}
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckpt-read") as pool:
-        reads = {name: pool.submit(read_pickle, info.path / name, files.get(name) if verify else None)
-                 for name in (OPT_FILE, MODEL_FILE)}
-        optimizer, model_state = reads[OPT_FILE].result(), reads[MODEL_FILE].result()
+    optimizer = read_pickle(info.path / OPT_FILE, files.get(OPT_FILE) if verify else None)
+    model_state = read_pickle(info.path / MODEL_FILE, files.get(MODEL_FILE) if verify else None)
     if not isinstance(optimizer, dict) or optimizer.get("format") != OPT_FORMAT:
         raise CheckpointError(f"{info.path / OPT_FILE} is not an {OPT_FORMAT} optimizer state")
     rng = None

@@ -1,7 +1,7 @@
 """Writing checkpoints durably: the collective save, the ``model_last`` link, pruning, and
 ``from_pretrained`` model directories (snapshots, conversions).
 
-A save goes into ``.tmp.step_N`` in the same directory. Every file is hashed while it is written
+A save goes into ``.tmp.step_N`` in the same directory. Every file is checksummed while it is written
 (`ckpt_io`: one pass over the bytes) and fsynced, the model and optimizer files in parallel; the
 manifest is written last, the directory is fsynced and renamed with ``os.replace``, then
 ``model_last`` is swapped (temp symlink + rename) and only then are checkpoints beyond ``keep`` deleted.
@@ -31,10 +31,10 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from ..durable import fsync_dir, fsync_file, replace_dir, sha256_file
+from ..durable import fsync_dir, fsync_file, replace_dir
 from .ckpt_format import (FORMAT_VERSION, LAST_LINK, MANIFEST_FILE, MODEL_FILE, OPT_FILE, STATE_FILE, STEP_GLOB,
                           TMP_PREFIX, STEP_RE, rng_file, step_dir_name)
-from .ckpt_io import pickle_bytes, write_bytes, write_bytes_atomic, write_pickle
+from .ckpt_io import file_meta, pickle_bytes, write_bytes, write_bytes_atomic, write_pickle
 from .ckpt_read import CheckpointInfo, LoadedCheckpoint, list_step_dirs, load_checkpoint, verify_checkpoint
 from .ckpt_format import CheckpointError, json_default
 from .engine_common import Collective
@@ -157,7 +157,7 @@ class CheckpointManager:
 
     def write_rank0_files(self, step: int, tmp: Path, model: Dict[str, np.ndarray], optimizer: Dict[str, Any],
                           trainer_state: Dict[str, Any]) -> Dict[str, Any]:
-        """Model, optimizer (in parallel, each hashed as it is written) and trainer state: {file: {size, sha256}}."""
+        """Model, optimizer (in parallel, each checksummed as it is written) and trainer state: {file: {size, checksum}}."""
         _slow_save_pause()
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckpt-write") as pool:
             # the optimizer file (two moments) is the bigger one: it starts first
@@ -176,9 +176,8 @@ class CheckpointManager:
         missing = [name for name in names if not (tmp / name).is_file()]
         if missing:
             raise CheckpointError(f"checkpoint step {step}: files missing when the manifest is due: {missing}")
-        # the big files were hashed as they were written; a peer's RNG file (a few KB) is read here
-        files = {name: digests.get(name) or {"size": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
-                 for name in names}
+        # the big files were checksummed as they were written; a peer's RNG file (a few KB) is read here
+        files = {name: digests.get(name) or file_meta(tmp / name) for name in names}
         manifest = {"format": FORMAT_VERSION, "step": step, "files": files, "world_size": self.world_size,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         write_json(tmp / MANIFEST_FILE, manifest)

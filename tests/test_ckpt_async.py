@@ -178,12 +178,81 @@ def test_periodic_save_returns_with_the_copy_taken_and_the_write_in_flight(tmp_p
     np.testing.assert_array_equal(loaded.model_state["cls.tied"], _state(4)[0]["ernie.a.weight"])
 
 
+def test_live_state_is_copied_into_buffers_kept_between_saves(tmp_path, monkeypatch, caplog):
+    """With the engine's live views, the copy goes into kept buffers: what is written is the state at the save
+    even when training changes the live arrays during the write, memory is checked only while the buffers are
+    not there yet, and an alias stays one array."""
+    checks = []
+    monkeypatch.setattr(ckpt_async, "memory_check", lambda n: checks.append(n) or (True, "ok"))
+    release = tmp_path / "release"
+    monkeypatch.setenv(ck.HOLD_SAVE_ENV, f"4:{release}")
+    saver = _saver(tmp_path, estimate=10 ** 6)
+    live = _state(4)
+    written = _state(4)  # the same values, not the same arrays
+    with caplog.at_level("INFO", logger="ernie_cluster.train"):
+        saver.save(4, periodic=True, **_args(4), state_views=lambda: live)
+    threading.Timer(20, release.touch).start()  # never leave the held thread behind, whatever fails below
+    assert saver.writer.in_flight
+    for array in (live[0]["ernie.a.weight"], live[1]["accumulators"]["ernie.a.bias"]["moment1"]):
+        array += 1.0  # the next training steps, while the write is held
+    release.write_text("go")
+    assert saver.wait() is None
+    loaded = ck.load_checkpoint(ck.find_latest(tmp_path / "c", {"gbs": 8}), 0)
+    _assert_same_tree((loaded.model_state, loaded.optimizer), written)
+    assert loaded.model_state["cls.tied"] is loaded.model_state["ernie.a.weight"]
+    assert saver.buffers.nbytes == saver.nbytes == ckpt_async.state_nbytes(*live)  # the alias counted once
+    assert "keeps 1.4 MB of host buffers" in caplog.text and checks == [10 ** 6, 10 ** 6]  # at start, first copy
+    first = saver.buffers.kept
+    saver.save(6, periodic=True, **_args(6), state_views=lambda: live)
+    assert saver.close() is None and len(checks) == 2  # nothing more to allocate: no check
+    second = saver.buffers.kept
+    assert second[0]["ernie.a.weight"] is first[0]["ernie.a.weight"] is second[0]["cls.tied"]  # the same buffers
+    assert second[1]["accumulators"]["ernie.a.bias"]["moment1"] is first[1]["accumulators"]["ernie.a.bias"]["moment1"]
+    loaded = ck.load_checkpoint(ck.find_latest(tmp_path / "c", {"gbs": 8}), 0)
+    _assert_same_tree((loaded.model_state, loaded.optimizer), live)
+
+
+def _assert_same_tree(got, want, where="state"):
+    assert type(got) is type(want) or isinstance(want, dict) and isinstance(got, dict), where
+    if isinstance(want, dict):
+        assert list(got) == list(want), where
+        for k in want:
+            _assert_same_tree(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, tuple):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_same_tree(g, w, f"{where}[{i}]")
+    elif isinstance(want, np.ndarray):
+        assert got.dtype == want.dtype and np.array_equal(got, want), where
+    else:
+        assert got == want, where
+
+
+@pytest.mark.parametrize("parallel_bytes", [0, 1 << 40])  # split over two threads, or not
+def test_host_buffers_copy_values_keep_aliases_and_never_share_a_buffer_between_two_arrays(monkeypatch,
+                                                                                          parallel_bytes):
+    monkeypatch.setattr(ckpt_async.HostBuffers, "PARALLEL_BYTES", parallel_bytes)
+    buffers = ckpt_async.HostBuffers()
+    a, b = np.arange(12.0).reshape(3, 4), np.ones(5, "int32")
+    first = buffers.copy({"w": a, "tied": a, "acc": {"b": b, "n": 3, "s": "x"}, "list": [b, None]})
+    assert first["w"] is first["tied"] is not a and np.array_equal(first["w"], a)
+    assert first["acc"]["b"] is first["list"][0] and first["acc"]["n"] == 3 and first["list"][1] is None
+    assert buffers.nbytes == a.nbytes + b.nbytes
+    c = a + 100.0  # the alias is gone: "tied" now has its own array, and must not share "w"'s buffer
+    second = buffers.copy({"w": a * 2, "tied": c, "acc": {"b": b + 1, "n": 4, "s": "x"}, "list": [b + 1, None]})
+    assert second["w"] is first["w"] and second["tied"] is not second["w"]
+    assert np.array_equal(second["w"], a * 2) and np.array_equal(second["tied"], c)
+    assert np.array_equal(second["acc"]["b"], b + 1) and second["acc"]["n"] == 4
+    third = buffers.copy({"w": np.zeros((2, 2))})  # another shape: a new buffer
+    assert third["w"].shape == (2, 2) and buffers.nbytes == 32
+
+
 def test_a_failed_background_write_is_reported_and_the_next_save_is_synchronous(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv(ck.FAIL_SAVE_ENV, "2")
     saver = _saver(tmp_path)
     with caplog.at_level("INFO", logger="ernie_cluster.train"):
         saver.save(2, periodic=True, **_args(2))
-        saver.writer._thread.join()
+        assert saver.writer.ended(timeout=20)
         assert "checkpoint step 2 failed in the background and is not on disk" in caplog.text  # logged at once
         saver.save(4, periodic=True, **_args(4))
         assert not saver.writer.pending  # written synchronously: nothing in flight

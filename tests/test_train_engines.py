@@ -84,3 +84,46 @@ def _check_amp_recompute_gradient_merge():
     state["loss_scaling"]["loss_scaling"] = np.array([256.0], "float32")
     engine.set_optimizer_state(state)
     assert engine.train_step(1, [_batch(2), _batch(3)]).loss_scale == 256.0
+
+
+def test_state_views_show_the_live_state_without_copying_and_follow_a_reallocation():
+    _in_fresh_process(_check_state_views)
+
+
+def _check_state_views():
+    import pickle
+
+    import numpy  # noqa: F401 - before paddle
+
+    from ernie_cluster.train.dist_env import DistEnv
+    from ernie_cluster.train.engine_static import StaticEngine
+    from ernie_cluster.train.model import model_config
+    from ernie_cluster.train.schedule import LRSchedule
+
+    spec = _spec(use_amp=True, amp_init_loss_scaling=1024.0)  # loss-scaling variables are in the views too
+    engine = StaticEngine(spec, DistEnv(0, 1, 0, 1, 0), model_config(spec), LRSchedule.from_spec(spec))
+    engine.train_step(0, [_batch(0), _batch(1)])
+    model, opt = engine.state_views()
+    assert pickle.dumps((model, opt), protocol=4) == pickle.dumps(
+        (engine.model_state(), engine.optimizer_state()), protocol=4)
+    before = {k: v.copy() for k, v in model.items()}
+    engine.train_step(1, [_batch(2), _batch(3)])
+    model2, opt2 = engine.state_views()
+    fresh = engine.model_state()
+    assert all(model2[k] is model[k] for k in model)  # the same views: the optimizer updated in place ...
+    assert all(np.array_equal(model[k], fresh[k]) for k in fresh)  # ... and they show the new values
+    assert sum(not np.array_equal(before[k], fresh[k]) for k in fresh) > len(fresh) // 2
+    assert pickle.dumps(opt2, protocol=4) == pickle.dumps(engine.optimizer_state(), protocol=4)
+    engine.set_model_state({k: v * 0 + 0.5 for k, v in fresh.items()})  # a checkpoint load writes in place
+    model3, _ = engine.state_views()
+    assert all(np.all(v == 0.5) for v in model3.values())
+    # a variable given new memory gets a new view: none shows the old memory
+    name = engine.canonical[0]
+    tensor = engine.scope.find_var(engine.names[name]).get_tensor()
+    address, shape = tensor._ptr(), model3[name].shape
+    tensor.set(np.zeros(model3[name].size * 64, np.float32), engine.place)
+    tensor.set(np.full(shape, 0.25, np.float32), engine.place)
+    assert tensor._ptr() != address
+    model4, _ = engine.state_views()
+    assert model4[name] is not model3[name] and np.all(model4[name] == 0.25)
+    assert all(np.array_equal(model4[k], v) for k, v in engine.model_state().items())

@@ -33,22 +33,28 @@ issued by a background thread could interleave with the training loop's own and 
    the checkpoint to resume from (`clean_at_start`, a collective follows), a write removes only the
    temporary directories of older steps, and the manifest lists the expected files by name.
 
-Memory: rank 0 holds one copy (about 12 bytes per fp32 parameter with Adam: 1.2 GB for ERNIE 1.0 base) from the
-step boundary until its write ends; the other ranks copy only their RNG state. Its size is logged at start (an estimate from the parameter shapes) and at
-every save (measured). `auto` writes synchronously, with a warning, whenever MemAvailable (/proc/meminfo) minus
-a margin cannot hold it; `true` refuses to start in that case (a clear error rather than the OOM killer later)
-and falls back the same way if memory runs short later; `false` never copies.
+Memory: rank 0 holds one copy (about 12 bytes per fp32 parameter with Adam: 1.2 GB for ERNIE 1.0 base). Where the
+engine's state is in host memory (`state_views`: the CPU), the copy goes into buffers kept from one asynchronous
+save to the next (`HostBuffers`): no allocation and no page faults at the step boundary, so the loop waits for a
+memory-speed copy only; they stay allocated for the run. Elsewhere (a GPU's state) each save copies into fresh
+arrays, freed when the write ends. Its size is logged at start (an estimate from the parameter shapes) and at every
+save (measured). `auto` writes synchronously, with a warning, whenever MemAvailable (/proc/meminfo) minus a margin
+cannot hold what the copy still has to allocate; `true` refuses to start in that case (a clear error rather than
+the OOM killer later) and falls back the same way if memory runs short later; `false` never copies.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout  # not the builtin before Python 3.11
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
 
 from .ckpt_format import CheckpointError, rng_file
 from .ckpt_write import CheckpointManager
@@ -125,6 +131,69 @@ def estimate_nbytes(engine) -> int:
     return 3 * 4 * n
 
 
+class HostBuffers:
+    """Rank 0's host copy of a checkpoint's state, in buffers kept from one asynchronous save to the next.
+
+    At most one write is in flight and every save first waits for it, so the buffers are free again when the next
+    save copies into them. `copy(tree)` mirrors nested dicts, lists and tuples, copies each numpy array into the
+    buffer kept for its place in the tree (an array under two names stays one buffer: tied weights), and keeps
+    other leaves (numbers, strings, None) as they are. A large copy is split over two threads (numpy releases
+    the GIL while it copies): one core alone does not reach the memory bandwidth."""
+
+    PARALLEL_BYTES = 64 << 20  # below this, handing half to the other thread gains nothing (measured)
+
+    def __init__(self) -> None:
+        self.kept: Any = None  # the last copy: its arrays are the buffers the next copy finds at the same places
+        self._helper: Optional[ThreadPoolExecutor] = None
+        self.nbytes = 0
+
+    def copy(self, tree: Any) -> Any:
+        pairs: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}  # id(source) -> (buffer, source)
+        taken = set()  # id(buffer): two sources never share one, even where the last copy had an alias there
+        ndarray = np.ndarray
+
+        def walk(obj: Any, kept: Any) -> Any:
+            if isinstance(obj, ndarray):
+                pair = pairs.get(id(obj))
+                if pair is None:
+                    fits = (isinstance(kept, ndarray) and kept.shape == obj.shape and kept.dtype == obj.dtype
+                            and id(kept) not in taken)
+                    pair = pairs[id(obj)] = (kept if fits else np.empty(obj.shape, obj.dtype), obj)
+                    taken.add(id(pair[0]))
+                return pair[0]
+            if isinstance(obj, dict):
+                kept = kept if isinstance(kept, dict) else {}
+                return {k: walk(v, kept.get(k)) for k, v in obj.items()}
+            if isinstance(obj, (list, tuple)):
+                kept = kept if isinstance(kept, (list, tuple)) and len(kept) == len(obj) else [None] * len(obj)
+                return type(obj)(walk(v, k) for v, k in zip(obj, kept))
+            return obj
+
+        out = walk(tree, self.kept)
+        self._copy(list(pairs.values()))
+        self.kept, self.nbytes = out, sum(dst.nbytes for dst, _ in pairs.values())
+        return out
+
+    def _copy(self, pairs: List[Tuple[np.ndarray, np.ndarray]]) -> None:
+        total = sum(dst.nbytes for dst, _ in pairs)
+        if total < self.PARALLEL_BYTES:
+            for dst, src in pairs:
+                np.copyto(dst, src)
+            return
+        halves: Tuple[List, List] = ([], [])
+        sizes = [0, 0]
+        for pair in sorted(pairs, key=lambda p: -p[0].nbytes):  # greedy: the bigger arrays first
+            i = 0 if sizes[0] <= sizes[1] else 1
+            halves[i].append(pair)
+            sizes[i] += pair[0].nbytes
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-copy")
+        other = self._helper.submit(lambda: [np.copyto(dst, src) for dst, src in halves[1]])
+        for dst, src in halves[0]:
+            np.copyto(dst, src)
+        other.result()
+
+
 # ---------------------------------------------------------------------------
 # the background write (no collectives)
 # ---------------------------------------------------------------------------
@@ -184,11 +253,13 @@ def _mark_failed(tmp: Path, rank: int, exc: BaseException) -> None:
 
 
 class AsyncWriter:
-    """One rank's background writes, one at a time (a plain thread: joined at exit, so a write in flight ends)."""
+    """One rank's background writes, one at a time, on one thread kept for the run (started at the first write;
+    a pool thread is joined at interpreter exit, so a write in flight ends)."""
 
     def __init__(self, manager: CheckpointManager):
         self.manager = manager
-        self._thread: Optional[threading.Thread] = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-write")
+        self._future: Optional["Future[None]"] = None
         self._error: Optional[BaseException] = None
         self.step: Optional[int] = None
         self.seconds = 0.0  # how long the last write took, from its start on the background thread
@@ -196,18 +267,17 @@ class AsyncWriter:
     @property
     def pending(self) -> bool:
         """A write was submitted and not yet waited for (it may have ended already)."""
-        return self._thread is not None
+        return self._future is not None
 
     @property
     def in_flight(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._future is not None and not self._future.done()
 
     def submit(self, snap: Dict[str, Any]) -> None:
-        if self._thread is not None:
+        if self._future is not None:
             raise RuntimeError("a checkpoint write is still in flight: wait() first")
         self.step, self._error = snap["step"], None
-        self._thread = threading.Thread(target=self._run, args=(snap,), name=f"ckpt-write-{snap['step']}")
-        self._thread.start()
+        self._future = self._pool.submit(self._run, snap)
 
     def _run(self, snap: Dict[str, Any]) -> None:
         t0 = time.perf_counter()
@@ -219,12 +289,21 @@ class AsyncWriter:
             log.error("checkpoint step %d failed in the background and is not on disk:\n%s", snap["step"],
                       traceback.format_exc())
 
+    def ended(self, timeout: Optional[float] = None) -> bool:
+        """Whether the write in flight has ended, waiting up to `timeout` seconds (it stays pending: see wait)."""
+        if self._future is not None:
+            try:
+                self._future.exception(timeout)
+            except FutureTimeout:
+                return False
+        return True
+
     def wait(self) -> Optional[str]:
         """Until the write in flight ends; its error in words (None: none, or it succeeded)."""
-        if self._thread is None:
+        if self._future is None:
             return None
-        self._thread.join()
-        self._thread = None
+        self._future.result()
+        self._future = None
         error, self._error = self._error, None
         return None if error is None else f"checkpoint step {self.step}: {type(error).__name__}: {error}"
 
@@ -243,6 +322,7 @@ class CheckpointSaver:
         self.manager, self.mode, self.collective = manager, str(mode), collective
         self.rank = manager.rank
         self.writer = AsyncWriter(manager)
+        self.buffers = HostBuffers()
         self.nbytes = 0  # the copy's size: estimated at start, measured at every asynchronous save
         self.failure: Optional[str] = None
         self._memory_short = False
@@ -294,16 +374,18 @@ class CheckpointSaver:
     def _async_agreed(self, failed: bool) -> bool:
         """One max all-reduce on the main thread: asynchronous only if no rank failed and rank 0 has the memory."""
         vote = 1 if failed else 0
-        if self.rank == 0 and not failed:
-            ok, words = memory_check(self.nbytes)
+        if self.rank == 0 and not failed and self.buffers.nbytes < self.nbytes:  # the copy still allocates
+            ok, words = memory_check(self.nbytes - self.buffers.nbytes)
             self._note_memory(ok, words)
             vote = 0 if ok else 1
         return self.collective.max_int(vote) == 0
 
     def save(self, step: int, *, periodic: bool, model_state: Callable[[], Dict[str, Any]],
              optimizer_state: Callable[[], Dict[str, Any]], trainer_state: Dict[str, Any],
-             rng_state: Dict[str, Any]) -> None:
-        """Collective: every rank calls it at the same step boundary."""
+             rng_state: Dict[str, Any], state_views: Optional[Callable[[], Any]] = None) -> None:
+        """Collective: every rank calls it at the same step boundary. `state_views`: the engine's (model,
+        optimizer) state as views of its live host memory (or None where it has none), copied into kept
+        buffers instead of calling `model_state` and `optimizer_state`."""
         t0 = time.perf_counter()
         if self.writer.in_flight:
             (log.info if not periodic else log.warning)(
@@ -313,8 +395,7 @@ class CheckpointSaver:
         if periodic and self.mode != "false" and self._async_agreed(bool(failed)):
             snap: Dict[str, Any] = {"step": step, "rng": rng_state}
             if self.rank == 0:
-                snap.update(model=model_state(), optimizer=optimizer_state(), trainer_state=trainer_state)
-                self.nbytes = state_nbytes(snap["model"], snap["optimizer"])
+                snap.update(self._host_copy(model_state, optimizer_state, state_views), trainer_state=trainer_state)
             self.writer.submit(snap)
             if self.rank == 0:
                 log.info("checkpoint step %d: %.1f MB copied to host memory, the loop waited %.3fs; writing in the "
@@ -324,6 +405,21 @@ class CheckpointSaver:
             log.info("checkpoint step %d is written synchronously after the failure", step)
         self.manager.save(step, model_state=model_state, optimizer_state=optimizer_state,
                           trainer_state=trainer_state, rng_state=rng_state)
+
+    def _host_copy(self, model_state: Callable, optimizer_state: Callable,
+                   state_views: Optional[Callable[[], Any]]) -> Dict[str, Any]:
+        views = state_views() if state_views is not None else None
+        if views is None:  # fresh arrays (a GPU's state comes to the host here), freed when the write ends
+            model, optimizer = model_state(), optimizer_state()
+            self.nbytes = state_nbytes(model, optimizer)
+        else:
+            kept = self.buffers.nbytes
+            model, optimizer = self.buffers.copy(views)
+            self.nbytes = self.buffers.nbytes
+            if self.buffers.nbytes != kept:
+                log.info("asynchronous checkpoints: rank 0 keeps %.1f MB of host buffers for the copy (for the run)",
+                         self.nbytes / 2 ** 20)
+        return {"model": model, "optimizer": optimizer}
 
     def close(self) -> Optional[str]:
         """At exit: the write in flight ends first; the failure found (None when there was none)."""

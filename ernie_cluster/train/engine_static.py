@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -149,6 +149,19 @@ def feed_shape(name: str, seq_len: int) -> List[int]:
     }[name]
 
 
+class _HostDLPack:
+    """A host tensor as numpy.from_dlpack takes it (paddle 2.6's tensor has `_to_dlpack` but no `__dlpack__`)."""
+
+    def __init__(self, tensor):
+        self._tensor = tensor
+
+    def __dlpack__(self, stream=None):
+        return self._tensor._to_dlpack()
+
+    def __dlpack_device__(self):
+        return (1, 0)  # kDLCPU
+
+
 class StaticCollective(Collective):
     """Stop-flag agreement, barriers and eval sums for static multi-GPU runs: all-reduces on ring 0."""
 
@@ -219,6 +232,8 @@ class StaticEngine:
         self.exe = paddle.static.Executor(self.place)
         self.exe.run(self.startup)
         self.scope = paddle.static.global_scope()
+        self._host_tensors: Dict[str, Any] = {}  # state_views: variable name -> its tensor, (address, view)
+        self._host_views: Dict[str, Tuple[int, np.ndarray]] = {}
         self._classify_persistables()
         self.collective = StaticCollective(self)
         self.fetch = [self.loss, self.lm_loss, self.sop_loss] + ([self._loss_scaling_var] if self._loss_scaling_var else [])
@@ -325,7 +340,10 @@ class StaticEngine:
         return {n: tuple(self._get(v).shape) for n, v in self.names.items()}
 
     def model_state(self) -> Dict[str, np.ndarray]:
-        arrays = {n: self._get(self.names[n]) for n in self.canonical}
+        return self._model_state(self._get)
+
+    def _model_state(self, get: Callable[[str], np.ndarray]) -> Dict[str, np.ndarray]:
+        arrays = {n: get(self.names[n]) for n in self.canonical}
         out = {}
         for n in self.names:  # state_dict order, aliases included (from_pretrained wants them all)
             out[n] = arrays[self.aliases.get(n, n)]
@@ -340,13 +358,39 @@ class StaticEngine:
                 self._set(self.names[n], state[n])
 
     def optimizer_state(self) -> Dict[str, Any]:
+        return self._optimizer_state(self._get)
+
+    def _optimizer_state(self, get: Callable[[str], np.ndarray]) -> Dict[str, Any]:
         out = empty_optimizer_state()
         for (n, kind), vname in self.acc_vars.items():
-            put_accumulator(out, n, kind, self._get(vname))
+            put_accumulator(out, n, kind, get(vname))
         if self.ls_vars:
-            out["loss_scaling"] = {k: self._get(v) for k, v in self.ls_vars.items()}
-        out["extra"] = {f"static:{v}": self._get(v) for v in self.extra_vars}
+            out["loss_scaling"] = {k: get(v) for k, v in self.ls_vars.items()}
+        out["extra"] = {f"static:{v}": get(v) for v in self.extra_vars}
         return out
+
+    def state_views(self) -> Optional[Tuple[Dict[str, np.ndarray], Dict[str, Any]]]:
+        """(model_state, optimizer_state) as numpy views of the live variables (no copy), valid until the next
+        step: what the asynchronous checkpoint copies into its kept buffers (`ckpt_async.HostBuffers`). None on
+        a GPU, whose state model_state()/optimizer_state() bring to the host."""
+        if self.spec.train.device == "gpu":
+            return None
+        return self._model_state(self._view), self._optimizer_state(self._view)
+
+    def _view(self, vname: str) -> np.ndarray:
+        # Cached while the variable keeps its allocation (the optimizer updates in place); the view holds the
+        # memory it shows (DLPack), so a reallocated variable gets a new view and the old memory goes with the old.
+        tensor = self._host_tensors.get(vname)
+        if tensor is None:
+            var = self.scope.find_var(vname)
+            if var is None:
+                raise KeyError(f"variable {vname} is not in the scope")
+            tensor = self._host_tensors[vname] = var.get_tensor()
+        address = tensor._ptr()
+        cached = self._host_views.get(vname)
+        if cached is None or cached[0] != address:
+            cached = self._host_views[vname] = (address, np.from_dlpack(_HostDLPack(tensor)))
+        return cached[1]
 
     def set_optimizer_state(self, state: Dict[str, Any]) -> None:
         for (n, kind), vname in self.acc_vars.items():

@@ -343,7 +343,8 @@ class Trainer:
         with self.heartbeat.during("checkpoint"):
             self.saver.save(at, periodic=periodic, model_state=self.engine.model_state,
                             optimizer_state=self.engine.optimizer_state, trainer_state=self._trainer_state(at),
-                            rng_state=capture_rng(self.dist.rank, paddle_seed_scheme(seed, self.dist.rank)))
+                            rng_state=capture_rng(self.dist.rank, paddle_seed_scheme(seed, self.dist.rank)),
+                            state_views=getattr(self.engine, "state_views", None))  # the static engine's, on a CPU
         self.last_saved = at
         self.metrics.exclude(time.time() - t0)
 

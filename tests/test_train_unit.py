@@ -106,8 +106,15 @@ def test_keep_prunes_only_after_new_checkpoint_is_complete(tmp_path):
     mgr = ck.CheckpointManager(tmp_path / "c", rank=0, world_size=1, keep=2)
     for step in (1, 2, 3, 4):
         _save(mgr, step)
+        assert (tmp_path / "c" / f"step_{step:09d}" / "MANIFEST.json").is_file()  # complete when save returns
+    mgr.wait_pruned()  # old ones are deleted by a thread
     assert [p.name for _, p in ck.list_step_dirs(tmp_path / "c")] == ["step_000000004", "step_000000003"]
     assert os.readlink(tmp_path / "c" / "model_last") == "step_000000004"
+    (tmp_path / "c" / ".old.step_000000002").mkdir()  # what a deletion cut short by a kill leaves
+    _save(mgr, 5)
+    mgr.wait_pruned()
+    assert [p.name for _, p in ck.list_step_dirs(tmp_path / "c")] == ["step_000000005", "step_000000004"]
+    assert not list((tmp_path / "c").glob(".old.*"))
 
 
 def test_damaged_checkpoints_are_skipped_newest_first(tmp_path, caplog):

@@ -422,5 +422,8 @@ class CheckpointSaver:
         return {"model": model, "optimizer": optimizer}
 
     def close(self) -> Optional[str]:
-        """At exit: the write in flight ends first; the failure found (None when there was none)."""
-        return self.wait() if self.writer.pending else self.failure
+        """At exit: the write in flight and the deletion of old checkpoints end first; the failure found (None when
+        there was none)."""
+        failure = self.wait() if self.writer.pending else self.failure
+        self.manager.wait_pruned()
+        return failure

@@ -4,7 +4,9 @@
 A save goes into ``.tmp.step_N`` in the same directory. Every file is checksummed while it is written
 (`ckpt_io`: one pass over the bytes) and fsynced, the model and optimizer files in parallel; the
 manifest is written last, the directory is fsynced and renamed with ``os.replace``, then
-``model_last`` is swapped (temp symlink + rename) and only then are checkpoints beyond ``keep`` deleted.
+``model_last`` is swapped (temp symlink + rename) and only then are checkpoints beyond ``keep`` deleted: by a
+thread, so the save returns once the new checkpoint is durable (the next save, and `wait_pruned` at exit, wait
+for it; a deletion cut short leaves ``.old.*`` directories, removed with the stale temporary ones).
 
 Multi-rank saves: all ranks hold identical parameters (data parallel), so only global rank 0
 writes the model/optimizer/state files; every rank writes its RNG file; barriers order "temp dir
@@ -24,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -111,17 +114,28 @@ class CheckpointManager:
         self.world_size = world_size
         self.keep = max(2, int(keep))
         self.collective = collective or Collective()
+        self._pruning: Optional[threading.Thread] = None
 
     def paths(self, step: int) -> Tuple[Path, Path]:
         """(temporary, final) directory of the save of `step`."""
         return self.dir / f"{TMP_PREFIX}{step_dir_name(step)}", self.dir / step_dir_name(step)
 
     def clean_stale(self, before: Optional[int] = None) -> None:
-        """Rank 0: remove the temporary directories of interrupted saves (only those of steps before `before`)."""
+        """Rank 0: remove the temporary directories of interrupted saves (only those of steps before `before`) and
+        what an interrupted deletion left."""
         for stale in self.dir.glob(TMP_PREFIX + STEP_GLOB):
             m = STEP_RE.match(stale.name[len(TMP_PREFIX):])
             if before is None or (m is not None and int(m.group(1)) < before):
                 shutil.rmtree(stale, ignore_errors=True)
+        self.wait_pruned()
+        for leftover in self.dir.glob(".old.*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def wait_pruned(self) -> None:
+        """Until the deletion of old checkpoints in progress (if any) ends."""
+        if self._pruning is not None:
+            self._pruning.join()
+            self._pruning = None
 
     # -- save ---------------------------------------------------------------
     def save(
@@ -138,7 +152,7 @@ class CheckpointManager:
         t0 = time.time()
         if self.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.clean_stale()
+            self.clean_stale()  # waits for the previous save's deletions first
             tmp.mkdir()
         self.collective.barrier()
         digests = {rng_file(self.rank): self.write_rng(tmp, rng_state)}
@@ -146,7 +160,7 @@ class CheckpointManager:
             digests.update(self.write_rank0_files(step, tmp, model_state(), optimizer_state(), trainer_state))
         self.collective.barrier()
         if self.rank == 0:
-            self.finish(step, tmp, final, digests)
+            self.finish(step, tmp, final, digests, prune_now=False)
             log.info("checkpoint step %d saved to %s in %.2fs", step, final, time.time() - t0)
         self.collective.barrier()
         return final
@@ -170,8 +184,9 @@ class CheckpointManager:
         _hold_or_fail(step)
         return digests
 
-    def finish(self, step: int, tmp: Path, final: Path, digests: Dict[str, Any]) -> None:
-        """Rank 0, once every rank's files are in `tmp`: manifest, rename into place, model_last, prune."""
+    def finish(self, step: int, tmp: Path, final: Path, digests: Dict[str, Any], *, prune_now: bool = True) -> None:
+        """Rank 0, once every rank's files are in `tmp`: manifest, rename into place, model_last, prune (here, or
+        by a thread with `prune_now=False`)."""
         names = [MODEL_FILE, OPT_FILE, STATE_FILE] + [rng_file(r) for r in range(self.world_size)]
         missing = [name for name in names if not (tmp / name).is_file()]
         if missing:
@@ -193,7 +208,18 @@ class CheckpointManager:
         os.replace(tmp, final)
         fsync_dir(self.dir)
         replace_symlink(self.dir / LAST_LINK, final.name)
-        self.prune()
+        if prune_now:
+            self.prune()
+        else:
+            self.wait_pruned()
+            self._pruning = threading.Thread(target=self._prune_logged, name="ckpt-prune")
+            self._pruning.start()
+
+    def _prune_logged(self) -> None:
+        try:
+            self.prune()
+        except Exception:  # noqa: BLE001 - old checkpoints left behind cost disk, never the run
+            log.exception("removing old checkpoints failed; they are left in %s", self.dir)
 
     def prune(self) -> None:
         complete = [(s, p) for s, p in list_step_dirs(self.dir) if (p / MANIFEST_FILE).is_file()]

@@ -243,6 +243,11 @@ def test_host_buffers_copy_values_keep_aliases_and_never_share_a_buffer_between_
     assert second["w"] is first["w"] and second["tied"] is not second["w"]
     assert np.array_equal(second["w"], a * 2) and np.array_equal(second["tied"], c)
     assert np.array_equal(second["acc"]["b"], b + 1) and second["acc"]["n"] == 4
+    tree = {"w": a, "acc": {"b": b}}
+    first = buffers.copy(tree)
+    a += 1  # training changed the same arrays in place; the same tree is handed over again
+    again = buffers.copy(tree)
+    assert again is first and np.array_equal(again["w"], a) and again["w"] is not a
     third = buffers.copy({"w": np.zeros((2, 2))})  # another shape: a new buffer
     assert third["w"].shape == (2, 2) and buffers.nbytes == 32
 

@@ -110,7 +110,7 @@ def _check_state_views():
     engine.train_step(1, [_batch(2), _batch(3)])
     model2, opt2 = engine.state_views()
     fresh = engine.model_state()
-    assert all(model2[k] is model[k] for k in model)  # the same views: the optimizer updated in place ...
+    assert model2 is model and opt2 is opt  # the same views: the optimizer updated in place ...
     assert all(np.array_equal(model[k], fresh[k]) for k in fresh)  # ... and they show the new values
     assert sum(not np.array_equal(before[k], fresh[k]) for k in fresh) > len(fresh) // 2
     assert pickle.dumps(opt2, protocol=4) == pickle.dumps(engine.optimizer_state(), protocol=4)
@@ -125,5 +125,5 @@ def _check_state_views():
     tensor.set(np.full(shape, 0.25, np.float32), engine.place)
     assert tensor._ptr() != address
     model4, _ = engine.state_views()
-    assert model4[name] is not model3[name] and np.all(model4[name] == 0.25)
+    assert model4 is not model3 and model4[name] is not model3[name] and np.all(model4[name] == 0.25)
     assert all(np.array_equal(model4[k], v) for k, v in engine.model_state().items())

@@ -137,17 +137,23 @@ class HostBuffers:
     At most one write is in flight and every save first waits for it, so the buffers are free again when the next
     save copies into them. `copy(tree)` mirrors nested dicts, lists and tuples, copies each numpy array into the
     buffer kept for its place in the tree (an array under two names stays one buffer: tied weights), and keeps
-    other leaves (numbers, strings, None) as they are. A large copy is split over two threads (numpy releases
-    the GIL while it copies): one core alone does not reach the memory bandwidth."""
+    other leaves (numbers, strings, None) as they are. The same tree object handed over again (the engine's
+    views while no variable got new memory) must hold the same arrays: the copy then skips the walk. A large copy
+    is split over two threads (numpy releases the GIL while it copies): one core alone does not reach the memory
+    bandwidth."""
 
     PARALLEL_BYTES = 64 << 20  # below this, handing half to the other thread gains nothing (measured)
 
     def __init__(self) -> None:
         self.kept: Any = None  # the last copy: its arrays are the buffers the next copy finds at the same places
+        self._plan: Optional[Tuple[Any, List[Tuple[np.ndarray, np.ndarray]]]] = None  # (source tree, pairs)
         self._helper: Optional[ThreadPoolExecutor] = None
         self.nbytes = 0
 
     def copy(self, tree: Any) -> Any:
+        if self._plan is not None and self._plan[0] is tree:  # the same views again: same arrays, same buffers
+            self._copy(self._plan[1])
+            return self.kept
         pairs: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}  # id(source) -> (buffer, source)
         taken = set()  # id(buffer): two sources never share one, even where the last copy had an alias there
         ndarray = np.ndarray
@@ -170,7 +176,8 @@ class HostBuffers:
             return obj
 
         out = walk(tree, self.kept)
-        self._copy(list(pairs.values()))
+        self._plan = (tree, list(pairs.values()))
+        self._copy(self._plan[1])
         self.kept, self.nbytes = out, sum(dst.nbytes for dst, _ in pairs.values())
         return out
 

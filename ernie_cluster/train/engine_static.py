@@ -234,6 +234,8 @@ class StaticEngine:
         self.scope = paddle.static.global_scope()
         self._host_tensors: Dict[str, Any] = {}  # state_views: variable name -> its tensor, (address, view)
         self._host_views: Dict[str, Tuple[int, np.ndarray]] = {}
+        self._state_views: Optional[Tuple[Dict[str, np.ndarray], Dict[str, Any]]] = None
+        self._view_addresses: List[Tuple[Any, int]] = []
         self._classify_persistables()
         self.collective = StaticCollective(self)
         self.fetch = [self.loss, self.lm_loss, self.sop_loss] + ([self._loss_scaling_var] if self._loss_scaling_var else [])
@@ -372,10 +374,16 @@ class StaticEngine:
     def state_views(self) -> Optional[Tuple[Dict[str, np.ndarray], Dict[str, Any]]]:
         """(model_state, optimizer_state) as numpy views of the live variables (no copy), valid until the next
         step: what the asynchronous checkpoint copies into its kept buffers (`ckpt_async.HostBuffers`). None on
-        a GPU, whose state model_state()/optimizer_state() bring to the host."""
+        a GPU, whose state model_state()/optimizer_state() bring to the host. The same object comes back while
+        every variable keeps its memory (the optimizer updates in place), so the copy can reuse its plan."""
         if self.spec.train.device == "gpu":
             return None
-        return self._model_state(self._view), self._optimizer_state(self._view)
+        views = self._state_views
+        if views is not None and all(t._ptr() == address for t, address in self._view_addresses):
+            return views
+        views = self._state_views = (self._model_state(self._view), self._optimizer_state(self._view))
+        self._view_addresses = [(self._host_tensors[v], address) for v, (address, _) in self._host_views.items()]
+        return views
 
     def _view(self, vname: str) -> np.ndarray:
         # Cached while the variable keeps its allocation (the optimizer updates in place); the view holds the

@@ -134,6 +134,20 @@ def test_resume_load_reads_each_file_once_and_skips_damage(tmp_path, monkeypatch
     assert loaded.rng["python"] is not None and loaded.trainer_state["consumed_samples"] == 16
 
 
+def test_resume_load_checks_the_trainer_state_against_the_manifest_too(tmp_path, caplog):
+    mgr = ck.CheckpointManager(tmp_path / "c", rank=0, world_size=1, keep=10)
+    for step in (2, 4):
+        mgr.save(step, **_args(step))
+    state = tmp_path / "c" / "step_000000004" / "trainer_state.json"
+    text = state.read_text()
+    assert '"consumed_samples": 32' in text
+    state.write_text(text.replace('"consumed_samples": 32', '"consumed_samples": 33'))  # same size, valid JSON
+    with caplog.at_level("WARNING", logger="ernie_cluster.train"):
+        info = ck.find_latest(tmp_path / "c", {"gbs": 8}, load_rank=0)
+    assert info.step == 2 and "trainer_state.json is corrupted" in caplog.text
+    assert info.trainer_state["consumed_samples"] == 16
+
+
 def test_resume_load_skips_a_damaged_incompatible_checkpoint_and_refuses_an_intact_one(tmp_path):
     mgr = ck.CheckpointManager(tmp_path / "c", rank=0, world_size=1, keep=10)
     mgr.save(2, **_args(2))

@@ -81,11 +81,21 @@ def file_problem(path: Path, meta: Dict[str, Any]) -> str:
     """"" when `path` has the size and checksum `meta` lists, else what differs (the file is read once)."""
     algorithm, want = listed_checksum(meta)
     got = file_meta(path, algorithm)
-    if got["size"] != meta.get("size"):
-        return f"{Path(path).name} has {got['size']} bytes, the manifest says {meta.get('size')}"
-    if got[algorithm] != want:
-        return (f"{Path(path).name} is corrupted ({algorithm} {got[algorithm][:12]}... != manifest "
-                f"{str(want)[:12]}...)")
+    return _problem(Path(path).name, got["size"], got[algorithm], meta)
+
+
+def data_problem(name: str, data: bytes, meta: Dict[str, Any]) -> str:
+    """The same check for a file already read into memory (a small one: the trainer state)."""
+    algorithm, _ = listed_checksum(meta)
+    return _problem(name, len(data), _CHECKSUMS[algorithm](data).hexdigest(), meta)
+
+
+def _problem(name: str, size: int, digest: str, meta: Dict[str, Any]) -> str:
+    algorithm, want = listed_checksum(meta)
+    if size != meta.get("size"):
+        return f"{name} has {size} bytes, the manifest says {meta.get('size')}"
+    if digest != want:
+        return f"{name} is corrupted ({algorithm} {digest[:12]}... != manifest {str(want)[:12]}...)"
     return ""
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .ckpt_format import MANIFEST_FILE, MODEL_FILE, OPT_FILE, OPT_FORMAT, STATE_FILE, STEP_RE, rng_file
 from .ckpt_format import CheckpointError, IncompatibleCheckpoint, json_default
-from .ckpt_io import WHOLE_FILE_BYTES, DamagedFile, file_problem, read_pickle
+from .ckpt_io import WHOLE_FILE_BYTES, DamagedFile, data_problem, file_problem, read_pickle
 
 log = logging.getLogger("ernie_cluster.train")
 
@@ -125,9 +125,16 @@ def verify_checkpoint(path: Path, *, full: bool = True) -> Tuple[bool, str, Opti
         return False, reason, None
     if int(manifest.get("step", -1)) != int(m.group(1)):
         return False, f"manifest step {manifest.get('step')} does not match the directory name", None
+    try:  # read here in any case, so checked here in any case (a few hundred bytes)
+        raw = (path / STATE_FILE).read_bytes()
+    except OSError as exc:
+        return False, f"unreadable {STATE_FILE}: {exc}", None
+    problem = data_problem(STATE_FILE, raw, manifest["files"][STATE_FILE])
+    if problem:
+        return False, problem, None
     try:
-        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        state = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:
         return False, f"unreadable {STATE_FILE}: {exc}", None
     return True, "ok", CheckpointInfo(path=path, step=int(m.group(1)), manifest=manifest, trainer_state=state)
 

@@ -134,6 +134,35 @@ def test_resume_load_reads_each_file_once_and_skips_damage(tmp_path, monkeypatch
     assert loaded.rng["python"] is not None and loaded.trainer_state["consumed_samples"] == 16
 
 
+def test_a_resume_asks_for_the_small_files_at_once_only_when_they_are_not_in_the_page_cache(tmp_path, monkeypatch):
+    mgr = ck.CheckpointManager(tmp_path / "c", rank=0, world_size=1, keep=10)
+    mgr.save(2, **_args(2))
+    path = tmp_path / "c" / "step_000000002"
+    names = ["MANIFEST.json", "trainer_state.json", "rng_rank00000.pkl", "model_state.pdparams", "optimizer.pdopt"]
+    assert ckpt_read._in_page_cache(path / "MANIFEST.json")  # written a moment ago
+    asked = []
+    real_fadvise = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: asked.append(advice))
+    ckpt_read.prefetch(path, names)
+    assert asked == []
+    for _ in range(5):  # as on a node that never read it (a probe may start reading it again: evict, retry)
+        fd = os.open(path / "MANIFEST.json", os.O_RDONLY)
+        real_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+        if not ckpt_read._in_page_cache(path / "MANIFEST.json"):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.skip("the manifest's page stayed in the page cache after POSIX_FADV_DONTNEED (tmpfs?)")
+    monkeypatch.setattr(ckpt_read, "_in_page_cache", lambda p: False)
+    ckpt_read.prefetch(path, names)
+    assert asked == [os.POSIX_FADV_WILLNEED] * len(names)  # all small: asked for at once
+    monkeypatch.setattr(ckpt_read, "PREFETCH_BYTES", 10_000)
+    asked.clear()
+    ckpt_read.prefetch(path, names)
+    assert len(asked) == sum((path / n).stat().st_size <= 10_000 for n in names) < len(names)
+
+
 def test_resume_load_checks_the_trainer_state_against_the_manifest_too(tmp_path, caplog):
     mgr = ck.CheckpointManager(tmp_path / "c", rank=0, world_size=1, keep=10)
     for step in (2, 4):

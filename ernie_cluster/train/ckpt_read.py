@@ -24,7 +24,7 @@ import numpy as np
 
 from .ckpt_format import MANIFEST_FILE, MODEL_FILE, OPT_FILE, OPT_FORMAT, STATE_FILE, STEP_RE, rng_file
 from .ckpt_format import CheckpointError, IncompatibleCheckpoint, json_default
-from .ckpt_io import WHOLE_FILE_BYTES, DamagedFile, data_problem, file_problem, read_pickle
+from .ckpt_io import DamagedFile, data_problem, file_problem, read_pickle
 
 log = logging.getLogger("ernie_cluster.train")
 
@@ -63,13 +63,15 @@ def paddle_load(path: Path) -> Any:
 
 
 def list_step_dirs(ckpt_dir: Path) -> List[Tuple[int, Path]]:
-    if not ckpt_dir.is_dir():
-        return []
     out = []
-    for entry in ckpt_dir.iterdir():
-        m = STEP_RE.match(entry.name)
-        if m and entry.is_dir() and not entry.is_symlink():
-            out.append((int(m.group(1)), entry))
+    try:
+        with os.scandir(ckpt_dir) as entries:
+            for entry in entries:
+                m = STEP_RE.match(entry.name)
+                if m and entry.is_dir(follow_symlinks=False):  # a symlink named step_N is not a checkpoint
+                    out.append((int(m.group(1)), Path(entry.path)))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
     return sorted(out, reverse=True)
 
 
@@ -192,21 +194,42 @@ def _load_into(info: CheckpointInfo, rank: int, compat_key: Optional[Dict[str, A
     return True, "ok"
 
 
+PREFETCH_BYTES = 32 << 20  # files up to this size are asked for at once; the kernel reads ahead in larger ones
+
+
 def prefetch(path: Path, names: List[str]) -> None:
     """Start reading a checkpoint's small files from disk at once (POSIX_FADV_WILLNEED): read one after the other,
-    each would wait for the disk in turn. A large file needs none: the kernel reads ahead as it is streamed."""
+    each would wait for the disk in turn. Nothing to do when its manifest (written last) is in the page cache: the
+    checkpoint was written or read here a moment ago. A large file needs none: the kernel reads ahead as it is
+    streamed."""
+    if _in_page_cache(path / MANIFEST_FILE):
+        return
     for name in names:
         try:
             fd = os.open(path / name, os.O_RDONLY)
         except OSError:
             continue  # verification says what is missing
         try:
-            if os.fstat(fd).st_size <= WHOLE_FILE_BYTES:
+            if os.fstat(fd).st_size <= PREFETCH_BYTES:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         except (OSError, AttributeError):  # no fadvise here: only slower
             pass
         finally:
             os.close(fd)
+
+
+def _in_page_cache(path: Path) -> bool:
+    """Whether the first byte of `path` can be read without waiting for the disk (RWF_NOWAIT; False where unknown)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT) == 1
+    except (OSError, AttributeError, ValueError):  # EAGAIN: not cached; no preadv/RWF_NOWAIT here: unknown
+        return False
+    finally:
+        os.close(fd)
 
 
 def find_latest(ckpt_dir: Path, compat_key: Optional[Dict[str, Any]] = None, *, full: bool = True,

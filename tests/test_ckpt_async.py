@@ -155,12 +155,13 @@ def test_a_resume_asks_for_the_small_files_at_once_only_when_they_are_not_in_the
     else:
         pytest.skip("the manifest's page stayed in the page cache after POSIX_FADV_DONTNEED (tmpfs?)")
     monkeypatch.setattr(ckpt_read, "_in_page_cache", lambda p: False)
+    monkeypatch.setattr(ckpt_read, "PREFETCH_BYTES", 10 ** 9)
     ckpt_read.prefetch(path, names)
     assert asked == [os.POSIX_FADV_WILLNEED] * len(names)  # all small: asked for at once
     monkeypatch.setattr(ckpt_read, "PREFETCH_BYTES", 10_000)
     asked.clear()
     ckpt_read.prefetch(path, names)
-    assert len(asked) == sum((path / n).stat().st_size <= 10_000 for n in names) < len(names)
+    assert asked and len(asked) == sum((path / n).stat().st_size <= 10_000 for n in names) < len(names)
 
 
 def test_resume_load_checks_the_trainer_state_against_the_manifest_too(tmp_path, caplog):

@@ -222,7 +222,7 @@ def read_pickle(path: Path, meta: Optional[Dict[str, Any]] = None) -> Any:
     (DamagedFile when the bytes differ, CheckpointError when intact bytes do not unpickle)."""
     path = Path(path)
     algorithm, want = listed_checksum(meta or {})
-    with open(path, "rb", buffering=1 << 20) as f:
+    with open(path, "rb") as f:  # small buffer: the unpickler starts on the first pages while the rest arrive
         size = os.fstat(f.fileno()).st_size
         if meta is not None and size != meta.get("size"):
             raise DamagedFile(f"{path.name} has {size} bytes, the manifest says {meta.get('size')}")

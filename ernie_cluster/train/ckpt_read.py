@@ -194,14 +194,14 @@ def _load_into(info: CheckpointInfo, rank: int, compat_key: Optional[Dict[str, A
     return True, "ok"
 
 
-PREFETCH_BYTES = 32 << 20  # files up to this size are asked for at once; the kernel reads ahead in larger ones
+PREFETCH_BYTES = 1 << 20  # the files read whole (`ckpt_io.WHOLE_FILE_BYTES`); larger ones are streamed
 
 
 def prefetch(path: Path, names: List[str]) -> None:
     """Start reading a checkpoint's small files from disk at once (POSIX_FADV_WILLNEED): read one after the other,
     each would wait for the disk in turn. Nothing to do when its manifest (written last) is in the page cache: the
-    checkpoint was written or read here a moment ago. A large file needs none: the kernel reads ahead as it is
-    streamed."""
+    checkpoint was written or read here a moment ago. Larger files are left to the kernel's readahead while they
+    are streamed (asking for a few MB at once blocked longer than reading them measured here)."""
     if _in_page_cache(path / MANIFEST_FILE):
         return
     for name in names:

@@ -27,9 +27,11 @@ optimizer files.)
     read, before or while it is unpickled) and the hand-over to `load_checkpoint`, against the bare load.
     Goal: >= 0.8x. Twice: with the files in the page cache for both (written a moment before) and read from disk
     (evicted from the page cache first with fadvise DONTNEED on these files only), as a resume on a node that
-    never read them. This VM's disk is bimodal (a "cold" read of the base-sized files takes 0.55 s or 1.4-2.7 s,
-    ours and bare alike; its writes vary as much), so the saves and cold loads run `DISK_REPEATS` pairs, and the
-notes give the fastest of each too.
+    never read them.
+
+This VM's disk is bimodal (a "cold" read of the base-sized files takes 0.55 s or 1.4-2.7 s, ours and bare alike; a
+durable save of that size 0.35-2.9 s, the bare one 1.1-2.7 s), so the saves and the loads from disk run
+`DISK_REPEATS` pairs, and the notes give the fastest of each too.
 
     python -m bench.bench_ckpt [--quick] [--json OUT]      (bench/run --only ckpt)
 
@@ -56,7 +58,7 @@ from bench.common import load_avg, make_row, module_main, summarize  # noqa: E40
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-DISK_REPEATS = 9  # pairs of durable saves and of loads from disk (the others: 5)
+DISK_REPEATS = 15  # pairs of durable saves and of loads from disk (the others: 5)
 
 
 def ernie_base_shapes(vocab: int = 18000, layers: int = 12, hidden: int = 768, inter: int = 3072,

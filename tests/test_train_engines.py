@@ -86,22 +86,31 @@ def _check_amp_recompute_gradient_merge():
     assert engine.train_step(1, [_batch(2), _batch(3)]).loss_scale == 256.0
 
 
-def test_state_views_show_the_live_state_without_copying_and_follow_a_reallocation():
-    _in_fresh_process(_check_state_views)
+@pytest.mark.parametrize("engine", ["static", "dynamic"])
+def test_state_views_show_the_live_state_without_copying_and_follow_a_reallocation(engine):
+    import functools
+
+    _in_fresh_process(functools.partial(_check_state_views, engine))
 
 
-def _check_state_views():
+def _check_state_views(kind):
     import pickle
 
     import numpy  # noqa: F401 - before paddle
 
     from ernie_cluster.train.dist_env import DistEnv
-    from ernie_cluster.train.engine_static import StaticEngine
     from ernie_cluster.train.model import model_config
     from ernie_cluster.train.schedule import LRSchedule
 
-    spec = _spec(use_amp=True, amp_init_loss_scaling=1024.0)  # loss-scaling variables are in the views too
-    engine = StaticEngine(spec, DistEnv(0, 1, 0, 1, 0), model_config(spec), LRSchedule.from_spec(spec))
+    if kind == "static":
+        from ernie_cluster.train.engine_static import StaticEngine as Engine
+
+        spec = _spec(use_amp=True, amp_init_loss_scaling=1024.0)  # loss-scaling variables are in the views too
+    else:
+        from ernie_cluster.train.engine_dynamic import DynamicEngine as Engine
+
+        spec = _spec(engine="dynamic")
+    engine = Engine(spec, DistEnv(0, 1, 0, 1, 0), model_config(spec), LRSchedule.from_spec(spec))
     engine.train_step(0, [_batch(0), _batch(1)])
     model, opt = engine.state_views()
     assert pickle.dumps((model, opt), protocol=4) == pickle.dumps(
@@ -119,10 +128,15 @@ def _check_state_views():
     assert all(np.all(v == 0.5) for v in model3.values())
     # a variable given new memory gets a new view: none shows the old memory
     name = engine.canonical[0]
-    tensor = engine.scope.find_var(engine.names[name]).get_tensor()
+    if kind == "static":
+        tensor, place = engine.scope.find_var(engine.names[name]).get_tensor(), engine.place
+    else:
+        import paddle
+
+        tensor, place = engine.params[name].value().get_tensor(), paddle.CPUPlace()
     address, shape = tensor._ptr(), model3[name].shape
-    tensor.set(np.zeros(model3[name].size * 64, np.float32), engine.place)
-    tensor.set(np.full(shape, 0.25, np.float32), engine.place)
+    tensor.set(np.zeros(model3[name].size * 64, np.float32), place)
+    tensor.set(np.full(shape, 0.25, np.float32), place)
     assert tensor._ptr() != address
     model4, _ = engine.state_views()
     assert model4 is not model3 and model4[name] is not model3[name] and np.all(model4[name] == 0.25)

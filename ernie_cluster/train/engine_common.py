@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import zlib
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -64,3 +64,45 @@ def mean_results(results: List[StepResult]) -> StepResult:
     sop = sum(r.sop_loss for r in results) / n
     finite = all(r.finite for r in results) and bool(np.isfinite([loss, lm, sop]).all())
     return StepResult(loss, lm, sop, results[-1].loss_scale if results else None, finite)
+
+
+class _HostDLPack:
+    """A host tensor as numpy.from_dlpack takes it (paddle 2.6's tensor has `_to_dlpack` but no `__dlpack__`)."""
+
+    def __init__(self, tensor):
+        self._tensor = tensor
+
+    def __dlpack__(self, stream=None):
+        return self._tensor._to_dlpack()
+
+    def __dlpack_device__(self):
+        return (1, 0)  # kDLCPU
+
+
+class HostViews:
+    """An engine's state as numpy views of its live host tensors (no copy), for the asynchronous checkpoint's copy
+    into kept buffers (`ckpt_async.HostBuffers`): what `state_views()` returns on a CPU.
+
+    `tree(build)` calls `build(view)`, where `view(key, source)` is the view of the tensor `source()` returns (a
+    DenseTensor). A view holds the memory it shows (DLPack), so it stays valid; it shows the live values while the
+    tensor keeps that memory, which the optimizers' in-place updates do. While every tensor still has the memory
+    its view was made from, the same tree object comes back (checked per tensor, a pointer each); otherwise the
+    tree is built again and a tensor with new memory gets a new view."""
+
+    def __init__(self) -> None:
+        self._views: Dict[Any, Tuple[Callable[[], Any], int, np.ndarray]] = {}  # key -> (source, address, view)
+        self._tree: Any = None
+
+    def tree(self, build: Callable[[Callable[[Any, Callable[[], Any]], np.ndarray]], Any]) -> Any:
+        if self._tree is not None and all(source()._ptr() == address for source, address, _ in self._views.values()):
+            return self._tree
+        self._tree = build(self._view)
+        return self._tree
+
+    def _view(self, key: Any, source: Callable[[], Any]) -> np.ndarray:
+        tensor = source()
+        address = tensor._ptr()
+        hit = self._views.get(key)
+        if hit is None or hit[1] != address:
+            hit = self._views[key] = (source, address, np.from_dlpack(_HostDLPack(tensor)))
+        return hit[2]

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .engine_common import (ACC_KINDS, Collective, StepResult, empty_optimizer_state, get_accumulator, gpu_device_id,
-                            mean_results, put_accumulator, step_seed)
+from .engine_common import (ACC_KINDS, Collective, HostViews, StepResult, empty_optimizer_state, get_accumulator,
+                            gpu_device_id, mean_results, put_accumulator, step_seed)
 from .engine_static import make_lr_scheduler
 from .model import canonical_names, create_model, forward_losses, no_decay
 
@@ -65,6 +65,7 @@ class DynamicCollective(Collective):
 
 class DynamicEngine:
     name = "dynamic"
+    _host_views: Optional[HostViews] = None  # state_views, made at the first call
 
     def __init__(self, spec, dist, config: Dict[str, Any], schedule, plan=None):
         import paddle
@@ -132,7 +133,10 @@ class DynamicEngine:
         return {n: tuple(p.shape) for n, p in self.params.items()}
 
     def model_state(self) -> Dict[str, np.ndarray]:
-        arrays = {n: self.params[n].numpy() for n in self.canonical}
+        return self._model_state(lambda n: self.params[n].numpy())
+
+    def _model_state(self, get: Callable[[str], np.ndarray]) -> Dict[str, np.ndarray]:
+        arrays = {n: get(n) for n in self.canonical}
         return {n: arrays[self.aliases.get(n, n)] for n in self.names}
 
     def set_model_state(self, state: Dict[str, np.ndarray], *, strict: bool = True) -> None:
@@ -151,10 +155,13 @@ class DynamicEngine:
         return self.optimizer._accumulators[kind][self.names[canonical]]
 
     def optimizer_state(self) -> Dict[str, Any]:
+        return self._optimizer_state(lambda n, k: self._acc(k, n).numpy())
+
+    def _optimizer_state(self, get: Callable[[str, str], np.ndarray]) -> Dict[str, Any]:
         out = empty_optimizer_state()
         for n in self.canonical:
             for k in ACC_KINDS:
-                put_accumulator(out, n, k, self._acc(k, n).numpy())
+                put_accumulator(out, n, k, get(n, k))
         s = self.scaler.state_dict() if self.scaler is not None else {}
         if s:  # empty when the scaler is disabled (no GPU)
             out["loss_scaling"] = {
@@ -163,6 +170,26 @@ class DynamicEngine:
                 "num_bad_steps": np.array([int(s.get("decr_count", 0))], dtype="int32"),
             }
         return out
+
+    def state_views(self) -> Optional[Tuple[Dict[str, np.ndarray], Dict[str, Any]]]:
+        """(model_state, optimizer_state) as numpy views of the live parameters and Adam moments
+        (`engine_common.HostViews`), valid until the next step. None on a GPU, whose state
+        model_state()/optimizer_state() bring to the host."""
+        if self.spec.train.device == "gpu" or (self.scaler is not None and self.scaler.state_dict()):
+            return None  # (loss scaling is a GPU feature; its state is not a tensor here)
+
+        def build(view):
+            def param(n):
+                return view(("param", n), lambda: self.params[n].value().get_tensor())
+
+            def acc(n, k):
+                return view((k, n), lambda: self._acc(k, n).value().get_tensor())
+
+            return self._model_state(param), self._optimizer_state(acc)
+
+        if self._host_views is None:
+            self._host_views = HostViews()
+        return self._host_views.tree(build)
 
     def set_optimizer_state(self, state: Dict[str, Any]) -> None:
         for n in self.canonical:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .engine_common import (ACC_KINDS, ACC_RE, LOSS_SCALING_KEYS, Collective, StepResult, dropout_seed,
+from .engine_common import (ACC_KINDS, ACC_RE, LOSS_SCALING_KEYS, Collective, HostViews, StepResult, dropout_seed,
                             empty_optimizer_state, get_accumulator, gpu_device_id, mean_results, put_accumulator,
                             step_seed)
 from .model import FEED_SPECS, canonical_names, create_model, forward_losses, no_decay
@@ -149,19 +149,6 @@ def feed_shape(name: str, seq_len: int) -> List[int]:
     }[name]
 
 
-class _HostDLPack:
-    """A host tensor as numpy.from_dlpack takes it (paddle 2.6's tensor has `_to_dlpack` but no `__dlpack__`)."""
-
-    def __init__(self, tensor):
-        self._tensor = tensor
-
-    def __dlpack__(self, stream=None):
-        return self._tensor._to_dlpack()
-
-    def __dlpack_device__(self):
-        return (1, 0)  # kDLCPU
-
-
 class StaticCollective(Collective):
     """Stop-flag agreement, barriers and eval sums for static multi-GPU runs: all-reduces on ring 0."""
 
@@ -232,10 +219,8 @@ class StaticEngine:
         self.exe = paddle.static.Executor(self.place)
         self.exe.run(self.startup)
         self.scope = paddle.static.global_scope()
-        self._host_tensors: Dict[str, Any] = {}  # state_views: variable name -> its tensor, (address, view)
-        self._host_views: Dict[str, Tuple[int, np.ndarray]] = {}
-        self._state_views: Optional[Tuple[Dict[str, np.ndarray], Dict[str, Any]]] = None
-        self._view_addresses: List[Tuple[Any, int]] = []
+        self._tensors: Dict[str, Any] = {}  # variable name -> its tensor in the scope (state_views)
+        self._host_views = HostViews()
         self._classify_persistables()
         self.collective = StaticCollective(self)
         self.fetch = [self.loss, self.lm_loss, self.sop_loss] + ([self._loss_scaling_var] if self._loss_scaling_var else [])
@@ -372,33 +357,25 @@ class StaticEngine:
         return out
 
     def state_views(self) -> Optional[Tuple[Dict[str, np.ndarray], Dict[str, Any]]]:
-        """(model_state, optimizer_state) as numpy views of the live variables (no copy), valid until the next
-        step: what the asynchronous checkpoint copies into its kept buffers (`ckpt_async.HostBuffers`). None on
-        a GPU, whose state model_state()/optimizer_state() bring to the host. The same object comes back while
-        every variable keeps its memory (the optimizer updates in place), so the copy can reuse its plan."""
+        """(model_state, optimizer_state) as numpy views of the live variables (`engine_common.HostViews`), valid
+        until the next step. None on a GPU, whose state model_state()/optimizer_state() bring to the host."""
         if self.spec.train.device == "gpu":
             return None
-        views = self._state_views
-        if views is not None and all(t._ptr() == address for t, address in self._view_addresses):
-            return views
-        views = self._state_views = (self._model_state(self._view), self._optimizer_state(self._view))
-        self._view_addresses = [(self._host_tensors[v], address) for v, (address, _) in self._host_views.items()]
-        return views
 
-    def _view(self, vname: str) -> np.ndarray:
-        # Cached while the variable keeps its allocation (the optimizer updates in place); the view holds the
-        # memory it shows (DLPack), so a reallocated variable gets a new view and the old memory goes with the old.
-        tensor = self._host_tensors.get(vname)
+        def build(view):
+            get = lambda vname: view(vname, lambda: self._tensor(vname))  # noqa: E731
+            return self._model_state(get), self._optimizer_state(get)
+
+        return self._host_views.tree(build)
+
+    def _tensor(self, vname: str):
+        tensor = self._tensors.get(vname)
         if tensor is None:
             var = self.scope.find_var(vname)
             if var is None:
                 raise KeyError(f"variable {vname} is not in the scope")
-            tensor = self._host_tensors[vname] = var.get_tensor()
-        address = tensor._ptr()
-        cached = self._host_views.get(vname)
-        if cached is None or cached[0] != address:
-            cached = self._host_views[vname] = (address, np.from_dlpack(_HostDLPack(tensor)))
-        return cached[1]
+            tensor = self._tensors[vname] = var.get_tensor()  # the variable's own tensor: it stays valid
+        return tensor
 
     def set_optimizer_state(self, state: Dict[str, Any]) -> None:
         for (n, kind), vname in self.acc_vars.items():

@@ -344,7 +344,7 @@ class Trainer:
             self.saver.save(at, periodic=periodic, model_state=self.engine.model_state,
                             optimizer_state=self.engine.optimizer_state, trainer_state=self._trainer_state(at),
                             rng_state=capture_rng(self.dist.rank, paddle_seed_scheme(seed, self.dist.rank)),
-                            state_views=getattr(self.engine, "state_views", None))  # the static engine's, on a CPU
+                            state_views=self.engine.state_views)  # live views on a CPU, None on a GPU
         self.last_saved = at
         self.metrics.exclude(time.time() - t0)
 

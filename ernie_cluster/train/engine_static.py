@@ -219,7 +219,7 @@ class StaticEngine:
         self.exe = paddle.static.Executor(self.place)
         self.exe.run(self.startup)
         self.scope = paddle.static.global_scope()
-        self._tensors: Dict[str, Any] = {}  # variable name -> its tensor in the scope (state_views)
+        self._tensors: Dict[str, Any] = {}  # variable name -> its tensor in the scope
         self._host_views = HostViews()
         self._classify_persistables()
         self.collective = StaticCollective(self)
@@ -305,17 +305,20 @@ class StaticEngine:
             with open(os.path.join(out, f"main_program.txt.{self.dist.rank}"), "w") as f:
                 f.write(str(self.main))
 
+    def _tensor(self, vname: str):
+        tensor = self._tensors.get(vname)
+        if tensor is None:
+            var = self.scope.find_var(vname)
+            if var is None:
+                raise KeyError(f"variable {vname} is not in the scope")
+            tensor = self._tensors[vname] = var.get_tensor()  # the variable's own tensor: it stays valid
+        return tensor
+
     def _get(self, vname: str) -> np.ndarray:
-        var = self.scope.find_var(vname)
-        if var is None:
-            raise KeyError(f"variable {vname} is not in the scope")
-        return np.asarray(var.get_tensor())  # __array__ already copies (device to host on a GPU): no second copy
+        return np.asarray(self._tensor(vname))  # __array__ already copies (device to host on a GPU): no second copy
 
     def _set(self, vname: str, value: np.ndarray) -> None:
-        var = self.scope.find_var(vname)
-        if var is None:
-            raise KeyError(f"variable {vname} is not in the scope")
-        tensor = var.get_tensor()
+        tensor = self._tensor(vname)
         current = np.array(tensor)
         value = np.asarray(value)
         if tuple(current.shape) != tuple(value.shape):
@@ -367,15 +370,6 @@ class StaticEngine:
             return self._model_state(get), self._optimizer_state(get)
 
         return self._host_views.tree(build)
-
-    def _tensor(self, vname: str):
-        tensor = self._tensors.get(vname)
-        if tensor is None:
-            var = self.scope.find_var(vname)
-            if var is None:
-                raise KeyError(f"variable {vname} is not in the scope")
-            tensor = self._tensors[vname] = var.get_tensor()  # the variable's own tensor: it stays valid
-        return tensor
 
     def set_optimizer_state(self, state: Dict[str, Any]) -> None:
         for (n, kind), vname in self.acc_vars.items():

@@ -80,22 +80,23 @@ def file_meta(path: Path, algorithm: str = CHECKSUM, chunk: int = READ_CHUNK) ->
 
 def file_problem(path: Path, meta: Dict[str, Any]) -> str:
     """"" when `path` has the size and checksum `meta` lists, else what differs (the file is read once)."""
-    algorithm, want = listed_checksum(meta)
+    algorithm, _ = listed_checksum(meta)
     got = file_meta(path, algorithm)
-    return _problem(Path(path).name, got["size"], got[algorithm], meta)
+    return mismatch(Path(path).name, got["size"], meta, got[algorithm])
 
 
 def data_problem(name: str, data: bytes, meta: Dict[str, Any]) -> str:
     """The same check for a file already read into memory (a small one: the trainer state)."""
     algorithm, _ = listed_checksum(meta)
-    return _problem(name, len(data), _CHECKSUMS[algorithm](data).hexdigest(), meta)
+    return mismatch(name, len(data), meta, _CHECKSUMS[algorithm](data).hexdigest())
 
 
-def _problem(name: str, size: int, digest: str, meta: Dict[str, Any]) -> str:
-    algorithm, want = listed_checksum(meta)
+def mismatch(name: str, size: int, meta: Dict[str, Any], digest: Optional[str] = None) -> str:
+    """"" when `size` (and `digest`, when given) are what manifest entry `meta` lists, else what differs."""
     if size != meta.get("size"):
         return f"{name} has {size} bytes, the manifest says {meta.get('size')}"
-    if digest != want:
+    algorithm, want = listed_checksum(meta)
+    if digest is not None and digest != want:
         return f"{name} is corrupted ({algorithm} {digest[:12]}... != manifest {str(want)[:12]}...)"
     return ""
 
@@ -224,8 +225,9 @@ def read_pickle(path: Path, meta: Optional[Dict[str, Any]] = None) -> Any:
     algorithm, want = listed_checksum(meta or {})
     with open(path, "rb") as f:  # small buffer: the unpickler starts on the first pages while the rest arrive
         size = os.fstat(f.fileno()).st_size
-        if meta is not None and size != meta.get("size"):
-            raise DamagedFile(f"{path.name} has {size} bytes, the manifest says {meta.get('size')}")
+        reason = mismatch(path.name, size, meta) if meta is not None else ""
+        if reason:
+            raise DamagedFile(reason)
         if size <= WHOLE_FILE_BYTES:  # one read and one checksum call, checked before it is unpickled
             data = f.read(size)
             digest = _CHECKSUMS[algorithm](data).hexdigest() if meta is not None else None
@@ -237,8 +239,7 @@ def read_pickle(path: Path, meta: Optional[Dict[str, Any]] = None) -> Any:
             reader.drain()
             digest = reader.hexdigest()
     if meta is not None and digest != want:
-        raise DamagedFile(f"{path.name} is corrupted ({algorithm} {digest[:12]}... != manifest "
-                          f"{str(want)[:12]}...)")
+        raise DamagedFile(mismatch(path.name, size, meta, digest))
     if error is not None:
         raise CheckpointError(f"{path} is intact but cannot be read as a checkpoint pickle: "
                               f"{type(error).__name__}: {error}")

@@ -24,7 +24,7 @@ import numpy as np
 
 from .ckpt_format import MANIFEST_FILE, MODEL_FILE, OPT_FILE, OPT_FORMAT, STATE_FILE, STEP_RE, rng_file
 from .ckpt_format import CheckpointError, IncompatibleCheckpoint, json_default
-from .ckpt_io import DamagedFile, data_problem, file_problem, read_pickle
+from .ckpt_io import DamagedFile, data_problem, file_problem, mismatch, read_pickle
 
 log = logging.getLogger("ernie_cluster.train")
 
@@ -104,8 +104,9 @@ def _check_files(path: Path, files: Dict[str, Any], *, full: bool) -> str:
             size = (path / name).stat().st_size
         except FileNotFoundError:
             return f"{name} is missing"
-        if size != meta.get("size"):
-            return f"{name} has {size} bytes, the manifest says {meta.get('size')}"
+        reason = mismatch(name, size, meta)
+        if reason:
+            return reason
     if full:
         for name, meta in files.items():
             problem = file_problem(path / name, meta)

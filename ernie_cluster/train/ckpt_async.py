@@ -152,7 +152,7 @@ class HostBuffers:
 
     def copy(self, tree: Any) -> Any:
         if self._plan is not None and self._plan[0] is tree:  # the same views again: same arrays, same buffers
-            self._copy(self._plan[1])
+            self._copy(self._plan[1], self.nbytes)
             return self.kept
         pairs: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}  # id(source) -> (buffer, source)
         taken = set()  # id(buffer): two sources never share one, even where the last copy had an alias there
@@ -177,12 +177,11 @@ class HostBuffers:
 
         out = walk(tree, self.kept)
         self._plan = (tree, list(pairs.values()))
-        self._copy(self._plan[1])
-        self.kept, self.nbytes = out, sum(dst.nbytes for dst, _ in pairs.values())
+        self.kept, self.nbytes = out, sum(dst.nbytes for dst, _ in self._plan[1])
+        self._copy(self._plan[1], self.nbytes)
         return out
 
-    def _copy(self, pairs: List[Tuple[np.ndarray, np.ndarray]]) -> None:
-        total = sum(dst.nbytes for dst, _ in pairs)
+    def _copy(self, pairs: List[Tuple[np.ndarray, np.ndarray]], total: int) -> None:
         if total < self.PARALLEL_BYTES:
             for dst, src in pairs:
                 np.copyto(dst, src)
